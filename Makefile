@@ -1,0 +1,31 @@
+# The README's two commands: `make demo` (the main job) and `make test` (the suite).
+# Both build the environment first; `make setup` is idempotent and takes seconds once done.
+VENV ?= .venv
+PYTHON ?= python3.11
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint format doctor clean
+
+setup:
+	scripts/install-stack.sh --venv $(VENV) --python $(PYTHON)
+
+demo: setup
+	$(BIN)/horovod-llm run --config configs/local.yaml
+
+# pytest exits 5 when it collects no tests: make treats that as the failure it is.
+test: setup lint
+	SPARK_LOCAL_IP=127.0.0.1 $(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+lint: setup
+	$(BIN)/ruff check horovod_llm tests
+	$(BIN)/ruff format --check horovod_llm tests
+
+format: setup
+	$(BIN)/ruff format horovod_llm tests
+	$(BIN)/ruff check --fix horovod_llm tests
+
+doctor: setup
+	$(BIN)/horovod-llm doctor
+
+clean:
+	rm -rf runs build *.egg-info

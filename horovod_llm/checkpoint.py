@@ -1,0 +1,171 @@
+"""Checkpoint folders `checkpoints/step-XXXXXXXX/`: self-describing, complete or invisible.
+
+A folder holds the weights, the optimizer state, the resolved config, the tokenizer
+and `meta.json` (step, model arguments, metrics); `COMPLETE` is written last, and a
+reader ignores any folder without it. Weights load with `torch.load(weights_only=True)`:
+a checkpoint is data, never code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass
+
+import torch
+
+from horovod_llm import layout, storage
+from horovod_llm.config import RunConfig, from_dict, to_dict
+from horovod_llm.errors import UserError
+from horovod_llm.model import GPT, GPTConfig
+
+log = logging.getLogger(__name__)
+
+MARKER = "COMPLETE"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def _tensor_bytes(value) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+def save_checkpoint(output_url: str, step: int, model: GPT, optimizer, config: RunConfig, tokenizer_bytes: bytes, meta: dict) -> str:
+    """Write one checkpoint folder, marker last; return its URL."""
+    url = storage.join(layout.checkpoints_url(output_url), step_dir_name(step))
+    storage.remove(url)  # a partial folder left by a crashed writer at this step
+    storage.write_bytes(storage.join(url, "model.pt"), _tensor_bytes(model.state_dict()))
+    if optimizer is not None:
+        storage.write_bytes(storage.join(url, "optimizer.pt"), _tensor_bytes(optimizer.state_dict()))
+    storage.write_bytes(storage.join(url, "tokenizer.model"), tokenizer_bytes)
+    storage.write_json(
+        storage.join(url, "meta.json"),
+        {"step": step, "model_args": dataclasses.asdict(model.config), "config": to_dict(config), **meta},
+    )
+    storage.write_text(storage.join(url, MARKER), f"{step}\n")
+    return url
+
+
+def complete_checkpoints(output_url: str) -> list[tuple[int, str]]:
+    """[(step, url)] of the complete checkpoints under output_url, oldest first."""
+    root = layout.checkpoints_url(output_url)
+    found = []
+    for name in storage.list_dir(root):
+        match = _STEP_DIR.match(name)
+        if match and storage.exists(storage.join(root, name, MARKER)):
+            found.append((int(match.group(1)), storage.join(root, name)))
+    return sorted(found)
+
+
+def prune_checkpoints(output_url: str, keep_last: int) -> None:
+    """Keep the newest `keep_last` complete checkpoints; drop older and partial ones."""
+    complete = complete_checkpoints(output_url)
+    if not complete:
+        return
+    keep = {url for _, url in complete[-keep_last:]}
+    newest = complete[-1][0]
+    root = layout.checkpoints_url(output_url)
+    for name in storage.list_dir(root):
+        match = _STEP_DIR.match(name)
+        url = storage.join(root, name)
+        if match and url not in keep and int(match.group(1)) <= newest:
+            storage.remove(url)
+
+
+@dataclass
+class LoadedCheckpoint:
+    url: str
+    step: int
+    model: GPT
+    config: RunConfig
+    tokenizer_bytes: bytes
+    meta: dict
+
+
+def resolve_checkpoint_url(url: str) -> str:
+    """A checkpoint folder, or a run's output_url / checkpoints folder (the latest one)."""
+    url = storage.normalize(url)
+    if storage.exists(storage.join(url, MARKER)):
+        return url
+    for root in (url, storage.join(url, "..") if url.endswith("checkpoints") else None):
+        if root is None:
+            continue
+        complete = complete_checkpoints(storage.normalize(root))
+        if complete:
+            return complete[-1][1]
+    if storage.exists(storage.join(url, "model.pt")):
+        raise UserError(f"checkpoint {url} is incomplete (no {MARKER} marker): its writer stopped mid-way; use an earlier checkpoint")
+    raise UserError(f"no complete checkpoint at {url}: pass a checkpoints/step-XXXXXXXX folder or a run's output_url")
+
+
+def _load_tensors(url: str):
+    try:
+        return torch.load(storage.bytes_io(url), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise UserError(f"checkpoint file {url} is corrupt or not a weights file ({first[:200]}): use another checkpoint") from None
+
+
+def checkpoint_to_resume(output_url: str, resume: bool) -> tuple[int, str] | None:
+    """(step, url) of the latest complete checkpoint, None if there is none."""
+    complete = complete_checkpoints(output_url)
+    if not complete:
+        return None
+    if not resume:
+        # Training from scratch beside them would mix two runs' checkpoints, and the
+        # older, later-numbered ones would pass for the newest.
+        raise UserError(
+            f"output_url {output_url} holds checkpoints of an earlier run (up to step {complete[-1][0]}) and train.resume=false: "
+            "use a new output_url, or delete its checkpoints folder to start again"
+        )
+    return complete[-1]
+
+
+def check_compatible(url: str, expected_model_args: dict) -> dict:
+    """The checkpoint's meta, if its model arguments are the run's; else a UserError
+    (loading it would fail on shapes or, worse, silently train another model)."""
+    meta = storage.read_json(storage.join(url, "meta.json"))
+    differing = {k: (v, expected_model_args.get(k)) for k, v in meta["model_args"].items() if expected_model_args.get(k) != v}
+    if differing:
+        detail = ", ".join(f"{k} {old} vs {new}" for k, (old, new) in sorted(differing.items()))
+        raise UserError(f"checkpoint {url} was trained with other model settings ({detail}): use a new output_url for the new settings")
+    return meta
+
+
+def load_training_state(url: str, expected_model_args: dict) -> tuple[dict, dict, dict | None]:
+    """(meta, model state, optimizer state) of a compatible checkpoint to resume from."""
+    meta = check_compatible(url, expected_model_args)
+    model_state = _load_tensors(storage.join(url, "model.pt"))
+    optimizer_url = storage.join(url, "optimizer.pt")
+    optimizer_state = _load_tensors(optimizer_url) if storage.exists(optimizer_url) else None
+    return meta, model_state, optimizer_state
+
+
+def load_checkpoint(url: str) -> LoadedCheckpoint:
+    """Load a complete checkpoint for inference (weights, config, tokenizer)."""
+    url = resolve_checkpoint_url(url)
+    meta = storage.read_json(storage.join(url, "meta.json"))
+    model = GPT(GPTConfig(**meta["model_args"]))
+    state = _load_tensors(storage.join(url, "model.pt"))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint {url} does not match its model arguments ({str(exc).splitlines()[0]}): it is damaged") from None
+    model.eval()
+    return LoadedCheckpoint(
+        url=url,
+        step=int(meta["step"]),
+        model=model,
+        config=from_dict(meta["config"]),
+        tokenizer_bytes=storage.read_bytes(storage.join(url, "tokenizer.model")),
+        meta=meta,
+    )

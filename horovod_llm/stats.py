@@ -1,0 +1,58 @@
+"""Training statistics: steps.jsonl, epochs.jsonl and summary.json under {output_url}/stats.
+
+Only the logging rank writes; the others get a `NullStats`, which keeps `if rank == 0`
+out of the training loop. Files are rewritten whole on each flush because object
+stores cannot append; they stay small (one line per logged step).
+"""
+
+from __future__ import annotations
+
+import json
+
+from horovod_llm import layout, storage
+
+
+class NullStats:
+    def resume(self, step: int) -> None:
+        pass
+
+    def log_step(self, record: dict) -> None:
+        pass
+
+    def log_epoch(self, record: dict) -> None:
+        pass
+
+    def write_summary(self, summary: dict) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+class StatsWriter(NullStats):
+    def __init__(self, output_url: str):
+        self.root = layout.stats_url(output_url)
+        self.steps: list[dict] = []
+        self.epochs: list[dict] = []
+
+    def resume(self, step: int) -> None:
+        """Keep the records of an earlier run up to `step`, the checkpoint resumed from."""
+        for name, records in (("steps.jsonl", self.steps), ("epochs.jsonl", self.epochs)):
+            url = storage.join(self.root, name)
+            if storage.exists(url):
+                records[:] = [r for r in map(json.loads, storage.read_text(url).splitlines()) if r["step"] <= step]
+
+    def log_step(self, record: dict) -> None:
+        self.steps.append(record)
+
+    def log_epoch(self, record: dict) -> None:
+        self.epochs.append(record)
+        self.flush()
+
+    def flush(self) -> None:
+        for name, records in (("steps.jsonl", self.steps), ("epochs.jsonl", self.epochs)):
+            storage.write_text(storage.join(self.root, name), "".join(json.dumps(r) + "\n" for r in records))
+
+    def write_summary(self, summary: dict) -> None:
+        self.flush()
+        storage.write_json(storage.join(self.root, "summary.json"), summary)

@@ -1,0 +1,32 @@
+"""Rank entry point for `horovodrun`:
+
+    horovodrun -np 2 -H localhost:2 --gloo --network-interface lo \\
+        python -m horovod_llm.worker configs/local.yaml [section.key=value ...]
+
+Every rank loads the same config and calls the same `train_worker` as the Spark launcher.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from horovod_llm.config import load_config, to_dict
+from horovod_llm.errors import UserError
+from horovod_llm.train import train_worker
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print("usage: python -m horovod_llm.worker CONFIG.yaml [section.key=value ...]", file=sys.stderr)
+        return 2
+    try:
+        train_worker(to_dict(load_config(argv[0], argv[1:])))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

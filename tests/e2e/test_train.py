@@ -1,0 +1,92 @@
+"""2 real Horovod ranks (Gloo over loopback) train a few steps, by each launcher."""
+
+import dataclasses
+import json
+import math
+import subprocess
+
+import pytest
+
+from horovod_llm import checkpoint, layout, storage
+from horovod_llm.checkpoint import load_checkpoint
+from horovod_llm.generate import generate_text
+from horovod_llm.launch import horovodrun_command, launch_training
+from tests.conftest import TINY_CONFIG
+
+pytestmark = pytest.mark.horovod
+
+STEP_FIELDS = {"step", "epoch", "loss", "accuracy", "grad_norm", "lr", "step_time_s", "tokens_per_s", "peak_rss_mb"}
+
+
+def with_output(config, out, **train):
+    return dataclasses.replace(config, output_url=out, train=dataclasses.replace(config.train, **train))
+
+
+def check_run(out, config):
+    steps = [json.loads(line) for line in storage.read_text(storage.join(layout.stats_url(out), "steps.jsonl")).splitlines()]
+    assert [s["step"] for s in steps] == [2, 4, 6, 8]
+    for record in steps:
+        assert set(record) >= STEP_FIELDS
+        assert math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])
+        assert record["tokens_per_s"] > 0 and 0 <= record["accuracy"] <= 1 and record["peak_rss_mb"] > 50
+    assert steps[-1]["loss"] < steps[0]["loss"]  # it learns, even in 8 steps
+    epochs = [json.loads(line) for line in storage.read_text(storage.join(layout.stats_url(out), "epochs.jsonl")).splitlines()]
+    assert epochs[-1]["seconds"] > 0 and math.isfinite(epochs[-1]["val_loss"])
+    summary = storage.read_json(storage.join(layout.stats_url(out), "summary.json"))
+    assert summary["ranks"] == 2 and summary["steps"] == 8
+    complete = checkpoint.complete_checkpoints(out)
+    assert [step for step, _ in complete] == [4, 8]
+    loaded = load_checkpoint(out)
+    assert loaded.step == 8 and loaded.config.model.n_embd == config.model.n_embd
+    text = generate_text(loaded, "KING:\n", max_new_tokens=15, temperature=0.8, top_k=20, seed=1)
+    assert text.startswith("KING:\n") and len(text) > len("KING:\n")
+    return summary
+
+
+def test_two_ranks_with_horovod_spark_run(fresh_run, tiny_dataset, spark):
+    config, _ = tiny_dataset
+    result = launch_training(with_output(config, fresh_run, launcher="spark"), spark)
+    assert result["rank"] == 0 and result["summary"]["ranks"] == 2
+    check_run(fresh_run, config)
+
+
+def test_two_ranks_with_horovodrun(fresh_run, tiny_dataset):
+    config, _ = tiny_dataset
+    result = launch_training(with_output(config, fresh_run, launcher="horovodrun"))
+    assert result["summary"]["ranks"] == 2
+    check_run(fresh_run, config)
+
+
+def test_documented_horovodrun_command_runs_the_worker(fresh_run, tiny_dataset, tmp_path):
+    """The command the README documents, run as a user would (not through launch.py)."""
+    config, _ = tiny_dataset
+    command = horovodrun_command(str(TINY_CONFIG), 2, 60) + [
+        f"output_url={fresh_run}",
+        "train.max_steps=2",
+        "train.log_interval=1",
+        "train.checkpoint_interval=0",
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert [s for s, _ in checkpoint.complete_checkpoints(fresh_run)] == [2]
+    assert "step 2/2" in completed.stdout + completed.stderr
+
+
+def test_one_rank_in_process(fresh_run, tiny_dataset):
+    config, _ = tiny_dataset
+    result = launch_training(with_output(config, fresh_run, launcher="local", num_proc=1, max_steps=3, checkpoint_interval=0))
+    assert result["summary"]["ranks"] == 1 and result["summary"]["steps"] == 3
+    assert [s for s, _ in checkpoint.complete_checkpoints(fresh_run)] == [3]
+
+
+def test_a_rerun_resumes_from_the_latest_checkpoint(fresh_run, tiny_dataset):
+    config, _ = tiny_dataset
+    first = with_output(config, fresh_run, launcher="local", num_proc=1, max_steps=4, checkpoint_interval=2)
+    launch_training(first)
+    assert [s for s, _ in checkpoint.complete_checkpoints(fresh_run)] == [2, 4]
+    result = launch_training(with_output(config, fresh_run, launcher="local", num_proc=1, max_steps=6, checkpoint_interval=2))
+    assert result["summary"]["steps"] == 6
+    steps = [json.loads(line)["step"] for line in storage.read_text(storage.join(layout.stats_url(fresh_run), "steps.jsonl")).splitlines()]
+    assert steps == [2, 4, 6]  # the records of the first run are kept, none repeated
+    again = launch_training(with_output(config, fresh_run, launcher="local", num_proc=1, max_steps=6))
+    assert again["steps"] == 6  # nothing left to train

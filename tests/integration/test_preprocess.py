@@ -1,0 +1,102 @@
+"""The Spark job on a tiny real corpus, read back through Petastorm."""
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from horovod_llm import dataset, layout, storage, tokenizer
+from horovod_llm.errors import UserError
+from horovod_llm.preprocess import run_preprocess
+from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.spark
+
+
+def read_all(output_url, split, rank, world_size):
+    with dataset.window_batches(output_url, split, rank, world_size, batch_size=7, num_epochs=1, seed=0, shuffle=False) as batches:
+        return [b for b in batches]
+
+
+def test_windows_read_back_through_petastorm_match_the_manifest(tiny_dataset):
+    config, manifest = tiny_dataset
+    out = config.output_url
+    assert manifest == json.loads(storage.read_bytes(layout.manifest_url(out)))
+    span = config.data.window_size + 1
+    vocab = manifest["tokenizer"]["vocab_size"]
+    for split in layout.SPLITS:
+        expected = manifest["splits"][split]
+        assert expected["windows"] > 0 and expected["documents"] > 0
+        # two shards, as two ranks read them: together exactly the split, no row twice
+        shards = [np.concatenate(read_all(out, split, rank, 2)) for rank in range(2)]
+        rows = np.concatenate(shards)
+        assert rows.shape == (expected["windows"], span)
+        assert rows.min() >= 0 and rows.max() < vocab
+        assert len({r.tobytes() for r in rows}) == len(rows)
+        assert sum(pq.ParquetFile(storage.join(layout.split_url(out, split), f)).num_row_groups for f in expected["files"]) == expected["row_groups"]
+        assert expected["row_groups"] >= config.data.max_ranks
+
+
+def test_windows_are_consecutive_text_with_the_configured_overlap(tiny_dataset):
+    config, manifest = tiny_dataset
+    processor = tokenizer.load(storage.read_bytes(layout.tokenizer_url(config.output_url)))
+    first_file = storage.join(layout.split_url(config.output_url, "val"), manifest["splits"]["val"]["files"][0])
+    rows = np.array(pq.read_table(first_file).column("ids").to_pylist())
+    stride = config.data.window_size - config.data.overlap
+    # val parts are not shuffled: window i+1 starts `stride` ids after window i
+    assert (rows[1:, : config.data.overlap + 1] == rows[:-1, stride:]).all()
+    text = tokenizer.decode(processor, rows[0].tolist())
+    assert len(text) > 20 and "\n" in text
+
+
+def test_manifest_counts_and_tokenizer_hash(tiny_dataset):
+    config, manifest = tiny_dataset
+    model_bytes = storage.read_bytes(layout.tokenizer_url(config.output_url))
+    assert manifest["tokenizer"]["sha256"] == tokenizer.fingerprint(model_bytes)
+    assert manifest["tokenizer"]["special_ids"] == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
+    assert manifest["config"]["data"]["window_size"] == config.data.window_size
+    for split in layout.SPLITS:
+        s = manifest["splits"][split]
+        # tokens include one EOS per document; windows follow from the stride per partition
+        assert s["tokens"] > s["windows"] * (config.data.window_size - config.data.overlap)
+        assert s["partitions"]["windows_min"] <= s["partitions"]["windows_median"] <= s["partitions"]["windows_max"]
+    assert set(manifest["stage_seconds"]) >= {"read", "tokenizer", "windows_train", "windows_val"}
+
+
+def test_rerun_with_same_config_skips_and_force_rebuilds(tiny_dataset, spark):
+    config, manifest = tiny_dataset
+    manifest_path = layout.manifest_url(config.output_url)
+    before = storage.read_bytes(manifest_path)
+    assert run_preprocess(config, spark) == manifest
+    assert storage.read_bytes(manifest_path) == before  # untouched
+    rebuilt = run_preprocess(config, spark, force=True)
+    for split in layout.SPLITS:  # deterministic: the same counts and files (timings differ)
+        for key in ("documents", "tokens", "windows", "row_groups", "files"):
+            assert rebuilt["splits"][split][key] == manifest["splits"][split][key]
+    assert rebuilt["created_at"] >= manifest["created_at"]
+
+
+def test_training_refuses_a_dataset_without_manifest(tmp_path):
+    (tmp_path / "dataset" / "train").mkdir(parents=True)
+    with pytest.raises(UserError, match="run 'horovod-llm preprocess'"):
+        dataset.read_manifest(str(tmp_path))
+
+
+def test_corpus_too_small_for_a_window(tmp_path, spark):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(30):
+        (corpus / f"doc{i}.txt").write_text(f"short text number {i} with a few words in it.\n")
+    config = tiny_config(tmp_path / "out", corpus, "data.split_on_blank_lines=false", "tokenizer.vocab_size=60", "data.window_size=512", "data.overlap=0")
+    with pytest.raises(UserError, match="too small for one"):
+        run_preprocess(config, spark)
+    assert not storage.exists(layout.manifest_url(config.output_url))
+
+
+def test_empty_corpus(tmp_path, spark):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "empty.txt").write_text("   \n\n")
+    with pytest.raises(UserError, match="holds no text"):
+        run_preprocess(tiny_config(tmp_path / "out", corpus), spark)

@@ -1,0 +1,92 @@
+import dataclasses
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from horovod_llm import checkpoint, storage
+from horovod_llm.config import load_config
+from horovod_llm.errors import UserError
+from horovod_llm.model import GPT, GPTConfig
+
+
+def small_model() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=1, n_head=2, n_embd=8))
+
+
+def save(out, step, model=None):
+    model = model or small_model()
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))[1].backward()
+    optimizer.step()
+    return checkpoint.save_checkpoint(out, step, model, optimizer, load_config(None), b"tokenizer-bytes", {"metrics": {"val_loss": 1.0}})
+
+
+@pytest.mark.parametrize("scheme", ["local", "memory"])
+def test_round_trip(tmp_path, scheme):
+    out = str(tmp_path) if scheme == "local" else f"memory://ckpt-{os.getpid()}"
+    model = small_model()
+    url = save(out, 7, model)
+    assert url.endswith("checkpoints/step-00000007")
+    loaded = checkpoint.load_checkpoint(out)  # a run's output_url resolves to its latest
+    assert loaded.step == 7 and loaded.tokenizer_bytes == b"tokenizer-bytes"
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor)
+    meta, model_state, optimizer_state = checkpoint.load_training_state(url, dataclasses.asdict(model.config))
+    assert meta["step"] == 7 and optimizer_state["state"]
+
+
+def test_folders_without_marker_are_ignored_and_pruned(tmp_path):
+    out = str(tmp_path)
+    save(out, 1)
+    save(out, 2)
+    partial = save(out, 3)
+    os.remove(os.path.join(partial, checkpoint.MARKER))  # a writer that died mid-way
+    assert [s for s, _ in checkpoint.complete_checkpoints(out)] == [1, 2]
+    assert checkpoint.load_checkpoint(out).step == 2
+    with pytest.raises(UserError, match="incomplete"):
+        checkpoint.load_checkpoint(partial)
+    save(out, 4)
+    checkpoint.prune_checkpoints(out, keep_last=2)
+    assert storage.list_dir(os.path.join(out, "checkpoints")) == ["step-00000002", "step-00000004"]
+
+
+def test_other_model_settings_are_refused(tmp_path):
+    url = save(str(tmp_path), 1)
+    other = dataclasses.asdict(GPTConfig(vocab_size=40, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(UserError, match="n_embd 8 vs 16"):
+        checkpoint.load_training_state(url, other)
+
+
+def test_resume_false_beside_old_checkpoints_is_refused(tmp_path):
+    save(str(tmp_path), 5)
+    with pytest.raises(UserError, match="train.resume=false"):
+        checkpoint.checkpoint_to_resume(str(tmp_path), resume=False)
+    assert checkpoint.checkpoint_to_resume(str(tmp_path), resume=True)[0] == 5
+
+
+def test_truncated_weights_file_is_a_clear_error(tmp_path):
+    url = save(str(tmp_path), 1)
+    weights = Path(url) / "model.pt"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(UserError, match="corrupt"):
+        checkpoint.load_checkpoint(url)
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/horovod-llm-pwned",))
+
+
+def test_a_pickle_that_runs_code_is_refused(tmp_path):
+    url = save(str(tmp_path), 1)
+    with open(os.path.join(url, "model.pt"), "wb") as handle:
+        torch.save({"x": RunsCode()}, handle, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    if os.path.exists("/tmp/horovod-llm-pwned"):
+        os.remove("/tmp/horovod-llm-pwned")
+    with pytest.raises(UserError, match="corrupt or not a weights file"):
+        checkpoint.load_checkpoint(url)
+    assert not os.path.exists("/tmp/horovod-llm-pwned")

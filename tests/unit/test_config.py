@@ -1,0 +1,72 @@
+import pytest
+
+from horovod_llm.config import CONFIG_DIR, from_dict, load_config, to_dict
+from horovod_llm.errors import UserError
+
+SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
+
+
+def test_configs_are_shipped():
+    assert {p.name for p in SHIPPED} >= {"local.yaml", "tiny.yaml"}
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    config = load_config(path)
+    assert config.output_url
+    assert from_dict(to_dict(config)) == config
+
+
+def test_overrides_win_over_file_and_are_typed():
+    config = load_config(CONFIG_DIR / "local.yaml", ["train.max_steps=20", "data.window_size=64", "data.overlap=32"])
+    assert config.train.max_steps == 20 and isinstance(config.train.max_steps, int)
+    assert config.data.window_size == 64
+    assert config.model.n_embd == 256  # from the file
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(UserError, match=r"train\.max_stepz"):
+        load_config(CONFIG_DIR / "local.yaml", ["train.max_stepz=3"])
+
+
+def test_unknown_key_in_file_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  windowsize: 5\n")
+    with pytest.raises(UserError, match=r"data\.windowsize"):
+        load_config(path)
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(UserError, match=r"data\.window_size"):
+        load_config(None, ["data.window_size=big"])
+
+
+def test_window_not_larger_than_overlap_gives_the_reason():
+    with pytest.raises(UserError, match=r"data\.window_size \(8\) must be larger than data\.overlap \(8\): the stride would be 0"):
+        load_config(None, ["data.window_size=8", "data.overlap=8"])
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(UserError) as info:
+        load_config(None, ["data.window_size=1", "train.num_proc=0", "model.n_head=3"])
+    message = str(info.value)
+    assert "data.window_size (1)" in message and "train.num_proc (0)" in message and "model.n_embd (256)" in message
+    assert "\n" not in message
+
+
+def test_invalid_yaml_is_one_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("data: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML") as info:
+        load_config(path)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_override_without_equals():
+    with pytest.raises(UserError, match="section.key=value"):
+        load_config(None, ["train.max_steps"])

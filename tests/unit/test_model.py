@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from horovod_llm.model import GPT, GPTConfig, sample_next, sinusoidal_table
+
+
+def tiny(**overrides) -> GPT:
+    torch.manual_seed(0)
+    args = dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+    args.update(overrides)
+    return GPT(GPTConfig(**args)).eval()
+
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "learned"])
+def test_output_shapes_and_loss(positional):
+    model = tiny(positional=positional)
+    idx = torch.randint(4, 50, (3, 16))
+    logits, loss = model(idx, idx)
+    assert logits.shape == (3, 16, 50)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    logits, loss = model(idx[:, :5])
+    assert logits.shape == (3, 5, 50) and loss is None
+
+
+def test_attention_is_causal():
+    model = tiny()
+    idx = torch.randint(4, 50, (1, 10))
+    changed = idx.clone()
+    changed[0, 7] = (idx[0, 7] + 1) % 50
+    a, _ = model(idx)
+    b, _ = model(changed)
+    assert torch.allclose(a[0, :7], b[0, :7], atol=1e-6)  # earlier positions never see later ids
+    assert not torch.allclose(a[0, 7:], b[0, 7:])
+
+
+def test_pad_targets_carry_no_loss():
+    model = tiny()
+    idx = torch.randint(4, 50, (2, 8))
+    targets = idx.clone()
+    _, loss_all = model(idx, targets)
+    targets[:, 4:] = 0  # PAD
+    _, loss_masked = model(idx, targets)
+    logits, _ = model(idx)
+    expected = torch.nn.functional.cross_entropy(logits[:, :4].reshape(-1, 50), idx[:, :4].reshape(-1))
+    assert torch.allclose(loss_masked, expected, atol=1e-6)
+    assert not torch.allclose(loss_all, loss_masked)
+
+
+def test_longer_than_block_size_is_refused():
+    with pytest.raises(ValueError, match="block_size"):
+        tiny()(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_tied_weights_share_storage_and_untied_do_not():
+    model = tiny()
+    assert model.lm_head.weight.data_ptr() == model.wte.weight.data_ptr()
+    untied = tiny(tie_weights=False)
+    assert untied.lm_head.weight.data_ptr() != untied.wte.weight.data_ptr()
+
+
+def test_param_groups_decay_matrices_only():
+    groups = tiny().param_groups(0.1)
+    assert groups[0]["weight_decay"] == 0.1 and all(p.dim() >= 2 for p in groups[0]["params"])
+    assert groups[1]["weight_decay"] == 0.0 and all(p.dim() < 2 for p in groups[1]["params"])
+
+
+def test_sinusoidal_table_values():
+    table = sinusoidal_table(4, 6, rms=0.5**0.5)  # unscaled: sin and cos themselves
+    assert table.shape == (4, 6)
+    assert torch.allclose(table[0], torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0]))
+    assert torch.isclose(table[1, 0], torch.sin(torch.tensor(1.0)))
+    scaled = sinusoidal_table(64, 32)
+    assert torch.isclose(scaled.pow(2).mean().sqrt(), torch.tensor(0.02), rtol=1e-3)
+
+
+def test_generate_appends_tokens_and_crops_context():
+    model = tiny()
+    out = model.generate(torch.tensor([[2, 5, 6]]), max_new_tokens=20, temperature=0)
+    assert out.shape == (1, 23)  # 23 > block_size: the context is cropped, not refused
+    again = model.generate(torch.tensor([[2, 5, 6]]), max_new_tokens=20, temperature=0)
+    assert torch.equal(out, again)  # greedy is deterministic
+
+
+def test_sampling_is_seeded_and_top_k_restricts_choices():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    draws = {int(sample_next(logits, 1.0, top_k=2, generator=torch.Generator().manual_seed(s))) for s in range(50)}
+    assert draws <= {2, 3} and len(draws) == 2
+    a = sample_next(logits, 1.0, 0, torch.Generator().manual_seed(7))
+    b = sample_next(logits, 1.0, 0, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    assert int(sample_next(logits, 0.0, 0)) == 3
