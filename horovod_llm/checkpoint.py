@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from horovod_llm import layout, storage
-from horovod_llm.config import RunConfig, from_dict, to_dict
+from horovod_llm.config import RunConfig, from_dict, to_dict, to_yaml
 from horovod_llm.errors import UserError
 from horovod_llm.model import GPT, GPTConfig
 
@@ -39,14 +39,29 @@ def _tensor_bytes(value) -> bytes:
     return buffer.getvalue()
 
 
-def save_checkpoint(output_url: str, step: int, model: GPT, optimizer, config: RunConfig, tokenizer_bytes: bytes, meta: dict) -> str:
-    """Write one checkpoint folder, marker last; return its URL."""
+def save_checkpoint(
+    output_url: str,
+    step: int,
+    model: GPT,
+    optimizer,
+    config: RunConfig,
+    tokenizer_bytes: bytes,
+    meta: dict,
+    rng_states: list[torch.Tensor] | None = None,
+) -> str:
+    """Write one checkpoint folder, marker last; return its URL.
+
+    `rng_states` holds every rank's torch RNG state (dropout), for exact resumption.
+    """
     url = storage.join(layout.checkpoints_url(output_url), step_dir_name(step))
     storage.remove(url)  # a partial folder left by a crashed writer at this step
     storage.write_bytes(storage.join(url, "model.pt"), _tensor_bytes(model.state_dict()))
     if optimizer is not None:
         storage.write_bytes(storage.join(url, "optimizer.pt"), _tensor_bytes(optimizer.state_dict()))
+    if rng_states is not None:
+        storage.write_bytes(storage.join(url, "rng.pt"), _tensor_bytes(rng_states))
     storage.write_bytes(storage.join(url, "tokenizer.model"), tokenizer_bytes)
+    storage.write_text(storage.join(url, "config.yaml"), to_yaml(config))
     storage.write_json(
         storage.join(url, "meta.json"),
         {"step": step, "model_args": dataclasses.asdict(model.config), "config": to_dict(config), **meta},
@@ -141,13 +156,23 @@ def check_compatible(url: str, expected_model_args: dict) -> dict:
     return meta
 
 
-def load_training_state(url: str, expected_model_args: dict) -> tuple[dict, dict, dict | None]:
-    """(meta, model state, optimizer state) of a compatible checkpoint to resume from."""
+@dataclass
+class TrainingState:
+    meta: dict
+    model: dict
+    optimizer: dict | None
+    rng_states: list[torch.Tensor] | None
+
+
+def load_training_state(url: str, expected_model_args: dict) -> TrainingState:
+    """Weights, optimizer state and RNG states of a compatible checkpoint to resume from."""
     meta = check_compatible(url, expected_model_args)
-    model_state = _load_tensors(storage.join(url, "model.pt"))
-    optimizer_url = storage.join(url, "optimizer.pt")
-    optimizer_state = _load_tensors(optimizer_url) if storage.exists(optimizer_url) else None
-    return meta, model_state, optimizer_state
+
+    def optional(name: str):
+        file_url = storage.join(url, name)
+        return _load_tensors(file_url) if storage.exists(file_url) else None
+
+    return TrainingState(meta, _load_tensors(storage.join(url, "model.pt")), optional("optimizer.pt"), optional("rng.pt"))
 
 
 def load_checkpoint(url: str) -> LoadedCheckpoint:

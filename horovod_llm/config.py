@@ -34,12 +34,15 @@ class DataConfig:
     input_url: str | None = None
     # One document per file, or one per blank-line separated paragraph block.
     split_on_blank_lines: bool = False
+    # Unicode normalisation of the text before tokenisation: "nfkc" or "none".
+    normalization: str = "nfkc"
     window_size: int = 128
     overlap: int = 64
     val_fraction: float = 0.1
     # Row groups are sized so that up to this many ranks each get one per split.
     max_ranks: int = 8
-    # 0: one partition per input file, capped by Spark's default parallelism x 4.
+    # Encoding partitions per split; 0: from the corpus size (32 MB of text each, at
+    # least 4 per Spark core), capped by the number of documents.
     num_partitions: int = 0
 
 
@@ -50,6 +53,27 @@ class TokenizerConfig:
     sample_bytes: int = 20_000_000
     character_coverage: float = 1.0
     seed: int = 1234
+    # An existing tokenizer.model (trained by this package) to reuse instead of training.
+    model_url: str | None = None
+
+
+@dataclass
+class Word2VecConfig:
+    enabled: bool = True
+    # 0 means model.n_embd: the vectors initialise the model's token embedding.
+    vector_size: int = 0
+    window: int = 5
+    min_count: int = 1
+    epochs: int = 5
+    workers: int = 2
+    # Upper bound on the training-split tokens sampled by Spark for Word2Vec.
+    sample_tokens: int = 2_000_000
+    seed: int = 1234
+
+
+@dataclass
+class EmbeddingConfig:
+    word2vec: Word2VecConfig = field(default_factory=Word2VecConfig)
 
 
 @dataclass
@@ -61,6 +85,8 @@ class ModelConfig:
     bias: bool = False
     positional: str = "sinusoidal"  # or "learned"
     tie_weights: bool = True
+    # Initialise the token embedding from the dataset's Word2Vec vectors.
+    init_from_word2vec: bool = True
 
 
 @dataclass
@@ -79,6 +105,13 @@ class TrainConfig:
     grad_clip: float = 1.0
     # Horovod's rule: multiply the learning rate by the number of ranks (or not).
     scale_lr_by_ranks: bool = False
+    # hvd.DistributedOptimizer: fp16 gradient compression on the wire, gradient
+    # accumulation over several micro-batches per optimizer step, and the reduction.
+    fp16_allreduce: bool = False
+    backward_passes_per_step: int = 1
+    allreduce_op: str = "average"  # or "adasum" (needs a Horovod built with MPI)
+    # Peak fp32 FLOP/s of one rank for model FLOPs utilisation; 0: measured at start.
+    peak_flops_per_rank: float = 0.0
     log_interval: int = 10
     eval_interval: int = 0  # 0: evaluate at the end of each epoch only
     eval_max_batches: int = 50  # per rank; bounds evaluation time on big datasets
@@ -106,6 +139,7 @@ class RunConfig:
     spark: SparkConfig = field(default_factory=SparkConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
@@ -167,6 +201,14 @@ def validate(config: RunConfig) -> None:
     need(0.0 < d.val_fraction < 1.0, f"data.val_fraction ({d.val_fraction}) must be between 0 and 1 (exclusive)")
     need(d.max_ranks >= 1, f"data.max_ranks ({d.max_ranks}) must be at least 1")
     need(d.num_partitions >= 0, f"data.num_partitions ({d.num_partitions}) must be 0 (automatic) or more")
+    need(d.normalization in ("nfkc", "none"), f"data.normalization ('{d.normalization}') must be 'nfkc' or 'none'")
+    w2v = config.embedding.word2vec
+    need(
+        w2v.vector_size in (0, m.n_embd),
+        f"embedding.word2vec.vector_size ({w2v.vector_size}) must be 0 or model.n_embd ({m.n_embd}): the vectors initialise the token embedding",
+    )
+    for name in ("window", "min_count", "epochs", "workers", "sample_tokens"):
+        need(getattr(w2v, name) >= 1, f"embedding.word2vec.{name} ({getattr(w2v, name)}) must be at least 1")
     need(t.vocab_size >= 16, f"tokenizer.vocab_size ({t.vocab_size}) must be at least 16")
     need(t.sample_bytes >= 1024, f"tokenizer.sample_bytes ({t.sample_bytes}) must be at least 1024")
     need(0.9 <= t.character_coverage <= 1.0, f"tokenizer.character_coverage ({t.character_coverage}) must be in [0.9, 1]")
@@ -181,6 +223,9 @@ def validate(config: RunConfig) -> None:
     need(tr.num_proc >= 1, f"train.num_proc ({tr.num_proc}) must be at least 1")
     need(tr.threads_per_rank >= 0, f"train.threads_per_rank ({tr.threads_per_rank}) must be 0 (automatic) or more")
     need(tr.batch_size >= 1, f"train.batch_size ({tr.batch_size}) must be at least 1")
+    need(tr.backward_passes_per_step >= 1, f"train.backward_passes_per_step ({tr.backward_passes_per_step}) must be at least 1")
+    need(tr.allreduce_op in ("average", "adasum"), f"train.allreduce_op ('{tr.allreduce_op}') must be 'average' or 'adasum'")
+    need(tr.peak_flops_per_rank >= 0, f"train.peak_flops_per_rank ({tr.peak_flops_per_rank}) must be 0 (measure) or more")
     need(tr.epochs >= 1 or tr.max_steps > 0, "train.epochs must be at least 1 unless train.max_steps is set")
     need(tr.max_steps >= 0, f"train.max_steps ({tr.max_steps}) must be 0 (use epochs) or more")
     need(tr.learning_rate > 0, f"train.learning_rate ({tr.learning_rate}) must be positive")

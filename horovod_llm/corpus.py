@@ -11,6 +11,7 @@ import hashlib
 import importlib.metadata
 import logging
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from horovod_llm import storage
@@ -60,6 +61,12 @@ def list_corpus(input_url: str | None) -> list[CorpusFile]:
     fs, path = storage.filesystem(url)
     protocol = url.split("://")[0] + "://" if storage.is_remote(url) else ""
     try:
+        if protocol and not fs.exists(path.split("/", 1)[0]):
+            bucket = path.split("/", 1)[0]
+            raise UserError(
+                f"corpus {input_url}: bucket '{bucket}' does not exist or is not readable with these credentials: "
+                "check data.input_url and your AWS credentials (and storage endpoint)"
+            )
         if any(ch in path for ch in "*?["):
             matches = fs.glob(path, detail=True)
             root = path.split("*")[0].rsplit("/", 1)[0]
@@ -108,16 +115,50 @@ def markdown_to_text(text: str) -> str:
     return text
 
 
-def decode(raw: bytes, name: str) -> tuple[str, int]:
-    """(text, number of invalid UTF-8 sequences replaced)."""
+def looks_binary(raw: bytes) -> bool:
+    """Text files never hold NUL bytes; binary formats (images, archives, PDFs) nearly always
+    do within their first kilobytes. The same test as git's and grep's."""
+    return b"\x00" in raw[:8192]
+
+
+def decode(raw: bytes, name: str, normalization: str = "nfkc") -> tuple[str | None, int]:
+    """(text, number of invalid UTF-8 sequences replaced); text is None for a binary file.
+
+    Binary files are skipped (and reported by the caller), not decoded into noise.
+    """
     if name.lower().endswith(".gz"):
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError):
+            return None, 0  # not gzip after all, or truncated: unreadable as text
         name = name[:-3]
+    if looks_binary(raw):
+        return None, 0
     text = raw.decode("utf-8", errors="replace")
     replaced = text.count("\ufffd") - raw.count("\ufffd".encode("utf-8"))
+    if normalization == "nfkc":
+        # NFKC folds compatibility forms (ligatures, full-width letters, non-breaking
+        # spaces) into their plain equivalents, so one word gets one spelling.
+        text = unicodedata.normalize("NFKC", text)
     if name.lower().endswith((".md", ".markdown")):
         text = markdown_to_text(text)
     return text, replaced
+
+
+def chunks(text: str, size: int) -> list[str]:
+    """`text` cut into pieces of about `size` characters, at a newline or space where
+    there is one, so that a single 100 MB line is encoded in bounded batches."""
+    if len(text) <= size:
+        return [text]
+    pieces, start = [], 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end < len(text):
+            cut = max(text.rfind("\n", start + size // 2, end), text.rfind(" ", start + size // 2, end))
+            end = cut + 1 if cut > start else end
+        pieces.append(text[start:end])
+        start = end
+    return pieces
 
 
 def split_documents(doc_id: str, text: str, on_blank_lines: bool) -> list[tuple[str, str]]:

@@ -67,12 +67,20 @@ def window_batches(
     num_epochs: int | None,
     seed: int,
     shuffle: bool,
+    skip_batches: int = 0,
 ) -> Iterator[Iterator[np.ndarray]]:
     """Batches of windows, int64 arrays of shape (B, window_size + 1), from this rank's shard.
 
     `num_epochs=None` repeats the shard forever (training counts its own steps);
     `num_epochs=1` reads it once (evaluation). A rank whose shard holds no row group
     gets an empty iterator.
+
+    The order is a function of (seed, rank, world_size) alone, so that a resumed run
+    replays it exactly after skipping `skip_batches`: row groups are shuffled by the
+    reader's seeded ventilator each epoch, one reader thread keeps them in that order,
+    and rows were already shuffled within each part at preprocessing. Petastorm's
+    shuffling queue is left off because it draws from torch's global RNG, which dropout
+    shares.
     """
     from petastorm import make_batch_reader
     from petastorm.errors import NoDataAvailableError
@@ -88,15 +96,17 @@ def window_batches(
             shuffle_row_groups=shuffle,
             seed=seed,
             reader_pool_type="thread",
-            workers_count=2,
+            workers_count=1,
         )
     except NoDataAvailableError:
         log.warning("rank %d: no %s row group in its shard (%d shards)", rank, split, world_size)
         yield iter(())
         return
     try:
-        loader = BatchedDataLoader(reader, batch_size=batch_size, shuffling_queue_capacity=batch_size * 8 if shuffle else 0)
-        yield (batch["ids"].numpy().astype(np.int64, copy=False) for batch in loader)
+        batches = (batch["ids"].numpy().astype(np.int64, copy=False) for batch in BatchedDataLoader(reader, batch_size=batch_size))
+        for _ in range(skip_batches):
+            next(batches)
+        yield batches
     finally:
         reader.stop()
         reader.join()

@@ -17,7 +17,7 @@ from horovod_llm import checkpoint, dataset, layout, storage
 from horovod_llm.config import RunConfig, to_dict, to_yaml
 from horovod_llm.errors import JobFailed, UserError
 from horovod_llm.spark import is_local, spark_session, task_slots
-from horovod_llm.train import model_config, train_worker
+from horovod_llm.train import check_allreduce_op, check_word2vec_available, model_config, train_worker
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,11 @@ def horovodrun_command(config_path: str, num_proc: int, start_timeout: int) -> l
 
 def preflight(config: RunConfig) -> None:
     """Refuse, in the driver and before any rank starts, what the ranks would refuse."""
+    import horovod.torch as hvd
+
     manifest = dataset.read_manifest(config.output_url)
+    check_word2vec_available(config, manifest)
+    check_allreduce_op(config.train.allreduce_op, hvd)
     latest = checkpoint.checkpoint_to_resume(config.output_url, config.train.resume)
     if latest is not None:
         checkpoint.check_compatible(latest[1], dataclasses.asdict(model_config(config, manifest)))
@@ -68,11 +72,20 @@ def run_with_spark(config: RunConfig, spark=None) -> dict:
     if not tc.threads_per_rank and not local:
         cpus = int(session.sparkContext.getConf().get("spark.task.cpus", "1"))
         config = dataclasses.replace(config, train=dataclasses.replace(tc, threads_per_rank=cpus))
+    context = session.sparkContext
+    launch_info = {
+        "launcher": "spark",
+        "spark_master": context.master,
+        # the driver is listed among the block managers; in local mode it is the executor
+        "executors": max(1, context._jsc.sc().getExecutorMemoryStatus().size() - (0 if local else 1)),
+        "task_cpus": int(context.getConf().get("spark.task.cpus", "1")),
+        "default_parallelism": context.defaultParallelism,
+    }
     log.info("starting %d Horovod ranks with horovod.spark.run (Gloo%s)", tc.num_proc, ", loopback" if local else "")
     try:
         results = horovod.spark.run(
             train_worker,
-            args=(to_dict(config),),
+            args=(to_dict(config), launch_info),
             num_proc=tc.num_proc,
             start_timeout=tc.start_timeout,
             use_gloo=True,
@@ -115,4 +128,4 @@ def launch_training(config: RunConfig, spark=None) -> dict:
         return run_with_horovodrun(config)
     if config.train.num_proc != 1:
         raise UserError(f"train.launcher=local runs one rank, but train.num_proc={config.train.num_proc}: set train.num_proc=1")
-    return train_worker(to_dict(config))
+    return train_worker(to_dict(config), {"launcher": "local"})

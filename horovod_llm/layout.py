@@ -30,6 +30,10 @@ def manifest_url(output_url: str) -> str:
     return storage.join(output_url, "dataset", "manifest.json")
 
 
+def embeddings_url(output_url: str) -> str:
+    return storage.join(output_url, "embeddings", "word2vec.npy")
+
+
 def checkpoints_url(output_url: str) -> str:
     return storage.join(output_url, "checkpoints")
 

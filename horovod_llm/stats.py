@@ -1,4 +1,5 @@
-"""Training statistics: steps.jsonl, epochs.jsonl and summary.json under {output_url}/stats.
+"""Training statistics under {output_url}/stats: steps.jsonl (per logged step),
+evals.jsonl (per evaluation), epochs.jsonl (per epoch) and summary.json.
 
 Only the logging rank writes; the others get a `NullStats`, which keeps `if rank == 0`
 out of the training loop. Files are rewritten whole on each flush because object
@@ -22,6 +23,9 @@ class NullStats:
     def log_epoch(self, record: dict) -> None:
         pass
 
+    def log_eval(self, record: dict) -> None:
+        pass
+
     def write_summary(self, summary: dict) -> None:
         pass
 
@@ -34,10 +38,11 @@ class StatsWriter(NullStats):
         self.root = layout.stats_url(output_url)
         self.steps: list[dict] = []
         self.epochs: list[dict] = []
+        self.evals: list[dict] = []
 
     def resume(self, step: int) -> None:
         """Keep the records of an earlier run up to `step`, the checkpoint resumed from."""
-        for name, records in (("steps.jsonl", self.steps), ("epochs.jsonl", self.epochs)):
+        for name, records in self._files():
             url = storage.join(self.root, name)
             if storage.exists(url):
                 records[:] = [r for r in map(json.loads, storage.read_text(url).splitlines()) if r["step"] <= step]
@@ -49,8 +54,14 @@ class StatsWriter(NullStats):
         self.epochs.append(record)
         self.flush()
 
+    def log_eval(self, record: dict) -> None:
+        self.evals.append(record)
+
+    def _files(self):
+        return (("steps.jsonl", self.steps), ("epochs.jsonl", self.epochs), ("evals.jsonl", self.evals))
+
     def flush(self) -> None:
-        for name, records in (("steps.jsonl", self.steps), ("epochs.jsonl", self.epochs)):
+        for name, records in self._files():
             storage.write_text(storage.join(self.root, name), "".join(json.dumps(r) + "\n" for r in records))
 
     def write_summary(self, summary: dict) -> None:

@@ -12,8 +12,9 @@ and generation agree without asking the model:
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
-import tempfile
+import re
 from pathlib import Path
 
 import sentencepiece as spm
@@ -45,14 +46,19 @@ def decode(processor: spm.SentencePieceProcessor, ids: list[int]) -> str:
 
 def train_bpe(sample_path: Path, vocab_size: int, character_coverage: float, seed: int) -> bytes:
     """Train a BPE model on a local text file, one passage per line with newlines
-    already mapped to NEWLINE; return the serialized model."""
+    already mapped to NEWLINE; return the serialized model.
+
+    Sentences are streamed in and the model written to memory, so the model records no
+    temporary paths: the same sample gives the same bytes (and tokenizer hash).
+    """
     spm.set_random_generator_seed(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        prefix = str(Path(tmp) / "bpe")
+    model = io.BytesIO()
+    with open(sample_path, encoding="utf-8") as sample:
+        sentences = (line.rstrip("\n") for line in sample)
         try:
             spm.SentencePieceTrainer.train(
-                input=str(sample_path),
-                model_prefix=prefix,
+                sentence_iterator=sentences,
+                model_writer=model,
                 model_type="bpe",
                 vocab_size=vocab_size,
                 character_coverage=character_coverage,
@@ -66,19 +72,20 @@ def train_bpe(sample_path: Path, vocab_size: int, character_coverage: float, see
                 num_threads=2,
                 # Keep whitespace runs: verse indentation and line structure matter here.
                 remove_extra_whitespaces=False,
+                # The text is already normalised (or deliberately not) by data.normalization.
+                normalization_rule_name="identity",
                 split_digits=True,
                 user_defined_symbols=[NEWLINE],
                 minloglevel=2,
             )
         except RuntimeError as exc:
             message = str(exc)
-            if "Vocabulary size is too large" in message or "vocab_size" in message:
-                raise UserError(
-                    f"tokenizer.vocab_size ({vocab_size}) is too large for this corpus ({message.strip().splitlines()[-1]}): "
-                    "lower tokenizer.vocab_size or add text"
-                ) from None
+            if "Vocabulary size" in message or "vocab_size" in message:
+                limit = re.search(r"<= (\d+)", message)
+                most = f"at most {limit.group(1)} pieces can be learned from its sample" if limit else message.strip().splitlines()[-1]
+                raise UserError(f"tokenizer.vocab_size ({vocab_size}) is too large for this corpus ({most}): lower tokenizer.vocab_size or add text") from None
             raise
-        return Path(prefix + ".model").read_bytes()
+    return model.getvalue()
 
 
 def load(model_bytes: bytes) -> spm.SentencePieceProcessor:

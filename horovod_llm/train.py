@@ -1,8 +1,8 @@
 """The training worker: the one entry point of a rank, whatever started it.
 
-`train_worker(config_values)` runs under `horovod.spark.run` (one Spark task per rank),
-under `horovodrun` (via `python -m horovod_llm.worker`) and in-process for a single
-rank. It returns a small dict; weights and statistics go to storage.
+`train_worker(config_values, launch_info)` runs under `horovod.spark.run` (one Spark
+task per rank), under `horovodrun` (via `python -m horovod_llm.worker`) and in-process
+for a single rank. It returns a small dict; weights and statistics go to storage.
 """
 
 from __future__ import annotations
@@ -11,17 +11,20 @@ import dataclasses
 import logging
 import math
 import os
-import resource
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from horovod_llm import checkpoint, dataset, layout, storage
-from horovod_llm.config import RunConfig, from_dict
+from horovod_llm import checkpoint, dataset, embeddings, layout, storage
+from horovod_llm.config import RunConfig, TrainConfig, from_dict
+from horovod_llm.errors import UserError
 from horovod_llm.log import setup_logging
+from horovod_llm.metrics import batch_metrics, measure_matmul_flops, model_flops_utilisation, peak_rss_mb
 from horovod_llm.model import GPT, GPTConfig
+from horovod_llm.plots import write_curves
 from horovod_llm.schedule import learning_rate_at
 from horovod_llm.stats import NullStats, StatsWriter
 from horovod_llm.tokenizer import PAD_ID
@@ -53,19 +56,67 @@ def threads_for_rank(configured: int, local_size: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(local_size, 1))
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+def check_word2vec_available(config: RunConfig, manifest: dict) -> None:
+    if config.model.init_from_word2vec and not manifest.get("embeddings"):
+        raise UserError(
+            "model.init_from_word2vec=true but the dataset has no Word2Vec vectors: "
+            "re-run preprocess with embedding.word2vec.enabled=true, or set model.init_from_word2vec=false"
+        )
 
 
-def batch_metrics(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
-    """(correct predictions, counted tokens) over the non-PAD targets of a batch."""
-    mask = targets != PAD_ID
-    correct = ((logits.argmax(dim=-1) == targets) & mask).sum()
-    return float(correct), float(mask.sum())
+def check_allreduce_op(op: str, hvd) -> None:
+    # Horovod implements Adasum on CPU with MPI only; this stack builds Gloo alone.
+    if op == "adasum" and not hvd.mpi_built():
+        raise UserError("train.allreduce_op=adasum needs Horovod built with MPI (this build has Gloo only): set train.allreduce_op=average")
+
+
+def distributed_optimizer(model: GPT, tc: TrainConfig, learning_rate: float, hvd):
+    """AdamW with weight-decay groups, wrapped by Horovod with the configured options."""
+    optimizer = torch.optim.AdamW(model.param_groups(tc.weight_decay), lr=learning_rate, betas=(0.9, 0.95))
+    # Horovod: average gradients across ranks with ring-allreduce.
+    return hvd.DistributedOptimizer(
+        optimizer,
+        named_parameters=model.named_parameters(),
+        compression=hvd.Compression.fp16 if tc.fp16_allreduce else hvd.Compression.none,
+        backward_passes_per_step=tc.backward_passes_per_step,
+        op=hvd.Adasum if tc.allreduce_op == "adasum" else hvd.Average,
+    )
+
+
+@dataclass
+class StepResult:
+    loss: float  # mean over the step's micro-batches
+    correct: float
+    tokens: float
+    grad_norm: float  # of the averaged gradient, before clipping
+    sync_seconds: float  # waiting for the allreduce after the last backward pass
+
+
+def train_step(model: GPT, optimizer, micro_batches: list[torch.Tensor], grad_clip: float) -> StepResult:
+    """One optimizer step over `backward_passes_per_step` micro-batches of (B, T+1) ids."""
+    optimizer.zero_grad()
+    loss_sum = correct = tokens = 0.0
+    for ids in micro_batches:
+        inputs, targets = ids[:, :-1], ids[:, 1:]
+        logits, loss = model(inputs, targets)
+        # Horovod averages over ranks; dividing by the micro-batch count averages over them.
+        (loss / len(micro_batches)).backward()
+        loss_sum += loss.item()
+        c, t = batch_metrics(logits.detach(), targets)
+        correct, tokens = correct + c, tokens + t
+    # Horovod: finish the allreduce before clipping, so every rank clips the same averaged
+    # gradient, then step without a second synchronisation.
+    sync_started = time.perf_counter()
+    optimizer.synchronize()
+    sync_seconds = time.perf_counter() - sync_started
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf")))
+    with optimizer.skip_synchronize():
+        optimizer.step()
+    return StepResult(loss_sum / len(micro_batches), correct, tokens, grad_norm, sync_seconds)
 
 
 @torch.no_grad()
-def evaluate(model: GPT, output_url: str, rank: int, world_size: int, batch_size: int, max_batches: int, allreduce_sum) -> dict:
+def validate(model: GPT, output_url: str, rank: int, world_size: int, batch_size: int, max_batches: int, allreduce_sum) -> dict:
     """Validation loss, perplexity and token accuracy over every rank's shard.
 
     Each rank reads its own shard once (shards may differ in size); only the final
@@ -89,18 +140,32 @@ def evaluate(model: GPT, output_url: str, rank: int, world_size: int, batch_size
     return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0)), "val_accuracy": correct / tokens, "val_tokens": int(tokens)}
 
 
-def restore_latest(output_url: str, model: GPT, optimizer, resume: bool) -> int:
-    """Load the latest complete checkpoint into model and optimizer; its step, or 0."""
+def init_from_word2vec(model: GPT, output_url: str, manifest: dict) -> None:
+    """Copy the dataset's Word2Vec matrix into the token embedding (rank 0)."""
+    matrix = embeddings.load_matrix(layout.embeddings_url(output_url))
+    model.init_token_embedding(torch.from_numpy(matrix))
+    log.info("token embedding initialised from Word2Vec (coverage %.1f%%)", 100 * manifest["embeddings"]["coverage"])
+
+
+@dataclass
+class Resumed:
+    step: int = 0
+    rng_states: list | None = None  # every rank's torch RNG state at that step
+    data: dict | None = None  # the data position: seed, world size, batches consumed
+
+
+def restore_latest(output_url: str, model: GPT, optimizer, resume: bool) -> Resumed:
+    """Load the latest complete checkpoint into model and optimizer (rank 0)."""
     latest = checkpoint.checkpoint_to_resume(output_url, resume)
     if latest is None:
-        return 0
+        return Resumed()
     step, url = latest
-    _, model_state, optimizer_state = checkpoint.load_training_state(url, dataclasses.asdict(model.config))
-    model.load_state_dict(model_state)
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+    state = checkpoint.load_training_state(url, dataclasses.asdict(model.config))
+    model.load_state_dict(state.model)
+    if state.optimizer is not None:
+        optimizer.load_state_dict(state.optimizer)
     log.info("resuming from %s (step %d)", url, step)
-    return step
+    return Resumed(step, state.rng_states, state.meta.get("data"))
 
 
 def _format_eta(seconds: float) -> str:
@@ -108,7 +173,21 @@ def _format_eta(seconds: float) -> str:
     return f"{minutes}m{seconds:02d}s"
 
 
-def train_worker(config_values: dict) -> dict:
+class Interval:
+    """Sums over the steps between two log lines, reduced across ranks when logged."""
+
+    def __init__(self):
+        self.sums = torch.zeros(6, dtype=torch.float64)  # loss*tokens, correct, tokens, steps, seconds, sync seconds
+
+    def add(self, result: StepResult, seconds: float) -> None:
+        values = [result.loss * result.tokens, result.correct, result.tokens, 1.0, seconds, result.sync_seconds]
+        self.sums += torch.tensor(values, dtype=torch.float64)
+
+    def reset(self) -> None:
+        self.sums.zero_()
+
+
+def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
     """Train on this rank's shard; rank 0 writes checkpoints and statistics."""
     import horovod.torch as hvd
 
@@ -121,171 +200,174 @@ def train_worker(config_values: dict) -> dict:
     is_main = rank == 0
     setup_logging(config.log_level, rank)
     tc = config.train
+    check_allreduce_op(tc.allreduce_op, hvd)
     threads = threads_for_rank(tc.threads_per_rank, hvd.local_size())
     torch.set_num_threads(threads)  # Horovod: pin each rank to its share of the cores
     torch.manual_seed(tc.seed)
-    np.random.seed(tc.seed + rank)
 
     out = config.output_url
     manifest = dataset.read_manifest(out)
+    check_word2vec_available(config, manifest)
     tokenizer_bytes = storage.read_bytes(layout.tokenizer_url(out))
     model = GPT(model_config(config, manifest))
+    if is_main and config.model.init_from_word2vec:
+        init_from_word2vec(model, out, manifest)  # reaches the other ranks by broadcast
     # Horovod: optionally scale the learning rate with the number of ranks.
-    max_lr = tc.learning_rate * (world_size if tc.scale_lr_by_ranks else 1)
-    min_lr = tc.min_lr * (world_size if tc.scale_lr_by_ranks else 1)
-    optimizer = torch.optim.AdamW(model.param_groups(tc.weight_decay), lr=max_lr, betas=(0.9, 0.95))
+    lr_scale = world_size if tc.scale_lr_by_ranks else 1
+    max_lr, min_lr = tc.learning_rate * lr_scale, tc.min_lr * lr_scale
+    optimizer = distributed_optimizer(model, tc, max_lr, hvd)
     # Horovod: rank 0 finds the checkpoint to resume from and broadcasts its step; the
     # weights and optimizer state it loads reach the other ranks by the broadcasts below.
-    resume_step = restore_latest(out, model, optimizer, tc.resume) if is_main else 0
-    resume_step = hvd.broadcast_object(resume_step, root_rank=0, name="resume_step")
+    resumed = restore_latest(out, model, optimizer, tc.resume) if is_main else Resumed()
+    resumed = hvd.broadcast_object(resumed, root_rank=0, name="resumed")
     # Horovod: every rank starts from rank 0's weights and optimizer state.
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     hvd.broadcast_optimizer_state(optimizer, root_rank=0)
-    # Horovod: average gradients across ranks with ring-allreduce.
-    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+
+    # Dropout masks differ across ranks (their data does too), and continue exactly
+    # where a checkpoint left them when the world size is the same.
+    torch.manual_seed(tc.seed + 1 + rank)
+    if resumed.rng_states is not None and len(resumed.rng_states) == world_size:
+        torch.set_rng_state(resumed.rng_states[rank])
 
     def allreduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         return hvd.allreduce(tensor, op=hvd.Sum, name="metrics_sum")
 
-    steps_per_epoch = dataset.steps_per_epoch(manifest["splits"]["train"]["windows"], tc.batch_size, world_size)
+    micro = tc.backward_passes_per_step
+    steps_per_epoch = dataset.steps_per_epoch(manifest["splits"]["train"]["windows"], tc.batch_size * micro, world_size)
     total_steps = tc.max_steps or tc.epochs * steps_per_epoch
-    tokens_per_step = tc.batch_size * manifest["window_size"] * world_size
+    tokens_per_step = tc.batch_size * micro * manifest["window_size"] * world_size
     stats = StatsWriter(out) if is_main else NullStats()
-    stats.resume(resume_step)
-    if resume_step >= total_steps:
+    stats.resume(resumed.step)
+    if resumed.step >= total_steps:
         if is_main:
-            log.info("the checkpoint at step %d already completes the %d steps asked for: nothing to train", resume_step, total_steps)
+            log.info("the checkpoint at step %d already completes the %d steps asked for: nothing to train", resumed.step, total_steps)
         hvd.barrier()
         summary_url = storage.join(layout.stats_url(out), "summary.json")
-        return {"rank": rank, "steps": resume_step, **({"summary": storage.read_json(summary_url)} if is_main and storage.exists(summary_url) else {})}
+        return {"rank": rank, "steps": resumed.step, **({"summary": storage.read_json(summary_url)} if is_main and storage.exists(summary_url) else {})}
+
+    # The machine's fp32 peak, measured by every rank at once (as they will compute).
+    peak_per_rank = tc.peak_flops_per_rank or measure_matmul_flops()
+    peak_flops = float(allreduce_sum(torch.tensor([peak_per_rank], dtype=torch.float64))[0])
+    flops_per_token = model.flops_per_token()
+    # Replay the data order after a resume: same seed, skip what was consumed. With
+    # another world size the shards differ, so a fresh order is the honest choice.
+    data_seed, skip = tc.seed, 0
+    if resumed.data and resumed.data.get("world_size") == world_size:
+        data_seed, skip = resumed.data["seed"], resumed.data["batches_consumed"]
+    elif resumed.step:
+        data_seed = tc.seed + resumed.step
+        if is_main:
+            log.warning("resuming on %d ranks from a checkpoint of another world size: the data order restarts", world_size)
     if is_main:
         log.info(
-            "training %.2fM parameters on %d rank(s) x %d thread(s): %d steps (%d per epoch), %d tokens per step",
-            model.num_parameters() / 1e6,
-            world_size,
-            threads,
-            total_steps,
-            steps_per_epoch,
-            tokens_per_step,
-        )
+            "training %.2fM parameters on %d rank(s) x %d thread(s): steps %d..%d (%d per epoch), %d tokens per step, peak %.0f GFLOP/s",
+            model.num_parameters() / 1e6, world_size, threads, resumed.step + 1, total_steps, steps_per_epoch, tokens_per_step, peak_flops / 1e9,
+        )  # fmt: skip
 
-    started = time.perf_counter()
-    epoch_started = started
-    interval = torch.zeros(4, dtype=torch.float64)  # summed loss, correct, tokens, steps
-    epoch_loss = torch.zeros(2, dtype=torch.float64)  # summed loss, steps
-    interval_seconds = 0.0
+    started = epoch_started = time.perf_counter()
+    interval, epoch_loss = Interval(), torch.zeros(2, dtype=torch.float64)  # epoch: summed loss, steps
     last_eval: dict = {}
     checkpoint_url = None
+    mfu_values: list[float] = []
     model.train()
-    # A resumed run reshuffles with another seed rather than replaying the data order.
-    data_seed = tc.seed + resume_step
-    with dataset.window_batches(out, "train", rank, world_size, tc.batch_size, num_epochs=None, seed=data_seed, shuffle=True) as batches:
-        for step in range(resume_step + 1, total_steps + 1):
+    with dataset.window_batches(out, "train", rank, world_size, tc.batch_size, num_epochs=None, seed=data_seed, shuffle=True, skip_batches=skip) as batches:
+        for step in range(resumed.step + 1, total_steps + 1):
             epoch = (step - 1) // steps_per_epoch
             lr = learning_rate_at(step, max_lr=max_lr, min_lr=min_lr, warmup_steps=tc.warmup_steps, total_steps=total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             step_started = time.perf_counter()
-            ids = torch.from_numpy(next(batches))
-            inputs, targets = ids[:, :-1], ids[:, 1:]
-            logits, loss = model(inputs, targets)
-            optimizer.zero_grad()
-            loss.backward()
-            # Horovod: finish the allreduce before clipping, so every rank clips the same
-            # averaged gradient, then step without a second synchronisation.
-            optimizer.synchronize()
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip or float("inf")))
-            with optimizer.skip_synchronize():
-                optimizer.step()
-            loss_value = loss.item()
-            correct, tokens = batch_metrics(logits.detach(), targets)
-            interval += torch.tensor([loss_value * tokens, correct, tokens, 1.0], dtype=torch.float64)
-            epoch_loss += torch.tensor([loss_value, 1.0], dtype=torch.float64)
+            result = train_step(model, optimizer, [torch.from_numpy(next(batches)) for _ in range(micro)], tc.grad_clip)
             # Step time covers loading, compute and allreduce, not evaluation or checkpoints.
-            interval_seconds += time.perf_counter() - step_started
+            interval.add(result, time.perf_counter() - step_started)
+            epoch_loss += torch.tensor([result.loss, 1.0], dtype=torch.float64)
 
             end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
             if step % tc.log_interval == 0 or end_of_epoch:
-                totals = allreduce_sum(interval)
+                loss_x_tokens, correct, tokens, steps_done, _, sync = allreduce_sum(interval.sums).tolist()
                 # The slowest rank sets the pace of a synchronous step.
-                slowest = hvd.allreduce(torch.tensor([interval_seconds, peak_rss_mb()]), op=hvd.Max, name="max_time_rss")
+                slowest = hvd.allreduce(torch.tensor([float(interval.sums[4]), peak_rss_mb()]), op=hvd.Max, name="max_time_rss")
                 elapsed, rss = float(slowest[0]), float(slowest[1])
-                steps_done = float(totals[3]) / world_size
+                steps_done /= world_size
+                tokens_per_s = tokens_per_step * steps_done / elapsed
                 record = {
                     "step": step,
                     "epoch": epoch,
-                    "loss": float(totals[0] / totals[2]),
-                    "accuracy": float(totals[1] / totals[2]),
-                    "grad_norm": grad_norm,
+                    "loss": loss_x_tokens / tokens,
+                    "accuracy": correct / tokens,
+                    "grad_norm": result.grad_norm,
                     "lr": lr,
                     "step_time_s": elapsed / steps_done,
-                    "tokens_per_s": tokens_per_step * steps_done / elapsed,
+                    "tokens_per_s": tokens_per_s,
+                    "mfu": model_flops_utilisation(flops_per_token, tokens_per_s, peak_flops),
+                    # mean over ranks of the time spent waiting for gradients to be reduced
+                    "allreduce_share": sync / world_size / elapsed,
                     "peak_rss_mb": rss,
                 }
+                mfu_values.append(record["mfu"])
                 stats.log_step(record)
                 if is_main:
-                    eta = (time.perf_counter() - started) / (step - resume_step) * (total_steps - step)
+                    eta = (time.perf_counter() - started) / (step - resumed.step) * (total_steps - step)
                     log.info(
-                        "step %d/%d | epoch %d | loss %.4f | acc %.3f | grad %.2f | lr %.2e | %.0f tok/s | eta %s",
-                        step,
-                        total_steps,
-                        epoch,
-                        record["loss"],
-                        record["accuracy"],
-                        grad_norm,
-                        lr,
-                        record["tokens_per_s"],
-                        _format_eta(eta),
-                    )
-                interval.zero_()
-                interval_seconds = 0.0
+                        "step %d/%d | epoch %d | loss %.4f | acc %.3f | grad %.2f | lr %.2e | %.0f tok/s | mfu %.0f%% | eta %s",
+                        step, total_steps, epoch, record["loss"], record["accuracy"], result.grad_norm, lr, tokens_per_s, 100 * record["mfu"], _format_eta(eta),
+                    )  # fmt: skip
+                interval.reset()
 
             if (tc.eval_interval and step % tc.eval_interval == 0) or end_of_epoch:
-                last_eval = evaluate(model, out, rank, world_size, tc.batch_size, tc.eval_max_batches, allreduce_sum)
+                last_eval = validate(model, out, rank, world_size, tc.batch_size, tc.eval_max_batches, allreduce_sum)
+                stats.log_eval({"step": step, "epoch": epoch, **last_eval})
                 if is_main:
                     log.info(
                         "step %d | val loss %.4f | val ppl %.1f | val acc %.3f",
-                        step,
-                        last_eval["val_loss"],
-                        last_eval["val_perplexity"],
-                        last_eval["val_accuracy"],
-                    )
+                        step, last_eval["val_loss"], last_eval["val_perplexity"], last_eval["val_accuracy"],
+                    )  # fmt: skip
             if end_of_epoch:
                 epoch_totals = allreduce_sum(epoch_loss)
-                stats.log_epoch(
-                    {
-                        "epoch": epoch,
-                        "step": step,
-                        "seconds": time.perf_counter() - epoch_started,
-                        "train_loss": float(epoch_totals[0] / epoch_totals[1]),
-                        **last_eval,
-                    }
-                )
+                epoch_record = {"epoch": epoch, "step": step, "seconds": time.perf_counter() - epoch_started}
+                stats.log_epoch({**epoch_record, "train_loss": float(epoch_totals[0] / epoch_totals[1]), **last_eval})
                 epoch_loss.zero_()
                 epoch_started = time.perf_counter()
 
-            if is_main and ((tc.checkpoint_interval and step % tc.checkpoint_interval == 0) or step == total_steps):
-                checkpoint_url = checkpoint.save_checkpoint(
-                    out, step, model, optimizer, config, tokenizer_bytes, {"epoch": epoch, "metrics": last_eval, "dataset": manifest["fingerprint"]}
-                )
-                checkpoint.prune_checkpoints(out, tc.keep_last)
-                log.info("checkpoint written: %s", checkpoint_url)
+            if (tc.checkpoint_interval and step % tc.checkpoint_interval == 0) or step == total_steps:
+                # Horovod: a collective, so every rank takes part; rank 0 writes.
+                rng_states = hvd.allgather_object(torch.get_rng_state(), name="rng_states")
+                if is_main:
+                    data = {"seed": data_seed, "world_size": world_size, "batches_consumed": skip + (step - resumed.step) * micro}
+                    meta = {"epoch": epoch, "metrics": last_eval, "dataset": manifest["fingerprint"], "data": data}
+                    checkpoint_url = checkpoint.save_checkpoint(out, step, model, optimizer, config, tokenizer_bytes, meta, rng_states)
+                    checkpoint.prune_checkpoints(out, tc.keep_last)
+                    log.info("checkpoint written: %s", checkpoint_url)
 
     total_seconds = time.perf_counter() - started
     summary = {
         "steps": total_steps,
+        "resumed_from_step": resumed.step,
         "epochs": math.ceil(total_steps / steps_per_epoch),
         "steps_per_epoch": steps_per_epoch,
         "ranks": world_size,
         "threads_per_rank": threads,
-        "global_batch_windows": tc.batch_size * world_size,
+        "launch": launch_info or {"launcher": "unknown"},
+        "horovod": {
+            "compression": "fp16" if tc.fp16_allreduce else "none",
+            "op": tc.allreduce_op,
+            "backward_passes_per_step": micro,
+            "lr_scaled_by_ranks": tc.scale_lr_by_ranks,
+        },
+        "global_batch_windows": tc.batch_size * micro * world_size,
         "tokens_per_step": tokens_per_step,
         "total_seconds": total_seconds,
-        "tokens_per_s": tokens_per_step * total_steps / total_seconds,
+        "tokens_per_s": tokens_per_step * (total_steps - resumed.step) / total_seconds,
+        "peak_flops": peak_flops,
+        "mfu_mean": float(np.nanmean(mfu_values)) if mfu_values else float("nan"),
         "parameters": model.num_parameters(),
+        "flops_per_token": flops_per_token,
         "final": last_eval,
         "checkpoint_url": checkpoint_url,
     }
     stats.write_summary(summary)
+    if is_main:
+        write_curves(layout.stats_url(out), stats.steps, stats.evals)
     hvd.barrier()  # Horovod: no rank leaves while rank 0 still writes
     return {"rank": rank, "steps": total_steps, **({"summary": summary} if is_main else {})}

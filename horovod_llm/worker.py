@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m horovod_llm.worker CONFIG.yaml [section.key=value ...]", file=sys.stderr)
         return 2
     try:
-        train_worker(to_dict(load_config(argv[0], argv[1:])))
+        train_worker(to_dict(load_config(argv[0], argv[1:])), {"launcher": "horovodrun"})
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

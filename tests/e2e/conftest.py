@@ -7,10 +7,10 @@ from horovod_llm import layout
 
 @pytest.fixture
 def fresh_run(tiny_dataset, tmp_path):
-    """A new output_url holding a copy of the tiny dataset and tokenizer, no checkpoints."""
+    """A new output_url holding a copy of the tiny dataset, tokenizer and embeddings, no checkpoints."""
     config, manifest = tiny_dataset
     out = tmp_path / "run"
-    for part in ("dataset", "tokenizer"):
+    for part in ("dataset", "tokenizer", "embeddings"):
         shutil.copytree(f"{config.output_url}/{part}", out / part)
     # the manifest names the tokenizer by its original URL; training reads it from
     # the output_url it is given, so only the files need to move

@@ -69,11 +69,39 @@ def test_generate_without_checkpoint(tmp_path):
     assert_user_error(cli("generate", "--checkpoint", str(tmp_path), "--temperature", "-1"), "--temperature")
 
 
+def make_corpus(folder, files):
+    folder.mkdir()
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    return folder
+
+
+SMALL_DOCS = {f"doc{i}.txt": f"short text number {i}, a few words.\n".encode() for i in range(30)}
+BAD_CORPORA = {
+    "missing path": (None, [], ("does not exist", "data.input_url")),
+    "empty corpus": ({"empty.txt": b"  \n\n"}, [], ("holds no text", "data.input_url")),
+    "only binary files": ({"a.txt": b"\x89PNG\x00\x00binary", "b.md": b"\x00\x01\x02"}, [], ("holds no text",)),
+    "too small for one window": (SMALL_DOCS, ["tokenizer.vocab_size=60", "data.window_size=512", "data.overlap=0"], ("too small for one", "data.window_size")),
+    "vocabulary too large": (SMALL_DOCS, ["tokenizer.vocab_size=5000"], ("tokenizer.vocab_size (5000) is too large", "lower tokenizer.vocab_size")),
+    "window not above overlap": (SMALL_DOCS, ["data.window_size=16", "data.overlap=20"], ("data.window_size (16) must be larger than data.overlap (20)",)),
+}
+
+
 @pytest.mark.spark
-def test_missing_corpus_fails_fast(tmp_path):
-    result = cli("preprocess", "--config", str(TINY_CONFIG), f"output_url={tmp_path / 'out'}", f"data.input_url={tmp_path / 'nowhere'}")
-    assert_user_error(result, "does not exist", "data.input_url")
-    assert not (tmp_path / "out" / "dataset" / "manifest.json").exists()
+@pytest.mark.parametrize("case", list(BAD_CORPORA))
+def test_bad_corpus_is_refused_in_one_line(case, tmp_path):
+    files, overrides, fragments = BAD_CORPORA[case]
+    corpus = make_corpus(tmp_path / "corpus", files) if files is not None else tmp_path / "nowhere"
+    out = tmp_path / "out"
+    result = cli("preprocess", "--config", str(TINY_CONFIG), f"output_url={out}", f"data.input_url={corpus}", "data.split_on_blank_lines=false", *overrides)
+    assert_user_error(result, *fragments)
+    assert not (out / "dataset" / "manifest.json").exists()
+
+
+@pytest.mark.spark
+def test_unreadable_s3_corpus_is_refused_in_one_line(tmp_path, s3_server):
+    result = cli("preprocess", "--config", str(TINY_CONFIG), f"output_url={tmp_path}", "data.input_url=s3://no-such-bucket/corpus/")
+    assert_user_error(result, "bucket 'no-such-bucket' does not exist or is not readable", "credentials")
 
 
 @pytest.mark.spark

@@ -61,7 +61,7 @@ def test_manifest_counts_and_tokenizer_hash(tiny_dataset):
         # tokens include one EOS per document; windows follow from the stride per partition
         assert s["tokens"] > s["windows"] * (config.data.window_size - config.data.overlap)
         assert s["partitions"]["windows_min"] <= s["partitions"]["windows_median"] <= s["partitions"]["windows_max"]
-    assert set(manifest["stage_seconds"]) >= {"read", "tokenizer", "windows_train", "windows_val"}
+    assert set(manifest["stages"]) >= {"read", "tokenizer", "windows_train", "windows_val", "word2vec"}
 
 
 def test_rerun_with_same_config_skips_and_force_rebuilds(tiny_dataset, spark):

@@ -35,8 +35,8 @@ def test_round_trip(tmp_path, scheme):
     assert loaded.step == 7 and loaded.tokenizer_bytes == b"tokenizer-bytes"
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[name], tensor)
-    meta, model_state, optimizer_state = checkpoint.load_training_state(url, dataclasses.asdict(model.config))
-    assert meta["step"] == 7 and optimizer_state["state"]
+    state = checkpoint.load_training_state(url, dataclasses.asdict(model.config))
+    assert state.meta["step"] == 7 and state.optimizer["state"] and state.rng_states is None
 
 
 def test_folders_without_marker_are_ignored_and_pruned(tmp_path):

