@@ -12,6 +12,7 @@ import sys
 
 from horovod_llm import __version__
 from horovod_llm.config import CONFIG_DIR, RunConfig, load_config
+from horovod_llm.emr.commands import add_subcommands as add_emr_subcommands
 from horovod_llm.errors import JobFailed, UserError, user_error_in
 from horovod_llm.log import setup_logging
 
@@ -88,6 +89,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_emr(args: argparse.Namespace) -> int:
+    """Run the pipeline on AWS EMR: up, submit, status, logs, down (docs/emr.md)."""
+    return args.emr_handler(args, _load(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="horovod-llm", description="Train a GPT-style decoder from raw text with Spark and Horovod.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -119,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", cmd_run)
     with_config(p)
     p.add_argument("--force", action="store_true", help="rebuild the dataset even when a complete one exists")
+    add_emr_subcommands(add("emr", cmd_emr))
     return parser
 
 

@@ -133,6 +133,41 @@ class GenerateConfig:
 
 
 @dataclass
+class EmrConfig:
+    """The AWS EMR cluster and the S3 prefix `horovod-llm emr` works under (see docs/emr.md)."""
+
+    # The S3 prefix this project owns: artifacts (bootstrap, wheel, configs) go under
+    # <s3_url>/artifacts, logs under <s3_url>/logs/ unless log_uri says otherwise.
+    s3_url: str = ""
+    log_uri: str = ""
+    region: str = "us-east-1"
+    release_label: str = "emr-7.5.0"  # 7.x: Spark 3.5, Java 17, Amazon Linux 2023 (bootstrap.sh needs AL2023)
+    cluster_name: str = "horovod-llm"
+    master_instance_type: str = "m5.xlarge"
+    core_instance_type: str = "m5.2xlarge"
+    core_instance_count: int = 2
+    market: str = "ON_DEMAND"  # or SPOT (capped at the on-demand price)
+    root_volume_gb: int = 32  # the venv (torch, horovod) lives on the root volume
+    subnet_id: str = ""  # empty: the region's default VPC
+    key_name: str = ""  # an EC2 key pair for `ssh hadoop@<primary node>`; empty: none
+    service_role: str = "EMR_DefaultRole"
+    instance_profile: str = "EMR_EC2_DefaultRole"
+    idle_timeout_s: int = 3600  # the cluster terminates itself after this long idle; 0: never
+    # Every node gets the same venv at this path: Horovod starts ranks with the driver's
+    # interpreter path, and PYSPARK_PYTHON (spark-env classification) points here.
+    venv: str = "/opt/horovod-llm/venv"
+    # A horovod wheel built on EMR (AL2023, Python 3.11, this torch); empty: each node builds one.
+    horovod_wheel_url: str = ""
+    # PyPI's torch for Linux x86_64 is a CUDA build (GBs); this index has the CPU build.
+    torch_index_url: str = "https://download.pytorch.org/whl/cpu"
+    step_action_on_failure: str = "CANCEL_AND_WAIT"  # or CONTINUE, TERMINATE_CLUSTER
+    # `--conf` settings of the training step's spark-submit only (preprocessing keeps
+    # EMR's dynamic allocation): fixed executors, spark.task.cpus per rank, no retries.
+    train_conf: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class RunConfig:
     output_url: str = "runs/local"
     log_level: str = "INFO"
@@ -143,6 +178,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    emr: EmrConfig = field(default_factory=EmrConfig)
 
 
 def _describe(exc: OmegaConfBaseException) -> str:
@@ -243,8 +279,71 @@ def validate(config: RunConfig) -> None:
     need(g.top_k >= 0, f"generate.top_k ({g.top_k}) must be 0 (off) or more")
     need(config.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), f"log_level ('{config.log_level}') must be DEBUG, INFO, WARNING or ERROR")
     need(bool(config.output_url), "output_url must be set: a folder or an s3:// prefix for every output of the run")
+    problems.extend(emr_problems(config))
     if problems:
         raise UserError("invalid configuration: " + "; ".join(problems))
+
+
+_EMR_STEP_ACTIONS = ("CONTINUE", "CANCEL_AND_WAIT", "TERMINATE_CLUSTER")
+
+
+def emr_problems(config: RunConfig) -> list[str]:
+    """The emr section's values, and train.num_proc against the training step's executors."""
+    e = config.emr
+    problems: list[str] = []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    for name in ("s3_url", "log_uri", "horovod_wheel_url"):
+        value = getattr(e, name)
+        need(not value or value.startswith("s3://"), f"emr.{name} ('{value}') must be empty or an s3:// URL")
+    need(
+        e.release_label.startswith("emr-7."), f"emr.release_label ('{e.release_label}') must be an emr-7.x release: emr/bootstrap.sh targets Amazon Linux 2023"
+    )
+    need(e.core_instance_count >= 1, f"emr.core_instance_count ({e.core_instance_count}) must be at least 1: the training ranks run on core nodes")
+    need(e.market in ("ON_DEMAND", "SPOT"), f"emr.market ('{e.market}') must be ON_DEMAND or SPOT")
+    need(e.root_volume_gb >= 15, f"emr.root_volume_gb ({e.root_volume_gb}) must be at least 15")
+    need(e.idle_timeout_s == 0 or 60 <= e.idle_timeout_s <= 604800, f"emr.idle_timeout_s ({e.idle_timeout_s}) must be 0 (off) or 60 to 604800 seconds")
+    need(e.venv.startswith("/"), f"emr.venv ('{e.venv}') must be an absolute path: every node gets the venv at that same path")
+    need(
+        e.step_action_on_failure in _EMR_STEP_ACTIONS,
+        f"emr.step_action_on_failure ('{e.step_action_on_failure}') must be one of {', '.join(_EMR_STEP_ACTIONS)}",
+    )
+    for name in ("train_conf", "tags"):
+        for key, value in getattr(e, name).items():
+            # OmegaConf reads `emr.train_conf.spark.task.cpus=2` as nested keys.
+            need(
+                not isinstance(value, dict),
+                f"emr.{name} key '{key}' holds a mapping, not a value: write dotted keys in brackets, e.g. emr.{name}[spark.task.cpus]=2",
+            )
+    if problems:
+        return problems
+    conf = e.train_conf
+    sizing = ("spark.executor.instances", "spark.executor.cores", "spark.task.cpus")
+    try:
+        instances, cores, task_cpus = (int(conf[key]) if key in conf else None for key in sizing)
+    except ValueError:
+        problems.append("emr.train_conf: " + ", ".join(sizing) + " must be whole numbers")
+        return problems
+    if task_cpus is not None and cores is not None:
+        need(1 <= task_cpus <= cores, f"emr.train_conf spark.task.cpus ({task_cpus}) must be between 1 and spark.executor.cores ({cores})")
+    if instances is not None and cores is not None and task_cpus:
+        # Every rank is one Spark task and all of them must run at once.
+        slots = instances * (cores // task_cpus)
+        need(
+            config.train.num_proc <= slots,
+            f"train.num_proc ({config.train.num_proc}) needs that many task slots at once, but emr.train_conf gives {slots} "
+            f"(spark.executor.instances {instances} x spark.executor.cores {cores} // spark.task.cpus {task_cpus}): "
+            "lower train.num_proc or add executors",
+        )
+    if conf:
+        need(
+            conf.get("spark.dynamicAllocation.enabled", "").lower() == "false",
+            "emr.train_conf must set spark.dynamicAllocation.enabled: 'false': Horovod needs all its executors for the whole run",
+        )
+    return problems
 
 
 def to_yaml(config: RunConfig) -> str:

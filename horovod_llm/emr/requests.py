@@ -1,0 +1,308 @@
+"""EMR and S3 requests built from the config: pure functions, no AWS calls.
+
+Each request is the exact `params` dict boto3 sends (`run_job_flow(**params)`), and each
+has its `aws` CLI equivalent for `--dry-run`. Where EMR puts logs is here too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+import shlex
+from dataclasses import dataclass
+
+from horovod_llm.config import EmrConfig, RunConfig
+from horovod_llm.errors import UserError
+
+STAGES = ("preprocess", "train", "generate")
+STEP_PREFIX = "horovod-llm "  # step names: "horovod-llm preprocess", ...
+BOOTSTRAP_ACTION = "horovod-llm stack"
+# S3's rules for bucket names (lower case, digits, dots, hyphens; 3 to 63 characters).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_RELEASE_PATH = re.compile(r"/artifacts/([0-9a-f]{12})/bootstrap\.sh$")
+_APPLICATION = re.compile(r"\bapplication_\d+_\d+\b")
+
+
+def split_s3(url: str) -> tuple[str, str]:
+    """s3://bucket/key -> (bucket, key); s3a:// is the same object."""
+    match = re.match(r"^s3a?://([^/]+)/?(.*)$", url)
+    if not match:
+        raise UserError(f"'{url}' is not an s3:// URL")
+    return match.group(1), match.group(2)
+
+
+def launch_problems(config: RunConfig) -> list[str]:
+    """What `emr up` and `emr submit` need beyond a valid config: a real bucket, S3 outputs."""
+    e = config.emr
+    problems = []
+    if not e.s3_url:
+        problems.append("emr.s3_url is empty: pass emr.s3_url=s3://YOUR-BUCKET/prefix (docs/emr.md)")
+    elif not _BUCKET.match(split_s3(e.s3_url)[0]):
+        problems.append(f"emr.s3_url ({e.s3_url}) names no valid S3 bucket: pass emr.s3_url=s3://YOUR-BUCKET/prefix (docs/emr.md)")
+    if not config.output_url.startswith(("s3://", "s3a://")):
+        problems.append(f"output_url ({config.output_url}) must be an s3:// URL on EMR: every node reads and writes it")
+    if config.train.launcher != "spark":
+        problems.append(f"train.launcher ('{config.train.launcher}') must be 'spark' on EMR: the ranks run as Spark tasks on the core nodes")
+    if not config.spark.master.startswith("yarn"):
+        problems.append(f"spark.master ('{config.spark.master}') must be 'yarn' on EMR")
+    return problems
+
+
+def check_launchable(config: RunConfig) -> None:
+    problems = launch_problems(config)
+    if problems:
+        raise UserError("cannot run on EMR: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class ReleaseUrls:
+    """Where a release's files live in S3."""
+
+    prefix: str
+    bootstrap: str
+    stack: str
+    wheel: str
+    entry: str
+
+    def config(self, name: str) -> str:
+        return f"{self.prefix}/configs/{name}"
+
+
+def release_urls(s3_url: str, release_id: str, version: str) -> ReleaseUrls:
+    prefix = f"{s3_url.rstrip('/')}/artifacts/{release_id}"
+    return ReleaseUrls(
+        prefix=prefix,
+        bootstrap=f"{prefix}/bootstrap.sh",
+        stack=f"{prefix}/stack.tar.gz",
+        wheel=f"{prefix}/horovod_llm-{version}-py3-none-any.whl",
+        entry=f"{prefix}/entry.py",
+    )
+
+
+def release_of_bootstrap(path: str) -> str | None:
+    """The release id in a bootstrap action's script path, if it is one of ours."""
+    match = _RELEASE_PATH.search(path)
+    return match.group(1) if match else None
+
+
+def log_uri(emr: EmrConfig) -> str:
+    return emr.log_uri or f"{emr.s3_url.rstrip('/')}/logs/"
+
+
+def python_path(emr: EmrConfig) -> str:
+    return posixpath.join(emr.venv, "bin", "python")
+
+
+def configurations(emr: EmrConfig) -> list[dict]:
+    """Every Spark process on every node runs the venv's interpreter, driver included.
+
+    `spark-env` exports reach the shells EMR starts Spark from; the `spark-defaults`
+    properties are what spark-submit itself reads, in client and cluster mode.
+    """
+    python = python_path(emr)
+    return [
+        {
+            "Classification": "spark-env",
+            "Properties": {},
+            "Configurations": [{"Classification": "export", "Properties": {"PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python}}],
+        },
+        {"Classification": "spark-defaults", "Properties": {"spark.pyspark.python": python, "spark.pyspark.driver.python": python}},
+    ]
+
+
+def bootstrap_action(emr: EmrConfig, urls: ReleaseUrls) -> dict:
+    args = ["--stack", urls.stack, "--package", urls.wheel, "--venv", emr.venv, "--torch-index-url", emr.torch_index_url]
+    if emr.horovod_wheel_url:
+        args += ["--horovod-wheel", emr.horovod_wheel_url]
+    return {"Name": BOOTSTRAP_ACTION, "ScriptBootstrapAction": {"Path": urls.bootstrap, "Args": args}}
+
+
+def instance_groups(emr: EmrConfig) -> list[dict]:
+    def group(name: str, role: str, instance_type: str, count: int) -> dict:
+        entry = {"Name": name, "InstanceRole": role, "Market": emr.market, "InstanceType": instance_type, "InstanceCount": count}
+        if emr.market == "SPOT":
+            entry["BidPrice"] = "OnDemandPrice"  # pay at most the on-demand price
+        return entry
+
+    return [
+        group("primary", "MASTER", emr.master_instance_type, 1),
+        group("core", "CORE", emr.core_instance_type, emr.core_instance_count),
+    ]
+
+
+def run_job_flow_request(config: RunConfig, urls: ReleaseUrls) -> dict:
+    emr = config.emr
+    instances: dict = {
+        "InstanceGroups": instance_groups(emr),
+        # Steps come later with `emr submit`; idle_timeout_s ends an idle cluster.
+        "KeepJobFlowAliveWhenNoSteps": True,
+        "TerminationProtected": False,
+    }
+    if emr.subnet_id:
+        instances["Ec2SubnetId"] = emr.subnet_id
+    if emr.key_name:
+        instances["Ec2KeyName"] = emr.key_name
+    request = {
+        "Name": emr.cluster_name,
+        "LogUri": log_uri(emr),
+        "ReleaseLabel": emr.release_label,
+        "Applications": [{"Name": "Hadoop"}, {"Name": "Spark"}],
+        "Instances": instances,
+        "BootstrapActions": [bootstrap_action(emr, urls)],
+        "Configurations": configurations(emr),
+        "JobFlowRole": emr.instance_profile,
+        "ServiceRole": emr.service_role,
+        "EbsRootVolumeSize": emr.root_volume_gb,
+        # One step at a time: train needs preprocess's dataset, generate train's checkpoint.
+        "StepConcurrencyLevel": 1,
+    }
+    if emr.idle_timeout_s:
+        request["AutoTerminationPolicy"] = {"IdleTimeout": emr.idle_timeout_s}
+    if emr.tags:
+        request["Tags"] = [{"Key": key, "Value": value} for key, value in sorted(emr.tags.items())]
+    return request
+
+
+def config_name(config_yaml: str) -> str:
+    """The uploaded config's file name: named by its content, so reruns never overwrite."""
+    return f"config-{hashlib.sha256(config_yaml.encode()).hexdigest()[:12]}.yaml"
+
+
+def spark_submit_args(config: RunConfig, stage: str, urls: ReleaseUrls, config_url: str) -> list[str]:
+    """The command line of one step.
+
+    preprocess and train run in cluster mode (the driver is a YARN container on a core
+    node) with the config shipped by `--files` into the driver's working folder.
+    generate starts no SparkContext, which YARN cluster mode fails ("User did not
+    initialize spark context!"), so it runs in client mode on the primary node, where its
+    text lands in the step's stdout log.
+    """
+    if stage not in STAGES:
+        raise UserError(f"unknown stage '{stage}': choose from {', '.join(STAGES)}")
+    mode = "client" if stage == "generate" else "cluster"
+    args = ["spark-submit", "--deploy-mode", mode, "--master", "yarn", "--name", f"{config.spark.app_name}-{stage}"]
+    if stage == "generate":
+        g = config.generate
+        return args + [
+            urls.entry, "generate", "--checkpoint", config.output_url, "--prompt", g.prompt,
+            "--max-new-tokens", str(g.max_new_tokens), "--temperature", str(g.temperature),
+            "--top-k", str(g.top_k), "--seed", str(g.seed),
+        ]  # fmt: skip
+    args += ["--driver-memory", config.spark.driver_memory]
+    if stage == "train":
+        for key, value in config.emr.train_conf.items():
+            args += ["--conf", f"{key}={value}"]
+    return args + ["--files", config_url, urls.entry, stage, "--config", posixpath.basename(config_url)]
+
+
+def step(config: RunConfig, stage: str, urls: ReleaseUrls, config_url: str) -> dict:
+    return {
+        "Name": STEP_PREFIX + stage,
+        "ActionOnFailure": config.emr.step_action_on_failure,
+        "HadoopJarStep": {"Jar": "command-runner.jar", "Args": spark_submit_args(config, stage, urls, config_url)},
+    }
+
+
+def add_job_flow_steps_request(cluster_id: str, steps: list[dict]) -> dict:
+    return {"JobFlowId": cluster_id, "Steps": steps}
+
+
+def terminate_request(cluster_id: str) -> dict:
+    return {"JobFlowIds": [cluster_id]}
+
+
+def put_object(url: str, source: str) -> dict:
+    """An upload as a dry-run entry: the PutObject request and the file it sends."""
+    bucket, key = split_s3(url)
+    return {"service": "s3", "operation": "PutObject", "params": {"Bucket": bucket, "Key": key}, "source": source}
+
+
+def emr_request(operation: str, params: dict) -> dict:
+    return {"service": "emr", "operation": operation, "params": params}
+
+
+# --- the aws CLI equivalents (`aws emr run-job-flow` and `add-job-flow-steps` are not
+# --- in the CLI: its create-cluster and add-steps take their own shapes)
+
+
+def _json(value) -> str:
+    return shlex.quote(json.dumps(value, separators=(",", ":")))
+
+
+def s3_cp_cli(source: str, url: str, region: str) -> str:
+    return f"aws s3 cp {shlex.quote(source)} {shlex.quote(url)} --region {shlex.quote(region)}"
+
+
+def create_cluster_cli(request: dict, region: str) -> str:
+    instances = request["Instances"]
+    groups = []
+    for group in instances["InstanceGroups"]:
+        entry = {
+            "Name": group["Name"],
+            "InstanceGroupType": group["InstanceRole"],
+            "InstanceType": group["InstanceType"],
+            "InstanceCount": group["InstanceCount"],
+        }
+        if "BidPrice" in group:  # the CLI's create-cluster means SPOT by a BidPrice
+            entry["BidPrice"] = group["BidPrice"]
+        groups.append(entry)
+    ec2 = {"InstanceProfile": request["JobFlowRole"]}
+    if "Ec2SubnetId" in instances:
+        ec2["SubnetId"] = instances["Ec2SubnetId"]
+    if "Ec2KeyName" in instances:
+        ec2["KeyName"] = instances["Ec2KeyName"]
+    actions = [{"Name": a["Name"], "Path": a["ScriptBootstrapAction"]["Path"], "Args": a["ScriptBootstrapAction"]["Args"]} for a in request["BootstrapActions"]]
+    parts = [
+        "aws emr create-cluster", f"--region {shlex.quote(region)}",
+        f"--name {shlex.quote(request['Name'])}", f"--release-label {shlex.quote(request['ReleaseLabel'])}",
+        "--applications " + " ".join(f"Name={a['Name']}" for a in request["Applications"]),
+        f"--log-uri {shlex.quote(request['LogUri'])}", f"--service-role {shlex.quote(request['ServiceRole'])}",
+        f"--ec2-attributes {_json(ec2)}", f"--instance-groups {_json(groups)}",
+        f"--bootstrap-actions {_json(actions)}", f"--configurations {_json(request['Configurations'])}",
+        f"--ebs-root-volume-size {request['EbsRootVolumeSize']}", f"--step-concurrency-level {request['StepConcurrencyLevel']}",
+    ]  # fmt: skip
+    if "AutoTerminationPolicy" in request:
+        parts.append(f"--auto-termination-policy {_json(request['AutoTerminationPolicy'])}")
+    if "Tags" in request:
+        parts.append("--tags " + " ".join(shlex.quote(f"{t['Key']}={t['Value']}") for t in request["Tags"]))
+    return " ".join(parts)
+
+
+def add_steps_cli(request: dict, region: str) -> str:
+    steps = [
+        {"Type": "CUSTOM_JAR", "Name": s["Name"], "ActionOnFailure": s["ActionOnFailure"], "Jar": s["HadoopJarStep"]["Jar"], "Args": s["HadoopJarStep"]["Args"]}
+        for s in request["Steps"]
+    ]
+    return f"aws emr add-steps --region {shlex.quote(region)} --cluster-id {shlex.quote(request['JobFlowId'])} --steps {_json(steps)}"
+
+
+def terminate_cli(request: dict, region: str) -> str:
+    return f"aws emr terminate-clusters --region {shlex.quote(region)} --cluster-ids " + " ".join(shlex.quote(c) for c in request["JobFlowIds"])
+
+
+# --- where EMR puts logs (copied from the nodes to LogUri about every 5 minutes)
+
+
+def step_log_url(log_uri_: str, cluster_id: str, step_id: str, stream: str) -> str:
+    """stdout/stderr of a step's command: spark-submit's own output (and generate's text)."""
+    return f"{log_uri_.rstrip('/')}/{cluster_id}/steps/{step_id}/{stream}.gz"
+
+
+def containers_prefix(log_uri_: str, cluster_id: str, application_id: str) -> str:
+    """YARN container logs of a Spark application: the driver is its first container."""
+    return f"{log_uri_.rstrip('/')}/{cluster_id}/containers/{application_id}/"
+
+
+def application_id(step_stderr: str) -> str | None:
+    """The YARN application a spark-submit step started, from the step's stderr."""
+    found = _APPLICATION.findall(step_stderr)
+    return found[-1] if found else None
+
+
+def step_stage(name: str) -> str | None:
+    """'horovod-llm train' -> 'train'; None for steps that are not ours."""
+    if name.startswith(STEP_PREFIX) and name[len(STEP_PREFIX) :] in STAGES:
+        return name[len(STEP_PREFIX) :]
+    return None

@@ -1,0 +1,317 @@
+"""`horovod-llm emr` against moto's EMR and S3 APIs, served over HTTP on loopback.
+
+The CLI runs in this process with fake credentials and AWS_ENDPOINT_URL pointing at the
+server; the tests read back what EMR and S3 hold with boto3.
+"""
+
+import gzip
+import io
+import json
+import logging
+import tarfile
+import uuid
+import zipfile
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from horovod_llm.cli import main
+from horovod_llm.config import CONFIG_DIR, load_config, to_yaml
+from horovod_llm.emr import requests as rq
+from horovod_llm.emr.release import describe_release, source_root
+
+EMR_YAML = str(CONFIG_DIR / "emr.yaml")
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def fake_credentials(monkeypatch, tmp_path):
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL_EMR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+
+
+@pytest.fixture
+def aws(endpoint, monkeypatch, tmp_path):
+    """(emr, s3, bucket): clients of the moto server and a fresh bucket for this test."""
+    fake_credentials(monkeypatch, tmp_path)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    s3 = boto3.client("s3", region_name=REGION)
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    return boto3.client("emr", region_name=REGION), s3, bucket
+
+
+def emr(capsys, *args):
+    """Run `horovod-llm emr ...` here; (exit status, stdout, stderr)."""
+    capsys.readouterr()
+    status = main(["emr", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def s3_url(bucket):
+    return f"emr.s3_url=s3://{bucket}/proj"
+
+
+def release():
+    release_id, version = describe_release(source_root())
+    return release_id, version
+
+
+def object_bytes(s3, url):
+    bucket, key = rq.split_s3(url)
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def start_cluster(emr_client, bucket, release_id, version="0.1.0", *overrides):
+    """A cluster as `emr up` starts it, without building or uploading anything."""
+    config = load_config(EMR_YAML, [s3_url(bucket), *overrides])
+    request = rq.run_job_flow_request(config, rq.release_urls(config.emr.s3_url, release_id, version))
+    return emr_client.run_job_flow(**request)["JobFlowId"]
+
+
+def test_up_starts_a_cluster_that_carries_the_bootstrap_and_the_configurations(aws, capsys):
+    emr_client, s3, bucket = aws
+    status, out, err = emr(capsys, "up", "--wait", "--config", EMR_YAML, s3_url(bucket), "emr.subnet_id=subnet-0a1b", "emr.core_instance_count=3")
+    assert status == 0, err
+    cluster_id = out.strip()
+    assert cluster_id.startswith("j-") and "\n" not in cluster_id
+    assert f"cluster {cluster_id}: WAITING" in err
+
+    release_id, version = release()
+    prefix = f"s3://{bucket}/proj/artifacts/{release_id}"
+    cluster = emr_client.describe_cluster(ClusterId=cluster_id)["Cluster"]
+    python = "/opt/horovod-llm/venv/bin/python"
+    assert cluster["Configurations"] == [
+        {
+            "Classification": "spark-env",
+            "Properties": {},
+            "Configurations": [{"Classification": "export", "Properties": {"PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python}}],
+        },
+        {"Classification": "spark-defaults", "Properties": {"spark.pyspark.python": python, "spark.pyspark.driver.python": python}},
+    ]
+    assert cluster["ReleaseLabel"] == "emr-7.5.0" and cluster["LogUri"] == f"s3://{bucket}/proj/logs/"
+    assert {a["Name"] for a in cluster["Applications"]} == {"Hadoop", "Spark"}
+    assert cluster["Ec2InstanceAttributes"]["Ec2SubnetId"] == "subnet-0a1b"
+    assert cluster["StepConcurrencyLevel"] == 1 and cluster["EbsRootVolumeSize"] == 32
+    assert cluster["Tags"] == [{"Key": "project", "Value": "horovod-llm"}]
+
+    (action,) = emr_client.list_bootstrap_actions(ClusterId=cluster_id)["BootstrapActions"]
+    assert action["Name"] == "horovod-llm stack"
+    assert action["ScriptPath"] == f"{prefix}/bootstrap.sh"
+    assert action["Args"] == [
+        "--stack", f"{prefix}/stack.tar.gz",
+        "--package", f"{prefix}/horovod_llm-{version}-py3-none-any.whl",
+        "--venv", "/opt/horovod-llm/venv",
+        "--torch-index-url", "https://download.pytorch.org/whl/cpu",
+    ]  # fmt: skip
+    groups = {g["InstanceGroupType"]: g for g in emr_client.list_instance_groups(ClusterId=cluster_id)["InstanceGroups"]}
+    assert (groups["MASTER"]["InstanceType"], groups["MASTER"]["RequestedInstanceCount"]) == ("m5.xlarge", 1)
+    assert (groups["CORE"]["InstanceType"], groups["CORE"]["RequestedInstanceCount"]) == ("m5.2xlarge", 3)
+
+    # What the bootstrap action names exists in S3, byte for byte what the checkout holds.
+    root = source_root()
+    for url in (action["ScriptPath"], *action["Args"][1:4:2], f"{prefix}/entry.py"):
+        bucket_name, key = rq.split_s3(url)
+        assert s3.head_object(Bucket=bucket_name, Key=key)["ContentLength"] > 0
+    assert object_bytes(s3, f"{prefix}/bootstrap.sh") == (root / "emr/bootstrap.sh").read_bytes()
+    with tarfile.open(fileobj=io.BytesIO(object_bytes(s3, f"{prefix}/stack.tar.gz")), mode="r:gz") as tar:
+        assert tar.extractfile("scripts/install-stack.sh").read() == (root / "scripts/install-stack.sh").read_bytes()
+        assert tar.extractfile("constraints.txt").read() == (root / "constraints.txt").read_bytes()
+    with zipfile.ZipFile(io.BytesIO(object_bytes(s3, f"{prefix}/horovod_llm-{version}-py3-none-any.whl"))) as wheel:
+        assert wheel.read("horovod_llm/emr/entry.py") == (root / "horovod_llm/emr/entry.py").read_bytes()
+        assert f"horovod_llm-{version}.dist-info/METADATA" in wheel.namelist()
+
+
+def test_dry_run_prints_the_requests_that_up_sends(aws, capsys):
+    emr_client, _, bucket = aws
+    status, out, err = emr(capsys, "up", "--dry-run", s3_url(bucket))
+    assert status == 0, err
+    plan = json.loads(out)
+    (run_job_flow,) = [r["params"] for r in plan["requests"] if r["operation"] == "RunJobFlow"]
+    cluster_id = emr_client.run_job_flow(**run_job_flow)["JobFlowId"]  # the printed request is a valid one
+    (action,) = emr_client.list_bootstrap_actions(ClusterId=cluster_id)["BootstrapActions"]
+    assert action["ScriptPath"] == run_job_flow["BootstrapActions"][0]["ScriptBootstrapAction"]["Path"]
+    assert action["Args"] == run_job_flow["BootstrapActions"][0]["ScriptBootstrapAction"]["Args"]
+
+
+def test_submit_adds_the_steps_in_order_after_uploading_what_they_run(aws, capsys, tmp_path):
+    emr_client, s3, bucket = aws
+    release_id, version = release()
+    cluster_id = start_cluster(emr_client, bucket, release_id, version)
+    overrides = [s3_url(bucket), "train.max_steps=50", "generate.prompt=Where is"]
+    status, out, err = emr(capsys, "submit", "--cluster-id", cluster_id, *overrides)
+    assert status == 0, err
+
+    steps = emr_client.list_steps(ClusterId=cluster_id)["Steps"][::-1]  # EMR lists newest first
+    assert [s["Name"] for s in steps] == ["horovod-llm preprocess", "horovod-llm train", "horovod-llm generate"]
+    assert out.splitlines() == [f"{s['Id']}\t{s['Name']}" for s in steps]
+    assert {s["ActionOnFailure"] for s in steps} == {"CANCEL_AND_WAIT"}
+    assert {s["Config"]["Jar"] for s in steps} == {"command-runner.jar"}
+
+    prefix = f"s3://{bucket}/proj/artifacts/{release_id}"
+    config = load_config(EMR_YAML, overrides)
+    config_url = f"{prefix}/configs/{rq.config_name(to_yaml(config))}"
+    preprocess, train, generate = (s["Config"]["Args"] for s in steps)
+    assert preprocess == [
+        "spark-submit", "--deploy-mode", "cluster", "--master", "yarn", "--name", "horovod-llm-preprocess", "--driver-memory", "4g",
+        "--files", config_url, f"{prefix}/entry.py", "preprocess", "--config", config_url.rsplit("/", 1)[1],
+    ]  # fmt: skip
+    assert train[:3] == ["spark-submit", "--deploy-mode", "cluster"] and train[-3:] == ["train", "--config", config_url.rsplit("/", 1)[1]]
+    confs = [train[i + 1] for i, word in enumerate(train) if word == "--conf"]
+    assert {"spark.dynamicAllocation.enabled=false", "spark.task.cpus=4", "spark.task.maxFailures=1", "spark.yarn.maxAppAttempts=1"} <= set(confs)
+    assert generate[generate.index("--checkpoint") + 1] == f"s3://{bucket}/proj/runs/shakespeare"
+    assert generate[generate.index("--prompt") + 1] == "Where is"
+
+    # The uploaded config is the resolved one: loaded on the cluster with no overrides,
+    # it is the config these overrides made here.
+    uploaded = load_config_text(object_bytes(s3, config_url).decode(), tmp_path)
+    assert uploaded == config and uploaded.train.max_steps == 50
+    bucket_name, key = rq.split_s3(f"{prefix}/entry.py")
+    assert s3.head_object(Bucket=bucket_name, Key=key)["ContentLength"] > 0
+
+    status, out, err = emr(capsys, "status", "--cluster-id", cluster_id, s3_url(bucket))
+    assert status == 0, err
+    assert [line.split()[1:3] for line in out.splitlines()[-3:]] == [["horovod-llm", "preprocess"], ["horovod-llm", "train"], ["horovod-llm", "generate"]]
+
+    # Only the stages asked for, still in pipeline order.
+    status, out, err = emr(capsys, "submit", "--cluster-id", cluster_id, "--steps", "generate,train", *overrides)
+    assert status == 0, err
+    assert [line.split("\t")[1] for line in out.splitlines()] == ["horovod-llm train", "horovod-llm generate"]
+
+
+def test_submit_refuses_a_cluster_that_installed_another_release(aws, capsys):
+    emr_client, _, bucket = aws
+    cluster_id = start_cluster(emr_client, bucket, "aaaaaaaaaaaa")
+    status, _, err = emr(capsys, "submit", "--cluster-id", cluster_id, s3_url(bucket))
+    assert status == 2
+    assert err.strip().splitlines()[-1].startswith(f"error: cluster {cluster_id} installed horovod-llm release aaaaaaaaaaaa but this checkout is release ")
+    assert emr_client.list_steps(ClusterId=cluster_id)["Steps"] == []
+
+    # --ignore-release runs the cluster's own release (its entry script) with this config.
+    status, _, err = emr(capsys, "submit", "--cluster-id", cluster_id, "--ignore-release", "--steps", "generate", s3_url(bucket))
+    assert status == 0, err
+    (step,) = emr_client.list_steps(ClusterId=cluster_id)["Steps"]
+    assert f"s3://{bucket}/proj/artifacts/aaaaaaaaaaaa/entry.py" in step["Config"]["Args"]
+
+
+def test_submit_refuses_clusters_it_did_not_start_and_terminated_ones(aws, capsys):
+    emr_client, _, bucket = aws
+    foreign = emr_client.run_job_flow(
+        Name="other", ReleaseLabel="emr-7.5.0", JobFlowRole="EMR_EC2_DefaultRole", ServiceRole="EMR_DefaultRole",
+        Instances={"MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True},
+    )["JobFlowId"]  # fmt: skip
+    status, _, err = emr(capsys, "submit", "--cluster-id", foreign, s3_url(bucket))
+    assert status == 2 and "has no horovod-llm bootstrap action" in err
+
+    cluster_id = start_cluster(emr_client, bucket, release()[0])
+    status, out, err = emr(capsys, "down", "--cluster-id", cluster_id, s3_url(bucket))
+    assert status == 0, err
+    assert emr_client.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"] == "TERMINATED"
+    status, _, err = emr(capsys, "submit", "--cluster-id", cluster_id, s3_url(bucket))
+    assert status == 2 and f"cluster {cluster_id} is TERMINATED: start a new one with 'horovod-llm emr up'" in err
+
+
+def put_log(s3, url, text):
+    bucket, key = rq.split_s3(url)
+    s3.put_object(Bucket=bucket, Key=key, Body=gzip.compress(text.encode()))
+
+
+def test_logs_print_a_steps_output_and_its_drivers(aws, capsys):
+    emr_client, s3, bucket = aws
+    cluster_id = start_cluster(emr_client, bucket, release()[0])
+    status, out, err = emr(capsys, "submit", "--cluster-id", cluster_id, s3_url(bucket))
+    assert status == 0, err
+    ids = dict(line.split("\t")[::-1] for line in out.splitlines())
+    logs = f"s3://{bucket}/proj/logs/{cluster_id}"
+
+    status, _, err = emr(capsys, "logs", "--cluster-id", cluster_id, "--step", "generate", s3_url(bucket))
+    assert status == 2 and "EMR copies logs to S3 about every 5 minutes" in err
+
+    put_log(s3, f"{logs}/steps/{ids['horovod-llm generate']}/stdout.gz", "ROMEO:\nWhat light through yonder window breaks\n")
+    put_log(s3, f"{logs}/steps/{ids['horovod-llm generate']}/stderr.gz", "spark-submit chatter\n")
+    status, out, err = emr(capsys, "logs", "--cluster-id", cluster_id, "--step", "generate", "--stream", "stdout", s3_url(bucket))
+    assert status == 0, err
+    assert out == "ROMEO:\nWhat light through yonder window breaks\n"
+    assert f"==> {logs}/steps/{ids['horovod-llm generate']}/stdout.gz <==" in err
+
+    train = ids["horovod-llm train"]
+    put_log(s3, f"{logs}/steps/{train}/stderr.gz", "INFO Client: Submitted application application_1732_0002\nINFO Client: final status: FAILED\n")
+    app = f"{logs}/containers/application_1732_0002"
+    put_log(s3, f"{app}/container_1732_0002_01_000001/stderr.gz", "Traceback: rank 1 exited\n")
+    put_log(s3, f"{app}/container_1732_0002_01_000002/stderr.gz", "executor noise\n")
+    status, out, err = emr(capsys, "logs", "--cluster-id", cluster_id, "--step", train, "--driver", "--stream", "stderr", s3_url(bucket))
+    assert status == 0, err
+    assert out == "Traceback: rank 1 exited\n"
+
+
+def test_a_missing_bucket_is_one_line_with_the_fix(aws, capsys):
+    _, _, bucket = aws
+    status, _, err = emr(capsys, "up", f"emr.s3_url=s3://{bucket}-missing/proj")
+    assert status == 2
+    assert err.strip().splitlines()[-1] == (
+        f"error: uploading bootstrap.sh to s3://{bucket}-missing/proj/artifacts/{release()[0]}/bootstrap.sh: "
+        f"bucket {bucket}-missing does not exist: create it with 'aws s3 mb s3://{bucket}-missing --region us-east-1'"
+    )
+
+
+def test_dry_run_sends_nothing_and_prints_the_documented_json(monkeypatch, tmp_path, capsys):
+    # No server and no credentials: a request would fail.
+    fake_credentials(monkeypatch, tmp_path)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    release_id, version = release()
+    prefix = f"s3://bkt/proj/artifacts/{release_id}"
+
+    status, out, err = emr(capsys, "up", "--dry-run", "emr.s3_url=s3://bkt/proj")
+    assert status == 0, err
+    plan = json.loads(out)
+    assert set(plan) == {"command", "release", "requests", "cli"}
+    assert plan["command"] == "up" and plan["release"] == {"id": release_id, "version": version, "url": prefix}
+    assert [(r["service"], r["operation"]) for r in plan["requests"]] == [("s3", "PutObject")] * 4 + [("emr", "RunJobFlow")]
+    assert [r["params"]["Key"] for r in plan["requests"][:4]] == [
+        f"proj/artifacts/{release_id}/{name}" for name in ("bootstrap.sh", "stack.tar.gz", f"horovod_llm-{version}-py3-none-any.whl", "entry.py")
+    ]
+    assert plan["cli"][-1].startswith("aws emr create-cluster ") and sum(c.startswith("aws s3 cp ") for c in plan["cli"]) == 4
+
+    status, out, err = emr(capsys, "submit", "--dry-run", "--cluster-id", "j-DRYRUN", "emr.s3_url=s3://bkt/proj")
+    assert status == 0, err
+    plan = json.loads(out)
+    assert set(plan) == {"command", "release", "requests", "cli", "files"}
+    assert [r["operation"] for r in plan["requests"]] == ["PutObject"] * 5 + ["AddJobFlowSteps"]
+    (name,) = plan["files"]
+    assert plan["requests"][4]["params"]["Key"] == f"proj/artifacts/{release_id}/configs/{name}"
+    assert load_config(EMR_YAML, ["emr.s3_url=s3://bkt/proj"]) == load_config_text(plan["files"][name], tmp_path)
+    steps = plan["requests"][-1]["params"]
+    assert steps["JobFlowId"] == "j-DRYRUN" and [s["Name"] for s in steps["Steps"]] == ["horovod-llm preprocess", "horovod-llm train", "horovod-llm generate"]
+    assert plan["cli"][-1].startswith("aws emr add-steps --region us-east-1 --cluster-id j-DRYRUN --steps ")
+
+    status, out, err = emr(capsys, "down", "--dry-run", "--cluster-id", "j-DRYRUN")
+    assert status == 0, err
+    assert json.loads(out) == {
+        "command": "down",
+        "requests": [{"service": "emr", "operation": "TerminateJobFlows", "params": {"JobFlowIds": ["j-DRYRUN"]}}],
+        "cli": ["aws emr terminate-clusters --region us-east-1 --cluster-ids j-DRYRUN"],
+    }
+
+
+def load_config_text(text, tmp_path):
+    path = tmp_path / "uploaded.yaml"
+    path.write_text(text)
+    return load_config(path)

@@ -1,0 +1,40 @@
+"""The shell scripts: clean under shellcheck, and bootstrap.sh's argument checks."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+SCRIPTS = ["emr/bootstrap.sh", "scripts/install-stack.sh"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_scripts_parse(script):
+    result = subprocess.run(["bash", "-n", str(REPO_ROOT / script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (Debian: apt-get install shellcheck)")
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_scripts_are_clean_under_shellcheck(script):
+    result = subprocess.run(["shellcheck", str(REPO_ROOT / script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def bootstrap(*args):
+    return subprocess.run(["bash", str(REPO_ROOT / "emr/bootstrap.sh"), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_bootstrap_names_what_is_missing(tmp_path):
+    result = bootstrap("--local-test", "--venv", str(tmp_path / "venv"))
+    assert result.returncode == 1 and "--stack URL is required" in result.stderr
+    result = bootstrap("--local-test", "--stack", "s.tar.gz", "--package", "p.whl", "--venv", "relative/venv")
+    assert result.returncode == 1 and "--venv must be an absolute path" in result.stderr
+    result = bootstrap(
+        "--local-test", "--stack", str(tmp_path / "none.tar.gz"), "--package", "p.whl", "--venv", str(tmp_path / "v"), "--home", str(tmp_path / "h")
+    )
+    assert result.returncode == 1 and f"{tmp_path}/none.tar.gz does not exist" in result.stderr
+    result = bootstrap("--frobnicate")
+    assert result.returncode == 1 and "unknown argument '--frobnicate'" in result.stderr
