@@ -150,6 +150,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Answer POST /generate and GET /health over HTTP with one checkpoint, loaded once."""
+    import ipaddress
+
+    from horovod_llm.serve import Limits, serve
+
+    setup_logging(args.log_level or "INFO")
+    limits = Limits(args.max_body_bytes, args.max_prompt_chars, args.max_new_tokens, args.max_pending)
+    for name, value in vars(limits).items():
+        if value < 1:
+            raise UserError(f"--{name.replace('_', '-')} ({value}) must be at least 1")
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port ({args.port}) must be between 0 (any free port) and 65535")
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback:
+        log.warning("binding %s: the API has no authentication; anyone who can reach this address can use it", args.host)
+    serve(args.checkpoint, args.host, args.port, limits, log_level=args.log_level or "INFO")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """The whole job: preprocess, train, then generate a sample."""
     from horovod_llm.pipeline import run_pipeline
@@ -205,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, help="with --text-file: ids between window starts (default: half the model's block_size)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
 
+    p = add("serve", cmd_serve)
+    p.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port (the log says which)")
+    p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="larger request bodies get 413")
+    p.add_argument("--max-prompt-chars", type=int, default=16_000, help="longer prompts get 422")
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="requests for more get 422")
+    p.add_argument("--max-pending", type=int, default=256, help="requests waiting or running beyond which new ones get 503")
     p = add("run", cmd_run)
     with_config(p)
     p.add_argument("--force", action="store_true", help="rebuild the dataset even when a complete one exists")
