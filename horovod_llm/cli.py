@@ -65,6 +65,15 @@ def _unescape(text: str) -> str:
     return text.replace("\\n", "\n").replace("\\t", "\t")
 
 
+def _set_threads(threads: int) -> None:
+    import torch
+
+    if threads < 0:
+        raise UserError(f"--threads ({threads}) must be 0 (torch's default) or more")
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def _read_prompt(args: argparse.Namespace) -> str:
     """--prompt, else --prompt-file (a path, URL or - for stdin), else stdin when it is
     not a terminal, else empty (start from BOS). Taken exactly, trailing newline included."""
@@ -100,6 +109,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         problems.append(f"--num-samples ({args.num_samples}) must be between 1 and 64")
     if problems:
         raise UserError("; ".join(problems))
+    _set_threads(args.threads)
     prompt = _read_prompt(args)
     started = time.perf_counter()
     loaded = load_checkpoint(args.checkpoint)
@@ -131,6 +141,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size ({args.batch_size}) must be at least 1")
     if args.stride is not None and args.stride < 1:
         raise UserError(f"--stride ({args.stride}) must be at least 1")
+    _set_threads(args.threads)
     started = time.perf_counter()
     loaded = load_checkpoint(args.checkpoint)
     if args.text_file is not None:
@@ -169,6 +180,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loopback = args.host == "localhost"
     if not loopback:
         log.warning("binding %s: the API has no authentication; anyone who can reach this address can use it", args.host)
+    _set_threads(args.threads)
     serve(args.checkpoint, args.host, args.port, limits, log_level=args.log_level or "INFO")
     return 0
 
@@ -204,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p.add_argument("--force", action="store_true", help="rebuild even when a complete dataset for this config exists")
     with_config(add("train", cmd_train))
+    threads_help = "torch threads (0: torch's default, one per core)"
+    # Decoding runs many tiny operations per token: on this package's model sizes one
+    # thread beats several, by far on busy cores (bench/generate_throughput.py).
+    decode_threads_help = "torch threads (default 1: fastest for small models, one token at a time; 0: torch's default)"
     checkpoint_help = "a checkpoints/step-XXXXXXXX folder, a run's output_url (its latest checkpoint) or a model.zip; local or s3://"
     p = add("generate", cmd_generate)
     p.add_argument("--checkpoint", required=True, help=checkpoint_help)
@@ -218,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1, help="samples to draw (printed one after another, separated by a line ---)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end a sample before this text (repeatable; \\n and \\t understood)")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context at every step (slower; for comparison)")
+    p.add_argument("--threads", type=int, default=1, help=decode_threads_help)
 
     p = add("evaluate", cmd_evaluate)
     p.add_argument("--checkpoint", required=True, help=checkpoint_help)
@@ -227,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-url", help="with --split: the run whose dataset to read (default: the run the checkpoint belongs to)")
     p.add_argument("--stride", type=int, help="with --text-file: ids between window starts (default: half the model's block_size)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--threads", type=int, default=0, help=threads_help)
 
     p = add("serve", cmd_serve)
     p.add_argument("--checkpoint", required=True, help=checkpoint_help)
@@ -236,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompt-chars", type=int, default=16_000, help="longer prompts get 422")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="requests for more get 422")
     p.add_argument("--max-pending", type=int, default=256, help="requests waiting or running beyond which new ones get 503")
+    p.add_argument("--threads", type=int, default=1, help=decode_threads_help)
     p = add("run", cmd_run)
     with_config(p)
     p.add_argument("--force", action="store_true", help="rebuild the dataset even when a complete one exists")

@@ -37,7 +37,7 @@ def assert_user_error(result, *fragments):
 
 
 def test_generate_prints_only_the_text_on_stdout(run):
-    result = cli("generate", "--checkpoint", str(run), "--prompt", "QUEEN:\n", "--temperature", "0", "--max-new-tokens", "40")
+    result = cli("generate", "--checkpoint", str(run), "--prompt", "QUEEN:\n", "--temperature", "0", "--max-new-tokens", "40", "--threads", "0")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "QUEEN:\n" + QUEEN + "\n"
     assert "step 2" in result.stderr and "tokens/s" in result.stderr and "stopped by eos" in result.stderr

@@ -48,7 +48,7 @@ def server(tmp_path_factory):
     """The port of `horovod-llm serve` on the tiny checkpoint, with small limits."""
     out = tmp_path_factory.mktemp("serve")
     tiny_checkpoint.save_tiny_checkpoint(str(out), step=3)
-    limits = ["--max-body-bytes", "4096", "--max-prompt-chars", "1000", "--max-new-tokens", "64"]
+    limits = ["--max-body-bytes", "4096", "--max-prompt-chars", "1000", "--max-new-tokens", "64", "--threads", "2"]
     command = [sys.executable, "-m", "horovod_llm.cli", "serve", "--checkpoint", str(out), "--port", "0", *limits]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue = queue.Queue()
