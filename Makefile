@@ -17,12 +17,12 @@ test: setup lint
 	SPARK_LOCAL_IP=127.0.0.1 $(BIN)/python -m pytest tests -q -p no:cacheprovider
 
 lint: setup
-	$(BIN)/ruff check horovod_llm tests
-	$(BIN)/ruff format --check horovod_llm tests
+	$(BIN)/ruff check horovod_llm tests bench
+	$(BIN)/ruff format --check horovod_llm tests bench
 
 format: setup
-	$(BIN)/ruff format horovod_llm tests
-	$(BIN)/ruff check --fix horovod_llm tests
+	$(BIN)/ruff format horovod_llm tests bench
+	$(BIN)/ruff check --fix horovod_llm tests bench
 
 doctor: setup
 	$(BIN)/horovod-llm doctor

@@ -4,12 +4,18 @@ A folder holds the weights, the optimizer state, the resolved config, the tokeni
 and `meta.json` (step, model arguments, metrics); `COMPLETE` is written last, and a
 reader ignores any folder without it. Weights load with `torch.load(weights_only=True)`:
 a checkpoint is data, never code.
+
+`model.zip` is the shippable form of a checkpoint for inference: a zip holding the
+folder's `model.pt`, `meta.json` and `tokenizer.model` at its top level (no optimizer
+state, no marker: the archive is written whole, atomically). `export_model_zip` writes
+one and `load_checkpoint` reads one like a folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 import pickle
 import re
@@ -26,6 +32,8 @@ from horovod_llm.model import GPT, GPTConfig
 log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
+MODEL_ZIP = "model.zip"
+ZIP_MEMBERS = ("model.pt", "meta.json", "tokenizer.model")
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
@@ -106,9 +114,18 @@ class LoadedCheckpoint:
     meta: dict
 
 
+def is_model_zip(url: str) -> bool:
+    return storage.normalize(url).endswith(".zip")
+
+
 def resolve_checkpoint_url(url: str) -> str:
-    """A checkpoint folder, or a run's output_url / checkpoints folder (the latest one)."""
+    """A checkpoint folder, a `model.zip`, or a run's output_url / checkpoints folder (its
+    latest complete checkpoint, else its `model.zip`)."""
     url = storage.normalize(url)
+    if is_model_zip(url):
+        if not storage.exists(url):
+            raise UserError(f"no model archive at {url}: check the path, or pass a checkpoint folder or a run's output_url")
+        return url
     if storage.exists(storage.join(url, MARKER)):
         return url
     for root in (url, storage.join(url, "..") if url.endswith("checkpoints") else None):
@@ -117,14 +134,17 @@ def resolve_checkpoint_url(url: str) -> str:
         complete = complete_checkpoints(storage.normalize(root))
         if complete:
             return complete[-1][1]
+    if storage.exists(storage.join(url, MODEL_ZIP)):
+        return storage.join(url, MODEL_ZIP)
     if storage.exists(storage.join(url, "model.pt")):
         raise UserError(f"checkpoint {url} is incomplete (no {MARKER} marker): its writer stopped mid-way; use an earlier checkpoint")
     raise UserError(f"no complete checkpoint at {url}: pass a checkpoints/step-XXXXXXXX folder or a run's output_url")
 
 
-def _load_tensors(url: str):
+def _load_tensors(url: str, data: bytes | None = None):
+    """Tensors saved at `url` (or given as `data`, read from `url` inside an archive)."""
     try:
-        return torch.load(storage.bytes_io(url), map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data) if data is not None else storage.bytes_io(url), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise UserError(f"checkpoint file {url} is corrupt or not a weights file ({first[:200]}): use another checkpoint") from None
@@ -175,12 +195,33 @@ def load_training_state(url: str, expected_model_args: dict) -> TrainingState:
     return TrainingState(meta, _load_tensors(storage.join(url, "model.pt")), optional("optimizer.pt"), optional("rng.pt"))
 
 
+def _read_model_zip(url: str) -> dict[str, bytes]:
+    """The members of a model.zip, by name; a UserError when one is missing or it is no zip."""
+    try:
+        with zipfile.ZipFile(storage.bytes_io(url)) as archive:
+            names = set(archive.namelist())
+            missing = [name for name in ZIP_MEMBERS if name not in names]
+            if missing:
+                raise UserError(f"model archive {url} lacks {', '.join(missing)}: export it again with export_model_zip")
+            return {name: archive.read(name) for name in ZIP_MEMBERS}
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise UserError(f"model archive {url} is not a readable zip ({exc}): download or export it again") from None
+
+
+def _read_checkpoint_files(url: str) -> dict[str, bytes]:
+    """model.pt, meta.json and tokenizer.model of a resolved checkpoint folder or model.zip."""
+    if is_model_zip(url):
+        return _read_model_zip(url)
+    return {name: storage.read_bytes(storage.join(url, name)) for name in ZIP_MEMBERS}
+
+
 def load_checkpoint(url: str) -> LoadedCheckpoint:
-    """Load a complete checkpoint for inference (weights, config, tokenizer)."""
+    """Load a complete checkpoint or model.zip for inference (weights, config, tokenizer)."""
     url = resolve_checkpoint_url(url)
-    meta = storage.read_json(storage.join(url, "meta.json"))
+    files = _read_checkpoint_files(url)
+    meta = json.loads(files["meta.json"])
     model = GPT(GPTConfig(**meta["model_args"]))
-    state = _load_tensors(storage.join(url, "model.pt"))
+    state = _load_tensors(storage.join(url, "model.pt"), files["model.pt"])
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -191,6 +232,20 @@ def load_checkpoint(url: str) -> LoadedCheckpoint:
         step=int(meta["step"]),
         model=model,
         config=from_dict(meta["config"]),
-        tokenizer_bytes=storage.read_bytes(storage.join(url, "tokenizer.model")),
+        tokenizer_bytes=files["tokenizer.model"],
         meta=meta,
     )
+
+
+def export_model_zip(checkpoint_url: str, zip_url: str) -> str:
+    """Write the checkpoint at `checkpoint_url` (a folder, a run's output_url or another
+    model.zip) as a model.zip at `zip_url`; return the checkpoint it came from."""
+    source = resolve_checkpoint_url(checkpoint_url)
+    files = _read_checkpoint_files(source)
+    buffer = io.BytesIO()
+    # model.pt is itself a zip of tensors: storing it as is saves time and loses nothing.
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name in ZIP_MEMBERS:
+            archive.writestr(name, files[name], compress_type=zipfile.ZIP_STORED if name == "model.pt" else zipfile.ZIP_DEFLATED)
+    storage.write_bytes(zip_url, buffer.getvalue())
+    return source

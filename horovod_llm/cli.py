@@ -61,21 +61,128 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unescape(text: str) -> str:
+    """`\\n` and `\\t` as typed in a shell, for --stop."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    if threads < 0:
+        raise UserError(f"--threads ({threads}) must be 0 (torch's default) or more")
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _read_prompt(args: argparse.Namespace) -> str:
+    """--prompt, else --prompt-file (a path, URL or - for stdin), else stdin when it is
+    not a terminal, else empty (start from BOS). Taken exactly, trailing newline included."""
+    from horovod_llm import storage
+
+    if args.prompt is not None:
+        return args.prompt
+    source = args.prompt_file
+    if source is None and sys.stdin.isatty():
+        return ""
+    if source is None or source == "-":
+        return sys.stdin.read()
+    if not storage.exists(source):
+        raise UserError(f"--prompt-file {source} does not exist: pass an existing file or URL, or - for standard input")
+    try:
+        return storage.read_text(source)
+    except UnicodeDecodeError:
+        raise UserError(f"--prompt-file {source} is not UTF-8 text: convert it to UTF-8") from None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    """Print text generated from a prompt by a checkpoint (or a run's latest one)."""
+    """Print text generated from a prompt by a checkpoint, a run's latest one or a model.zip."""
+    import time
+
     from horovod_llm.checkpoint import load_checkpoint
-    from horovod_llm.generate import generate_text
+    from horovod_llm.generate import Sampling, TextGenerator, sampling_problems
 
     setup_logging(args.log_level or "WARNING")
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens ({args.max_new_tokens}) must be at least 1")
-    if args.temperature < 0:
-        raise UserError(f"--temperature ({args.temperature}) must be 0 (greedy) or more")
-    if args.top_k < 0:
-        raise UserError(f"--top-k ({args.top_k}) must be 0 (off) or more")
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, tuple(_unescape(s) for s in args.stop))
+    # sampling_problems names settings as the API does (top_p): the CLI's flags are --top-p
+    problems = ["--" + name.replace("_", "-") + " " + rest for name, rest in (p.split(" ", 1) for p in sampling_problems(sampling))]
+    if not 1 <= args.num_samples <= 64:
+        problems.append(f"--num-samples ({args.num_samples}) must be between 1 and 64")
+    if problems:
+        raise UserError("; ".join(problems))
+    _set_threads(args.threads)
+    prompt = _read_prompt(args)
+    started = time.perf_counter()
     loaded = load_checkpoint(args.checkpoint)
-    text = generate_text(loaded, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-    sys.stdout.write(text + "\n")
+    generator = TextGenerator.from_checkpoint(loaded, use_cache=not args.no_cache)
+    loaded_at = time.perf_counter()
+    completions = generator.complete(prompt, sampling, args.num_samples)
+    seconds = time.perf_counter() - loaded_at
+    sys.stdout.write("---\n".join(prompt + c.text + "\n" for c in completions))
+    new_tokens = sum(c.completion_tokens for c in completions)
+    sys.stderr.write(
+        f"{loaded.url} (step {loaded.step}) loaded in {loaded_at - started:.2f} s; prompt {completions[0].prompt_tokens} tokens; "
+        f"{new_tokens} new tokens in {seconds:.2f} s ({new_tokens / max(seconds, 1e-9):.1f} tokens/s); "
+        f"stopped by {', '.join(sorted({c.stop_reason for c in completions}))}\n"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a checkpoint on a text or on its run's validation split; print one JSON object."""
+    import json
+    import time
+
+    from horovod_llm import storage
+    from horovod_llm.checkpoint import load_checkpoint
+    from horovod_llm.evaluate import evaluate_split, evaluate_text, run_of_checkpoint
+
+    setup_logging(args.log_level or "WARNING")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size ({args.batch_size}) must be at least 1")
+    if args.stride is not None and args.stride < 1:
+        raise UserError(f"--stride ({args.stride}) must be at least 1")
+    _set_threads(args.threads)
+    started = time.perf_counter()
+    loaded = load_checkpoint(args.checkpoint)
+    if args.text_file is not None:
+        if not storage.exists(args.text_file):
+            raise UserError(f"--text-file {args.text_file} does not exist: pass an existing file or URL")
+        try:
+            text = storage.read_text(args.text_file)
+        except UnicodeDecodeError:
+            raise UserError(f"--text-file {args.text_file} is not UTF-8 text: convert it to UTF-8") from None
+        result = {"text_file": storage.normalize(args.text_file)} | evaluate_text(loaded.model, loaded.tokenizer_bytes, text, args.stride, args.batch_size)
+    else:
+        output_url = args.output_url or run_of_checkpoint(loaded.url) or loaded.config.output_url
+        result = evaluate_split(loaded.model, loaded.tokenizer_bytes, output_url, args.split, args.batch_size)
+    result = {"checkpoint": loaded.url, "step": loaded.step} | result
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stderr.write(f"scored {result['tokens']} tokens in {time.perf_counter() - started:.2f} s\n")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Answer POST /generate and GET /health over HTTP with one checkpoint, loaded once."""
+    import ipaddress
+
+    from horovod_llm.serve import Limits, serve
+
+    setup_logging(args.log_level or "INFO")
+    limits = Limits(args.max_body_bytes, args.max_prompt_chars, args.max_new_tokens, args.max_pending)
+    for name, value in vars(limits).items():
+        if value < 1:
+            raise UserError(f"--{name.replace('_', '-')} ({value}) must be at least 1")
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port ({args.port}) must be between 0 (any free port) and 65535")
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback:
+        log.warning("binding %s: the API has no authentication; anyone who can reach this address can use it", args.host)
+    _set_threads(args.threads)
+    serve(args.checkpoint, args.host, args.port, limits, log_level=args.log_level or "INFO")
     return 0
 
 
@@ -115,13 +222,45 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(p)
     p.add_argument("--force", action="store_true", help="rebuild even when a complete dataset for this config exists")
     with_config(add("train", cmd_train))
+    threads_help = "torch threads (0: torch's default, one per core)"
+    # Decoding runs many tiny operations per token: on this package's model sizes one
+    # thread beats several, by far on busy cores (bench/generate_throughput.py).
+    decode_threads_help = "torch threads (default 1: fastest for small models, one token at a time; 0: torch's default)"
+    checkpoint_help = "a checkpoints/step-XXXXXXXX folder, a run's output_url (its latest checkpoint) or a model.zip; local or s3://"
     p = add("generate", cmd_generate)
-    p.add_argument("--checkpoint", required=True, help="a checkpoints/step-XXXXXXXX folder, or a run's output_url (its latest checkpoint)")
-    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", help="text to continue (default: standard input when it is not a terminal, else empty: start from BOS)")
+    prompt.add_argument("--prompt-file", metavar="PATH_OR_URL", help="read the prompt from a file or URL; - for standard input")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    p.add_argument("--top-k", type=int, default=50, help="0 means no top-k filter")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens; 0 means no top-k filter")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: the most likely tokens up to this probability; 1 means off")
+    p.add_argument("--seed", type=int, default=42, help="the same seed and settings give the same text")
+    p.add_argument("--num-samples", type=int, default=1, help="samples to draw (printed one after another, separated by a line ---)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end a sample before this text (repeatable; \\n and \\t understood)")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context at every step (slower; for comparison)")
+    p.add_argument("--threads", type=int, default=1, help=decode_threads_help)
+
+    p = add("evaluate", cmd_evaluate)
+    p.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text-file", metavar="PATH_OR_URL", help="a UTF-8 text file or URL to score")
+    source.add_argument("--split", choices=["val", "train"], help="a split of the run's dataset (val: the validation windows)")
+    p.add_argument("--output-url", help="with --split: the run whose dataset to read (default: the run the checkpoint belongs to)")
+    p.add_argument("--stride", type=int, help="with --text-file: ids between window starts (default: half the model's block_size)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--threads", type=int, default=0, help=threads_help)
+
+    p = add("serve", cmd_serve)
+    p.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port (the log says which)")
+    p.add_argument("--max-body-bytes", type=int, default=64 * 1024, help="larger request bodies get 413")
+    p.add_argument("--max-prompt-chars", type=int, default=16_000, help="longer prompts get 422")
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="requests for more get 422")
+    p.add_argument("--max-pending", type=int, default=256, help="requests waiting or running beyond which new ones get 503")
+    p.add_argument("--threads", type=int, default=1, help=decode_threads_help)
     p = add("run", cmd_run)
     with_config(p)
     p.add_argument("--force", action="store_true", help="rebuild the dataset even when a complete one exists")

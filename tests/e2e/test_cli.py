@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import TINY_CONFIG
 
-COMMANDS = ["doctor", "preprocess", "train", "generate", "run"]
+COMMANDS = ["doctor", "preprocess", "train", "generate", "evaluate", "serve", "run"]
 
 
 def cli(*args, timeout=600):

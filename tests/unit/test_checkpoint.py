@@ -1,6 +1,7 @@
 import dataclasses
 import os
 import pickle
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,36 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path):
     with pytest.raises(UserError, match="corrupt or not a weights file"):
         checkpoint.load_checkpoint(url)
     assert not os.path.exists("/tmp/horovod-llm-pwned")
+
+
+@pytest.mark.parametrize("scheme", ["local", "memory"])
+def test_model_zip_round_trip(tmp_path, scheme):
+    out = str(tmp_path) if scheme == "local" else f"memory://zip-{os.getpid()}"
+    model = small_model()
+    url = save(out, 3, model)
+    zip_url = storage.join(out, checkpoint.MODEL_ZIP)
+    assert checkpoint.export_model_zip(out, zip_url) == url  # a run's output_url: its latest checkpoint
+    with zipfile.ZipFile(storage.bytes_io(zip_url)) as archive:
+        assert sorted(archive.namelist()) == sorted(checkpoint.ZIP_MEMBERS)
+    loaded = checkpoint.load_checkpoint(zip_url)
+    assert loaded.url == zip_url and loaded.step == 3 and loaded.tokenizer_bytes == b"tokenizer-bytes"
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor)
+
+
+def test_an_output_url_with_only_a_model_zip_loads_it(tmp_path):
+    checkpoint.export_model_zip(save(str(tmp_path / "run"), 2), str(tmp_path / "shipped" / "model.zip"))
+    loaded = checkpoint.load_checkpoint(str(tmp_path / "shipped"))
+    assert loaded.url.endswith("shipped/model.zip") and loaded.step == 2
+
+
+def test_a_bad_model_zip_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="no model archive"):
+        checkpoint.load_checkpoint(str(tmp_path / "missing.zip"))
+    (tmp_path / "junk.zip").write_bytes(b"not a zip at all")
+    with pytest.raises(UserError, match="not a readable zip"):
+        checkpoint.load_checkpoint(str(tmp_path / "junk.zip"))
+    with zipfile.ZipFile(tmp_path / "partial.zip", "w") as archive:
+        archive.writestr("meta.json", "{}")
+    with pytest.raises(UserError, match="lacks model.pt, tokenizer.model"):
+        checkpoint.load_checkpoint(str(tmp_path / "partial.zip"))

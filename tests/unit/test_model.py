@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from horovod_llm.model import GPT, GPTConfig, sample_next, sinusoidal_table
+from horovod_llm.model import GPT, GPTConfig, KVCache, crop_length, sample_next, sinusoidal_table
+from tests import tiny_checkpoint
 
 
 def tiny(**overrides) -> GPT:
@@ -89,3 +90,63 @@ def test_sampling_is_seeded_and_top_k_restricts_choices():
     b = sample_next(logits, 1.0, 0, torch.Generator().manual_seed(7))
     assert torch.equal(a, b)
     assert int(sample_next(logits, 0.0, 0)) == 3
+
+
+def spread(model: GPT) -> GPT:
+    """Random weights far from the 0.02 init, so that greedy choices vary from step to step."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0.0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "learned"])
+def test_cached_logits_match_a_full_forward_pass(positional):
+    model = tiny(positional=positional)
+    idx = torch.randint(4, 50, (2, 16))
+    full, _ = model(idx)
+    cache = KVCache(model.config, batch_size=2)
+    steps = [model.lm_head(model.hidden(idx[:, :5], cache))]  # a 5-id prefill, then one id at a time
+    steps += [model.lm_head(model.hidden(idx[:, i : i + 1], cache)) for i in range(5, 16)]
+    assert cache.length == 16
+    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-5)
+    with pytest.raises(ValueError, match="block_size"):
+        model.hidden(idx[:, :1], cache)  # the cache is full
+
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "learned"])
+def test_greedy_output_is_the_same_with_and_without_the_cache(positional):
+    # a model trained to recite two passages: its greedy output varies from step to step
+    # (random weights settle into repeating one id), so a mismatch would show
+    model = tiny_checkpoint.tiny_model(positional)
+    prompt = torch.tensor([[2, *tiny_checkpoint.encode("QUEEN:\n")]] * 2)  # a batch of 2
+    # 4 x block_size new ids: the context overflows and is cropped several times
+    with_cache = model.generate(prompt, max_new_tokens=64, temperature=0, use_cache=True)
+    without = model.generate(prompt, max_new_tokens=64, temperature=0, use_cache=False)
+    assert with_cache.shape == (2, prompt.size(1) + 64)
+    assert len(set(with_cache[0].tolist())) > 15
+    assert torch.equal(with_cache, without) and torch.equal(with_cache[0], with_cache[1])
+
+
+def test_a_long_prompt_is_cropped_to_its_last_block_size_ids():
+    model = spread(tiny())
+    prompt = torch.randint(4, 50, (1, 40))
+    first = next(model.generate_tokens(prompt, temperature=0))
+    logits, _ = model(prompt[:, -16:])
+    assert int(first) == int(logits[0, -1].argmax())
+    assert crop_length(16) == 12 and crop_length(1) == 1
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+
+    def draws(top_p, top_k=0):
+        return {int(sample_next(logits, 1.0, top_k, torch.Generator().manual_seed(s), top_p=top_p)) for s in range(200)}
+
+    assert draws(0.7) == {0, 1}  # 0.5 < 0.7, 0.5 + 0.3 reaches it
+    assert draws(0.5) == {0}
+    assert draws(0.81) == {0, 1, 2}
+    assert draws(1.0) == {0, 1, 2, 3}
+    assert draws(0.81, top_k=2) == {0, 1}  # top-k first, then top-p among what is left
+    assert draws(1e-9) == {0}  # the most likely id always stays

@@ -1,0 +1,198 @@
+"""Scoring a checkpoint on a text or on the dataset's validation split.
+
+A text is encoded after BOS and every one of its tokens is scored: the first from BOS
+alone, the others from the tokens before them. A text longer than the model's context
+is scored with overlapping windows of `block_size` ids moved `stride` ids at a time
+(default `block_size // 2`); each window scores only the targets no earlier window
+scored, so every token counts once and every token after the first window is predicted
+from at least `block_size - stride` ids of context. Windows have the same length, so
+they go through the model in batches.
+
+The validation split is stored as windows of `window_size + 1` ids that start
+`window_size - overlap` ids apart: of each window only the last `window_size - overlap`
+targets are scored, which again counts every token once (except the first `overlap`
+of each part's stream) and gives each at least `overlap` ids of context.
+
+Per-token figures depend on the tokenizer; per-character and per-word figures do not,
+so they compare models with different tokenizers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from horovod_llm import dataset, storage, tokenizer
+from horovod_llm.errors import UserError
+from horovod_llm.model import GPT
+
+
+@dataclass
+class Totals:
+    nll: float = 0.0  # summed negative log-likelihood of the scored tokens, in nats
+    correct: int = 0  # scored tokens that were the model's most likely next id
+    tokens: int = 0
+    characters: int = 0
+    words: int = 0
+
+    def add(self, nll: float, correct: int, tokens: int) -> None:
+        self.nll += nll
+        self.correct += correct
+        self.tokens += tokens
+
+
+def scoring_windows(num_ids: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
+    """(start, length, first) for each window over ids[0:num_ids]: the window's inputs are
+    ids[start : start + length], its targets ids[start + 1 : start + length + 1], and it
+    scores targets from index `first` on (window-local). Every target ids[1:] is scored
+    exactly once; all windows have the same length."""
+    if not 1 <= stride <= block_size:
+        raise ValueError(f"stride ({stride}) must be between 1 and block_size ({block_size})")
+    num_targets = num_ids - 1
+    if num_targets < 1:
+        return []
+    length = min(block_size, num_targets)
+    windows = [(0, length, 0)]
+    scored = length  # targets ids[1 : scored + 1] are scored
+    while scored < num_targets:
+        end = min(scored + stride, num_targets)
+        start = end - length
+        windows.append((start, length, scored - start))
+        scored = end
+    return windows
+
+
+def count_words(text: str, after_space: bool = True) -> int:
+    """Whitespace-separated words in text; a text that continues a word (not after_space)
+    does not start a new one."""
+    words = len(text.split())
+    if words and not after_space and not text[0].isspace():
+        words -= 1
+    return words
+
+
+def summarize(totals: Totals) -> dict:
+    """The figures `horovod-llm evaluate` prints, from the summed counts."""
+    t = totals
+
+    def exp(x: float) -> float | None:
+        return math.exp(x) if x < 700 else None  # None: beyond a float (JSON has no inf)
+
+    mean_nll = t.nll / t.tokens
+    nats_per_character = t.nll / t.characters if t.characters else None
+    return {
+        "tokens": t.tokens,
+        "characters": t.characters,
+        "words": t.words,
+        "nll_per_token": mean_nll,
+        "perplexity": exp(mean_nll),
+        "nats_per_character": nats_per_character,
+        "bits_per_character": nats_per_character / math.log(2) if nats_per_character is not None else None,
+        "word_perplexity": exp(t.nll / t.words) if t.words else None,
+        "token_accuracy": t.correct / t.tokens,
+    }
+
+
+@torch.no_grad()
+def score_batch(model: GPT, inputs: torch.Tensor, targets: torch.Tensor, scored: torch.Tensor) -> tuple[float, int, int]:
+    """(summed NLL in nats, correct, count) over the targets (B, T) where `scored` (B, T) is true."""
+    logits, _ = model(inputs)  # (B, T, vocab)
+    nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T)
+    correct = logits.argmax(dim=-1) == targets
+    return float(nll[scored].double().sum()), int(correct[scored].sum()), int(scored.sum())
+
+
+def score_ids(model: GPT, ids: list[int], stride: int, batch_size: int = 8) -> Totals:
+    """NLL, correct and count over the targets ids[1:], scored with `scoring_windows`."""
+    windows = scoring_windows(len(ids), model.config.block_size, stride)
+    ids_t = torch.tensor(ids, dtype=torch.long)
+    totals = Totals()
+    for i in range(0, len(windows), batch_size):
+        batch = windows[i : i + batch_size]
+        length = batch[0][1]
+        inputs = torch.stack([ids_t[start : start + length] for start, _, _ in batch])  # (B, T)
+        targets = torch.stack([ids_t[start + 1 : start + length + 1] for start, _, _ in batch])
+        scored = torch.arange(length).unsqueeze(0) >= torch.tensor([first for _, _, first in batch]).unsqueeze(1)  # (B, T)
+        totals.add(*score_batch(model, inputs, targets, scored))
+    return totals
+
+
+def evaluate_text(model: GPT, tokenizer_bytes: bytes, text: str, stride: int | None = None, batch_size: int = 8) -> dict:
+    """Scores of `text`, encoded after BOS (see the module's docstring for the windows)."""
+    if not text:
+        raise UserError("the text to evaluate is empty: pass a file with some text in it")
+    block_size = model.config.block_size
+    stride = stride or max(1, block_size // 2)
+    if not 1 <= stride <= block_size:
+        raise UserError(f"--stride ({stride}) must be between 1 and the model's block_size ({block_size})")
+    ids = [tokenizer.BOS_ID] + tokenizer.encode(tokenizer.load(tokenizer_bytes), [text])[0]
+    model.eval()
+    totals = score_ids(model, ids, stride, batch_size)
+    totals.characters, totals.words = len(text), count_words(text)
+    return summarize(totals) | {"stride": stride, "context": block_size}
+
+
+def piece_texts(processor) -> list[str]:
+    """The text each id stands for: control ids (PAD, BOS, EOS) none, UNK one character."""
+    texts = []
+    for i in range(processor.get_piece_size()):
+        if processor.is_control(i):
+            texts.append("")
+        elif processor.is_unknown(i):
+            texts.append("?")
+        else:
+            texts.append(processor.id_to_piece(i).replace("\u2581", " ").replace(tokenizer.NEWLINE, "\n"))
+    return texts
+
+
+def evaluate_windows(model: GPT, tokenizer_bytes: bytes, batches: Iterable[np.ndarray], overlap: int) -> dict:
+    """Scores of stored windows, arrays (B, window_size + 1), scoring each window's targets
+    after its first `overlap` (see the module's docstring)."""
+    texts = piece_texts(tokenizer.load(tokenizer_bytes))
+    model.eval()
+    totals = Totals()
+    for batch in batches:
+        ids = torch.from_numpy(np.asarray(batch, dtype=np.int64))
+        inputs, targets = ids[:, :-1], ids[:, 1:]  # (B, window_size)
+        scored = torch.zeros_like(targets, dtype=torch.bool)
+        scored[:, overlap:] = True
+        totals.add(*score_batch(model, inputs, targets, scored))
+        for row in batch.tolist():
+            segment = "".join(texts[i] for i in row[overlap + 1 :])
+            before = texts[row[overlap]]  # the input just before the first scored target
+            totals.characters += len(segment)
+            totals.words += count_words(segment, after_space=not before or before[-1].isspace())
+    if totals.tokens == 0:
+        raise UserError("the validation split holds no window: preprocess a larger corpus or raise data.val_fraction")
+    return summarize(totals)
+
+
+def evaluate_split(model: GPT, tokenizer_bytes: bytes, output_url: str, split: str = "val", batch_size: int = 8) -> dict:
+    """Scores of a dataset split under output_url, read as rank 0 of a world of 1."""
+    manifest = dataset.read_manifest(output_url)
+    if manifest["tokenizer"]["sha256"] != tokenizer.fingerprint(tokenizer_bytes):
+        raise UserError(
+            f"the dataset at {output_url} was encoded with another tokenizer than the checkpoint's: pass --output-url of the run that trained this checkpoint"
+        )
+    window_size, overlap = manifest["window_size"], manifest["overlap"]
+    if window_size > model.config.block_size:
+        raise UserError(f"the dataset's windows ({window_size} ids) are longer than the model's block_size ({model.config.block_size}): use that run's dataset")
+    with dataset.window_batches(output_url, split, 0, 1, batch_size, num_epochs=1, seed=0, shuffle=False) as batches:
+        result = evaluate_windows(model, tokenizer_bytes, batches, overlap)
+    return result | {"stride": window_size - overlap, "context": window_size, "split": split, "dataset": storage.normalize(output_url)}
+
+
+_STEP_DIR = re.compile(r"[/\\]checkpoints[/\\]step-\d{8}$")
+
+
+def run_of_checkpoint(checkpoint_url: str) -> str | None:
+    """The output_url a checkpoints/step-XXXXXXXX folder belongs to, if it is one."""
+    url = storage.normalize(checkpoint_url)
+    match = _STEP_DIR.search(url)
+    return url[: match.start()] if match else None
