@@ -366,6 +366,10 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
         "final": last_eval,
         "checkpoint_url": checkpoint_url,
     }
+    if is_main:
+        # The final model as one self-contained file (weights, config, tokenizer).
+        summary["model_zip_url"] = storage.join(out, checkpoint.MODEL_ZIP)
+        checkpoint.export_model_zip(checkpoint_url, summary["model_zip_url"])
     stats.write_summary(summary)
     if is_main:
         write_curves(layout.stats_url(out), stats.steps, stats.evals)

@@ -36,6 +36,9 @@ def check_run(out, config):
     assert summary["ranks"] == 2 and summary["steps"] == 8
     complete = checkpoint.complete_checkpoints(out)
     assert [step for step, _ in complete] == [4, 8]
+    assert summary["model_zip_url"].endswith("model.zip")
+    from_zip = load_checkpoint(summary["model_zip_url"])
+    assert from_zip.step == 8
     loaded = load_checkpoint(out)
     assert loaded.step == 8 and loaded.config.model.n_embd == config.model.n_embd
     text = generate_text(loaded, "KING:\n", max_new_tokens=15, temperature=0.8, top_k=20, seed=1)
