@@ -14,6 +14,7 @@ one and `load_checkpoint` reads one like a folder.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -165,14 +166,20 @@ def checkpoint_to_resume(output_url: str, resume: bool) -> tuple[int, str] | Non
     return complete[-1]
 
 
-def check_compatible(url: str, expected_model_args: dict) -> dict:
-    """The checkpoint's meta, if its model arguments are the run's; else a UserError
-    (loading it would fail on shapes or, worse, silently train another model)."""
+def check_compatible(url: str, expected_model_args: dict, tokenizer_sha256: str | None = None) -> dict:
+    """The checkpoint's meta, if its model arguments and tokenizer are the run's; else a
+    UserError (loading it would fail on shapes or, worse, silently train another model,
+    or read token ids that now mean other pieces)."""
     meta = storage.read_json(storage.join(url, "meta.json"))
     differing = {k: (v, expected_model_args.get(k)) for k, v in meta["model_args"].items() if expected_model_args.get(k) != v}
     if differing:
         detail = ", ".join(f"{k} {old} vs {new}" for k, (old, new) in sorted(differing.items()))
         raise UserError(f"checkpoint {url} was trained with other model settings ({detail}): use a new output_url for the new settings")
+    if tokenizer_sha256 and hashlib.sha256(storage.read_bytes(storage.join(url, "tokenizer.model"))).hexdigest() != tokenizer_sha256:
+        raise UserError(
+            f"checkpoint {url} was trained with another tokenizer than the dataset's (the dataset was rebuilt since): "
+            "use a new output_url, or delete its checkpoints folder to start again"
+        )
     return meta
 
 
@@ -184,9 +191,9 @@ class TrainingState:
     rng_states: list[torch.Tensor] | None
 
 
-def load_training_state(url: str, expected_model_args: dict) -> TrainingState:
+def load_training_state(url: str, expected_model_args: dict, tokenizer_sha256: str | None = None) -> TrainingState:
     """Weights, optimizer state and RNG states of a compatible checkpoint to resume from."""
-    meta = check_compatible(url, expected_model_args)
+    meta = check_compatible(url, expected_model_args, tokenizer_sha256)
 
     def optional(name: str):
         file_url = storage.join(url, name)

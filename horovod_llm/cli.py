@@ -11,7 +11,7 @@ import logging
 import sys
 
 from horovod_llm import __version__
-from horovod_llm.config import CONFIG_DIR, RunConfig, load_config
+from horovod_llm.config import CONFIG_DIR, RunConfig, apply_storage, load_config
 from horovod_llm.emr.commands import add_subcommands as add_emr_subcommands
 from horovod_llm.errors import JobFailed, UserError, user_error_in
 from horovod_llm.log import setup_logging
@@ -27,6 +27,7 @@ def _load(args: argparse.Namespace) -> RunConfig:
         overrides.append(f"log_level={args.log_level}")
     config = load_config(args.config, overrides)
     setup_logging(config.log_level)
+    apply_storage(config)
     return config
 
 

@@ -168,6 +168,21 @@ class EmrConfig:
 
 
 @dataclass
+class S3Config:
+    # An S3-compatible store (MinIO, a test server); empty: the AWS chain decides,
+    # including the AWS_ENDPOINT_URL environment variable.
+    endpoint_url: str | None = None
+    region: str | None = None
+    # Attempts per request for transient failures (botocore "standard" retries).
+    max_attempts: int = 5
+
+
+@dataclass
+class StorageConfig:
+    s3: S3Config = field(default_factory=S3Config)
+
+
+@dataclass
 class RunConfig:
     output_url: str = "runs/local"
     log_level: str = "INFO"
@@ -178,6 +193,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     emr: EmrConfig = field(default_factory=EmrConfig)
 
 
@@ -278,6 +294,7 @@ def validate(config: RunConfig) -> None:
     need(g.temperature >= 0, f"generate.temperature ({g.temperature}) must be 0 (greedy) or more")
     need(g.top_k >= 0, f"generate.top_k ({g.top_k}) must be 0 (off) or more")
     need(config.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), f"log_level ('{config.log_level}') must be DEBUG, INFO, WARNING or ERROR")
+    need(config.storage.s3.max_attempts >= 1, f"storage.s3.max_attempts ({config.storage.s3.max_attempts}) must be at least 1")
     need(bool(config.output_url), "output_url must be set: a folder or an s3:// prefix for every output of the run")
     problems.extend(emr_problems(config))
     if problems:
@@ -344,6 +361,14 @@ def emr_problems(config: RunConfig) -> list[str]:
             "emr.train_conf must set spark.dynamicAllocation.enabled: 'false': Horovod needs all its executors for the whole run",
         )
     return problems
+
+
+def apply_storage(config: RunConfig) -> None:
+    """Configure this process's storage seam from the run's settings."""
+    from horovod_llm import storage
+
+    s3 = config.storage.s3
+    storage.configure(endpoint_url=s3.endpoint_url, region=s3.region, max_attempts=s3.max_attempts)
 
 
 def to_yaml(config: RunConfig) -> str:

@@ -78,8 +78,15 @@ def list_corpus(input_url: str | None) -> list[CorpusFile]:
             root = path.rsplit("/", 1)[0]
         else:
             raise UserError(f"corpus {input_url} does not exist: set data.input_url to a file, folder or glob of text files")
-    except (PermissionError, OSError) as exc:
-        raise UserError(f"cannot read corpus {input_url} ({exc.__class__.__name__}: {exc}): check the path and credentials") from None
+    except UserError:
+        raise
+    except Exception as exc:
+        translated = storage.storage_error(exc, input_url)
+        if translated is not None:
+            raise translated from None
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot read corpus {input_url} ({exc.__class__.__name__}: {exc}): check the path and credentials") from None
+        raise
     single_file = len(matches) == 1 and not fs.isdir(path) and "*" not in path
     files = []
     for name, info in sorted(matches.items()):

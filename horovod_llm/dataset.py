@@ -86,9 +86,11 @@ def window_batches(
     from petastorm.errors import NoDataAvailableError
     from petastorm.pytorch import BatchedDataLoader
 
+    split_url = layout.split_url(output_url, split)
     try:
         reader = make_batch_reader(
-            _petastorm_url(layout.split_url(output_url, split)),
+            _petastorm_url(split_url),
+            storage_options=storage.options_for(split_url) or None,
             schema_fields=["ids"],
             cur_shard=rank,
             shard_count=world_size,

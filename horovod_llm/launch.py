@@ -17,7 +17,7 @@ from horovod_llm import checkpoint, dataset, layout, storage
 from horovod_llm.config import RunConfig, to_dict, to_yaml
 from horovod_llm.errors import JobFailed, UserError
 from horovod_llm.spark import is_local, spark_session, task_slots
-from horovod_llm.train import check_allreduce_op, check_word2vec_available, model_config, train_worker
+from horovod_llm.train import check_allreduce_op, check_word2vec_available, model_config, rank_entry, train_worker
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def preflight(config: RunConfig) -> None:
     check_allreduce_op(config.train.allreduce_op, hvd)
     latest = checkpoint.checkpoint_to_resume(config.output_url, config.train.resume)
     if latest is not None:
-        checkpoint.check_compatible(latest[1], dataclasses.asdict(model_config(config, manifest)))
+        checkpoint.check_compatible(latest[1], dataclasses.asdict(model_config(config, manifest)), manifest["tokenizer"]["sha256"])
 
 
 _RANK_EXIT = re.compile(r"Process name: (\S+)\s+Exit code: (-?\d+)")
@@ -52,7 +52,10 @@ def rank_failure(exc: Exception) -> JobFailed | None:
     match = _RANK_EXIT.search(str(exc))
     if "exited with non-zero status" not in str(exc) or not match:
         return None
-    return JobFailed(f"training rank {match.group(1)} exited with status {match.group(2)} and Horovod stopped the others: see that rank's log above")
+    rank, status = match.group(1), match.group(2)
+    if status == "2":
+        return JobFailed(f"training rank {rank} stopped on an error (its 'error:' line above says which) and Horovod stopped the others")
+    return JobFailed(f"training rank {rank} exited with status {status} and Horovod stopped the others: see that rank's log above")
 
 
 def run_with_spark(config: RunConfig, spark=None) -> dict:
@@ -84,7 +87,7 @@ def run_with_spark(config: RunConfig, spark=None) -> dict:
     log.info("starting %d Horovod ranks with horovod.spark.run (Gloo%s)", tc.num_proc, ", loopback" if local else "")
     try:
         results = horovod.spark.run(
-            train_worker,
+            rank_entry,
             args=(to_dict(config), launch_info),
             num_proc=tc.num_proc,
             start_timeout=tc.start_timeout,

@@ -61,12 +61,15 @@ MAX_REPORTED_BINARY_FILES = 20
 # -- extract ---------------------------------------------------------------------------
 
 
-def _read_files(batches: Iterator[pd.DataFrame], on_blank_lines: bool, val_fraction: float, normalization: str) -> Iterator[pd.DataFrame]:
+def _read_files(
+    batches: Iterator[pd.DataFrame], on_blank_lines: bool, val_fraction: float, normalization: str, storage_settings: dict
+) -> Iterator[pd.DataFrame]:
     """mapInPandas: rows of (url, doc_id) -> documents, read inside the task.
 
     A binary file becomes one row with `binary_file` set and no text: skipped, and
     reported by the driver.
     """
+    storage.configure(**storage_settings)
     columns = ["doc_id", "split", "text", "num_bytes", "replaced", "binary_file"]
     for batch in batches:
         rows = []
@@ -86,7 +89,13 @@ def read_documents(spark, files: list[corpus.CorpusFile], config: RunConfig):
     data = config.data
     listing = pd.DataFrame({"url": [f.url for f in files], "doc_id": [f.doc_id for f in files]})
     num_partitions = max(1, min(len(files), spark.sparkContext.defaultParallelism * 4))
-    read = partial(_read_files, on_blank_lines=data.split_on_blank_lines, val_fraction=data.val_fraction, normalization=data.normalization)
+    read = partial(
+        _read_files,
+        on_blank_lines=data.split_on_blank_lines,
+        val_fraction=data.val_fraction,
+        normalization=data.normalization,
+        storage_settings=storage.settings(),
+    )
     return spark.createDataFrame(listing).repartition(num_partitions).mapInPandas(read, schema=DOC_SCHEMA)
 
 
@@ -164,6 +173,7 @@ def _write_part(
     overlap: int,
     row_groups_per_part: int,
     seed: int,
+    storage_settings: dict,
 ) -> Iterator[pd.DataFrame]:
     """mapInPandas over one partition of documents (sorted by doc_id): encode, join with
     EOS, cut windows, write one Parquet part file; yield one row of counts."""
@@ -171,6 +181,7 @@ def _write_part(
     import pyarrow.parquet as pq
     from pyspark import TaskContext
 
+    storage.configure(**storage_settings)
     started = time.perf_counter()
     partition = TaskContext.get().partitionId()
     processor = tokenizer.load(model_bytes.value)  # once per task
@@ -191,8 +202,7 @@ def _write_part(
         # saving is not worth a conversion per batch on every rank.
         offsets = pa.array(np.arange(len(windows) + 1, dtype=np.int32) * (window_size + 1))
         table = pa.table({"ids": pa.ListArray.from_arrays(offsets, pa.array(windows.reshape(-1), type=pa.int32()))})
-        with storage.open_output(storage.join(split_url, name)) as handle:
-            pq.write_table(table, handle, row_group_size=rows_per_group)
+        storage.write_with(storage.join(split_url, name), lambda handle: pq.write_table(table, handle, row_group_size=rows_per_group))
         row_groups = math.ceil(len(windows) / rows_per_group)
     yield pd.DataFrame(
         [(split, name if len(windows) else "", len(encoded), len(stream), len(windows), row_groups, time.perf_counter() - started)],
@@ -215,6 +225,7 @@ def write_split(spark, docs, split: str, num_docs: int, num_bytes: int, model_br
         overlap=data.overlap,
         row_groups_per_part=row_groups_per_part,
         seed=config.train.seed,
+        storage_settings=storage.settings(),
     )
     parts = (
         docs.filter(docs.split == split)

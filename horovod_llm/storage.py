@@ -1,7 +1,14 @@
-"""The one storage seam: local paths and remote URLs (s3://, memory://) through fsspec.
+"""The one storage seam: local paths and remote URLs (s3://, s3a://, memory://) through fsspec.
 
 Filesystems are created on demand inside the process that uses them, never at import
 time: s3fs is not fork-safe, and Spark tasks and Horovod ranks are forked processes.
+Every such process calls `configure` with the run's storage settings (they travel in
+the config, not in environment variables, which a cluster's executors do not share).
+
+Credentials come from the standard AWS chain. Transient S3 failures (5xx, throttling,
+timeouts, refused connections) are retried by botocore's "standard" mode with
+exponential backoff; what is left after the retries, and permanent failures (no such
+bucket, access denied), become one-line `StorageError`s naming the URL.
 """
 
 from __future__ import annotations
@@ -18,6 +25,77 @@ from pathlib import Path
 
 import fsspec
 from fsspec.core import url_to_fs
+
+from horovod_llm.errors import UserError
+
+_S3_SETTINGS: dict = {"endpoint_url": None, "region": None, "max_attempts": 5}
+
+
+class StorageError(UserError):
+    """Storage that cannot be reached or refuses a request, after retries."""
+
+
+def configure(endpoint_url: str | None = None, region: str | None = None, max_attempts: int = 5) -> None:
+    """Set this process's S3 settings; `endpoint_url` None means the AWS chain decides
+    (including the AWS_ENDPOINT_URL variable)."""
+    _S3_SETTINGS.update(endpoint_url=endpoint_url or None, region=region or None, max_attempts=max_attempts)
+
+
+def settings() -> dict:
+    """This process's S3 settings, to hand to the processes it starts."""
+    return dict(_S3_SETTINGS)
+
+
+def s3_options() -> dict:
+    """fsspec/s3fs storage options (also what Petastorm's readers take)."""
+    client: dict = {}
+    if _S3_SETTINGS["endpoint_url"]:
+        client["endpoint_url"] = _S3_SETTINGS["endpoint_url"]
+    if _S3_SETTINGS["region"]:
+        client["region_name"] = _S3_SETTINGS["region"]
+    return {
+        "client_kwargs": client,
+        "config_kwargs": {"retries": {"max_attempts": _S3_SETTINGS["max_attempts"], "mode": "standard"}, "connect_timeout": 10, "read_timeout": 60},
+    }
+
+
+def options_for(url: str) -> dict:
+    return s3_options() if normalize(url).startswith("s3://") else {}
+
+
+_PERMANENT = {"NoSuchBucket": "the bucket does not exist", "AccessDenied": "access denied", "403": "access denied", "InvalidAccessKeyId": "invalid credentials"}
+
+
+def storage_error(exc: BaseException, url: str) -> StorageError | None:
+    """A one-line StorageError for an exception from the storage stack, else None."""
+    module = type(exc).__module__ or ""
+    name = type(exc).__name__
+    if not (module.startswith(("botocore", "aiobotocore", "s3fs", "aiohttp", "urllib3")) or isinstance(exc, (PermissionError, ConnectionError, TimeoutError))):
+        return None
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
+    for code, meaning in _PERMANENT.items():
+        if code in text or code in name:
+            return StorageError(f"storage refused {url} ({meaning}: {text[:200]}): check the URL, the bucket and your AWS credentials")
+    endpoint = _S3_SETTINGS["endpoint_url"] or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+    return StorageError(f"storage at {endpoint} failed for {url} after retries ({name}: {text[:200]}): check the network and storage.s3.endpoint_url")
+
+
+def _guarded(function):
+    """Translate storage-stack exceptions of a `function(url, ...)` into StorageErrors."""
+
+    def wrapper(url, *args, **kwargs):
+        try:
+            return function(url, *args, **kwargs)
+        except StorageError:
+            raise
+        except Exception as exc:
+            translated = storage_error(exc, str(url))
+            if translated is None:
+                raise
+            raise translated from exc
+
+    wrapper.__name__, wrapper.__doc__ = function.__name__, function.__doc__
+    return wrapper
 
 
 def is_remote(url: str) -> bool:
@@ -44,15 +122,17 @@ def join(url: str, *parts: str) -> str:
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path within it). Endpoint and credentials come from the AWS chain."""
-    return url_to_fs(normalize(url))
+    """(filesystem, path within it), with this process's storage settings."""
+    return url_to_fs(normalize(url), **options_for(url))
 
 
+@_guarded
 def exists(url: str) -> bool:
     fs, path = filesystem(url)
     return fs.exists(path)
 
 
+@_guarded
 def read_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
     return fs.cat_file(path)
@@ -66,6 +146,7 @@ def read_json(url: str):
     return json.loads(read_bytes(url))
 
 
+@_guarded
 def write_bytes(url: str, data: bytes) -> None:
     """Write a whole object so that readers see the old state or the new, never half.
 
@@ -101,14 +182,22 @@ def write_json(url: str, value) -> None:
     write_text(url, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
-def open_output(url: str):
-    """A writable binary stream for large outputs (Parquet parts, archives)."""
+@_guarded
+def write_with(url: str, write) -> None:
+    """Stream a large output (a Parquet part) with `write(binary_handle)`.
+
+    On S3 the object appears only when the upload completes, so a failed write leaves
+    nothing; local partial files do not count either, because the dataset's manifest,
+    written last, is what makes the parts visible.
+    """
     fs, path = filesystem(url)
     if not is_remote(url):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    return fs.open(path, "wb")
+    with fs.open(path, "wb") as handle:
+        write(handle)
 
 
+@_guarded
 def list_dir(url: str) -> list[str]:
     """Names (not paths) directly under a folder URL; empty when it does not exist."""
     fs, path = filesystem(url)
@@ -117,6 +206,7 @@ def list_dir(url: str) -> list[str]:
     return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
 
 
+@_guarded
 def remove(url: str) -> None:
     """Remove a file or a folder tree; a missing one is not an error."""
     fs, path = filesystem(url)
@@ -124,10 +214,11 @@ def remove(url: str) -> None:
         fs.rm(path, recursive=True)
 
 
+@_guarded
 def copy_to_local(url: str, local_path: str | Path) -> Path:
     local_path = Path(local_path)
     local_path.parent.mkdir(parents=True, exist_ok=True)
-    with fsspec.open(normalize(url), "rb") as src, open(local_path, "wb") as dst:
+    with fsspec.open(normalize(url), "rb", **options_for(url)) as src, open(local_path, "wb") as dst:
         shutil.copyfileobj(src, dst)
     return local_path
 

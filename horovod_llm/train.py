@@ -13,13 +13,14 @@ import math
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from horovod_llm import checkpoint, dataset, embeddings, layout, storage
-from horovod_llm.config import RunConfig, TrainConfig, from_dict
+from horovod_llm.config import RunConfig, TrainConfig, apply_storage, from_dict
 from horovod_llm.errors import UserError
 from horovod_llm.log import setup_logging
 from horovod_llm.metrics import batch_metrics, measure_matmul_flops, model_flops_utilisation, peak_rss_mb
@@ -154,18 +155,44 @@ class Resumed:
     data: dict | None = None  # the data position: seed, world size, batches consumed
 
 
-def restore_latest(output_url: str, model: GPT, optimizer, resume: bool) -> Resumed:
+def restore_latest(output_url: str, model: GPT, optimizer, resume: bool, tokenizer_sha256: str) -> Resumed:
     """Load the latest complete checkpoint into model and optimizer (rank 0)."""
     latest = checkpoint.checkpoint_to_resume(output_url, resume)
     if latest is None:
         return Resumed()
     step, url = latest
-    state = checkpoint.load_training_state(url, dataclasses.asdict(model.config))
+    state = checkpoint.load_training_state(url, dataclasses.asdict(model.config), tokenizer_sha256)
     model.load_state_dict(state.model)
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
     log.info("resuming from %s (step %d)", url, step)
     return Resumed(step, state.rng_states, state.meta.get("data"))
+
+
+@contextmanager
+def storage_errors_as(url: str):
+    """Storage failures surfacing from the data reader (Petastorm, pyarrow) or a
+    checkpoint write, as one-line StorageErrors."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        translated = storage.storage_error(exc, url)
+        if translated is None:
+            raise
+        raise translated from exc
+
+
+def rank_entry(config_values: dict, launch_info: dict | None = None) -> dict:
+    """`train_worker` for a rank process: a user error ends it with its message on one
+    line and exit status 2 (Horovod then stops the other ranks), not a traceback."""
+    try:
+        return train_worker(config_values, launch_info)
+    except UserError as exc:
+        log.error("error: %s", exc)
+        sys.stderr.flush()
+        sys.exit(2)
 
 
 def _format_eta(seconds: float) -> str:
@@ -199,6 +226,7 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
     rank, world_size = hvd.rank(), hvd.size()
     is_main = rank == 0
     setup_logging(config.log_level, rank)
+    apply_storage(config)
     tc = config.train
     check_allreduce_op(tc.allreduce_op, hvd)
     threads = threads_for_rank(tc.threads_per_rank, hvd.local_size())
@@ -218,7 +246,7 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
     optimizer = distributed_optimizer(model, tc, max_lr, hvd)
     # Horovod: rank 0 finds the checkpoint to resume from and broadcasts its step; the
     # weights and optimizer state it loads reach the other ranks by the broadcasts below.
-    resumed = restore_latest(out, model, optimizer, tc.resume) if is_main else Resumed()
+    resumed = restore_latest(out, model, optimizer, tc.resume, manifest["tokenizer"]["sha256"]) if is_main else Resumed()
     resumed = hvd.broadcast_object(resumed, root_rank=0, name="resumed")
     # Horovod: every rank starts from rank 0's weights and optimizer state.
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
@@ -271,7 +299,10 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
     checkpoint_url = None
     mfu_values: list[float] = []
     model.train()
-    with dataset.window_batches(out, "train", rank, world_size, tc.batch_size, num_epochs=None, seed=data_seed, shuffle=True, skip_batches=skip) as batches:
+    with (
+        storage_errors_as(out),
+        dataset.window_batches(out, "train", rank, world_size, tc.batch_size, num_epochs=None, seed=data_seed, shuffle=True, skip_batches=skip) as batches,
+    ):
         for step in range(resumed.step + 1, total_steps + 1):
             epoch = (step - 1) // steps_per_epoch
             lr = learning_rate_at(step, max_lr=max_lr, min_lr=min_lr, warmup_steps=tc.warmup_steps, total_steps=total_steps)

@@ -12,7 +12,7 @@ import sys
 
 from horovod_llm.config import load_config, to_dict
 from horovod_llm.errors import UserError
-from horovod_llm.train import train_worker
+from horovod_llm.train import rank_entry
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,10 +21,11 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m horovod_llm.worker CONFIG.yaml [section.key=value ...]", file=sys.stderr)
         return 2
     try:
-        train_worker(to_dict(load_config(argv[0], argv[1:])), {"launcher": "horovodrun"})
+        config = load_config(argv[0], argv[1:])
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    rank_entry(to_dict(config), {"launcher": "horovodrun"})
     return 0
 
 

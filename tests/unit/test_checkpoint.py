@@ -124,3 +124,14 @@ def test_a_bad_model_zip_is_a_clear_error(tmp_path):
         archive.writestr("meta.json", "{}")
     with pytest.raises(UserError, match="lacks model.pt, tokenizer.model"):
         checkpoint.load_checkpoint(str(tmp_path / "partial.zip"))
+
+
+def test_a_checkpoint_of_another_tokenizer_is_refused(tmp_path):
+    model = small_model()
+    url = save(str(tmp_path), 1, model)  # its tokenizer.model holds b"tokenizer-bytes"
+    import hashlib
+
+    same = hashlib.sha256(b"tokenizer-bytes").hexdigest()
+    assert checkpoint.check_compatible(url, dataclasses.asdict(model.config), same)["step"] == 1
+    with pytest.raises(UserError, match="another tokenizer"):
+        checkpoint.check_compatible(url, dataclasses.asdict(model.config), hashlib.sha256(b"other").hexdigest())
