@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from horovod_llm import layout, storage
-from horovod_llm.config import RunConfig, from_dict, to_dict, to_yaml
+from horovod_llm.config import RunConfig, from_dict, redacted_dict, redacted_yaml
 from horovod_llm.errors import UserError
 from horovod_llm.model import GPT, GPTConfig
 
@@ -70,10 +70,10 @@ def save_checkpoint(
     if rng_states is not None:
         storage.write_bytes(storage.join(url, "rng.pt"), _tensor_bytes(rng_states))
     storage.write_bytes(storage.join(url, "tokenizer.model"), tokenizer_bytes)
-    storage.write_text(storage.join(url, "config.yaml"), to_yaml(config))
+    storage.write_text(storage.join(url, "config.yaml"), redacted_yaml(config))
     storage.write_json(
         storage.join(url, "meta.json"),
-        {"step": step, "model_args": dataclasses.asdict(model.config), "config": to_dict(config), **meta},
+        {"step": step, "model_args": dataclasses.asdict(model.config), "config": redacted_dict(config), **meta},
     )
     storage.write_text(storage.join(url, MARKER), f"{step}\n")
     return url
@@ -103,6 +103,18 @@ def prune_checkpoints(output_url: str, keep_last: int) -> None:
         url = storage.join(root, name)
         if match and url not in keep and int(match.group(1)) <= newest:
             storage.remove(url)
+
+
+def remove_incomplete(output_url: str) -> list[str]:
+    """Remove checkpoint folders without a marker: a writer died in them. Only call when
+    no writer can be running (at the start of a training job)."""
+    root = layout.checkpoints_url(output_url)
+    removed = []
+    for name in storage.list_dir(root):
+        if _STEP_DIR.match(name) and not storage.exists(storage.join(root, name, MARKER)):
+            storage.remove(storage.join(root, name))
+            removed.append(name)
+    return removed
 
 
 @dataclass

@@ -8,6 +8,7 @@ semantic problem and reports them at once.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,6 +120,14 @@ class TrainConfig:
     keep_last: int = 3
     # Continue from the latest complete checkpoint under output_url, if there is one.
     resume: bool = True
+    # Start a failed training job again (from the latest complete checkpoint) this many times.
+    max_restarts: int = 0
+    # Horovod elastic (launcher spark): keep training on the remaining ranks when one is
+    # lost, and take it back when Spark restarts its task; between min_proc and num_proc.
+    elastic: bool = False
+    min_proc: int = 1
+    elastic_commit_interval: int = 10  # steps between in-memory commits (what a reset rolls back to)
+    elastic_timeout: int = 120  # seconds to wait for enough ranks after a change
     seed: int = 1337
     start_timeout: int = 120  # seconds Horovod waits for all ranks to start
 
@@ -288,6 +297,10 @@ def validate(config: RunConfig) -> None:
     need(tr.log_interval >= 1, f"train.log_interval ({tr.log_interval}) must be at least 1")
     for name in ("eval_interval", "eval_max_batches", "checkpoint_interval"):
         need(getattr(tr, name) >= 0, f"train.{name} ({getattr(tr, name)}) must be 0 or more")
+    need(1 <= tr.min_proc <= tr.num_proc, f"train.min_proc ({tr.min_proc}) must be between 1 and train.num_proc ({tr.num_proc})")
+    need(tr.elastic_commit_interval >= 1, f"train.elastic_commit_interval ({tr.elastic_commit_interval}) must be at least 1")
+    need(not tr.elastic or tr.launcher == "spark", f"train.elastic=true needs train.launcher=spark (not '{tr.launcher}')")
+    need(tr.max_restarts >= 0, f"train.max_restarts ({tr.max_restarts}) must be 0 or more")
     need(tr.keep_last >= 1, f"train.keep_last ({tr.keep_last}) must be at least 1")
     need(tr.start_timeout >= 10, f"train.start_timeout ({tr.start_timeout}) must be at least 10 seconds")
     need(g.max_new_tokens >= 1, f"generate.max_new_tokens ({g.max_new_tokens}) must be at least 1")
@@ -377,6 +390,40 @@ def to_yaml(config: RunConfig) -> str:
 
 def to_dict(config: RunConfig) -> dict:
     return dataclasses.asdict(config)
+
+
+REDACTED = "***"
+_SECRET_WORDS = {"secret", "password", "passwd", "pwd", "token", "credential", "credentials", "keytab", "signature"}
+_KEY_QUALIFIERS = {"access", "secret", "private", "api", "session", "account"}
+_URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+
+
+def is_secret_key(name: str) -> bool:
+    """fs.s3a.secret.key, aws_access_key_id, api-token: yes; max_new_tokens, vocab_size: no."""
+    words = set(re.split(r"[._\-\s]+", str(name).lower()))
+    return bool(words & _SECRET_WORDS) or ("key" in words and bool(words & _KEY_QUALIFIERS)) or "id" in words and "access" in words
+
+
+def redact(value, path: str = ""):
+    """A copy of a config value fit for files and logs: values under a secret-sounding
+    key path (spark.hadoop.fs.s3a.secret.key, emr.tags.api-token) and the user:password
+    part of URLs replaced by ***."""
+    if isinstance(value, dict):
+        return {k: redact(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, path) for v in value]
+    if isinstance(value, str):
+        return REDACTED if value and is_secret_key(path) else _URL_USERINFO.sub(r"\1***@", value)
+    return value
+
+
+def redacted_dict(config: RunConfig) -> dict:
+    """The resolved config for manifests, checkpoints and statistics: never credentials."""
+    return redact(to_dict(config))
+
+
+def redacted_yaml(config: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(redacted_dict(config)))
 
 
 def from_dict(values: dict) -> RunConfig:

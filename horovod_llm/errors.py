@@ -12,7 +12,15 @@ class UserError(Exception):
 
 
 class JobFailed(Exception):
-    """A stage failed for a reason already logged above (a rank's traceback, say)."""
+    """A stage failed for a reason already logged above (a rank's traceback, say).
+
+    `retryable` is false when a rank stopped on an error it reported itself (bad input
+    does not get better by restarting), true for crashes and lost processes.
+    """
+
+    def __init__(self, message: str, retryable: bool = True):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 def user_error_in(exc: BaseException) -> str | None:

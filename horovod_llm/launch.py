@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def rank_failure(exc: Exception) -> JobFailed | None:
         return None
     rank, status = match.group(1), match.group(2)
     if status == "2":
-        return JobFailed(f"training rank {rank} stopped on an error (its 'error:' line above says which) and Horovod stopped the others")
+        return JobFailed(f"training rank {rank} stopped on an error (its 'error:' line above says which) and Horovod stopped the others", retryable=False)
     return JobFailed(f"training rank {rank} exited with status {status} and Horovod stopped the others: see that rank's log above")
 
 
@@ -72,8 +73,11 @@ def run_with_spark(config: RunConfig, spark=None) -> dict:
             f"(default parallelism {session.sparkContext.defaultParallelism} / spark.task.cpus): lower train.num_proc or give Spark more cores"
         )
     local = is_local(session.sparkContext.master)
-    if not tc.threads_per_rank and not local:
-        cpus = int(session.sparkContext.getConf().get("spark.task.cpus", "1"))
+    if not tc.threads_per_rank:
+        # A cluster gives each rank spark.task.cpus cores. Locally all ranks share this
+        # machine (elastic ranks each look like a host of their own to Horovod, so its
+        # local size cannot tell).
+        cpus = max(1, (os.cpu_count() or 1) // tc.num_proc) if local else int(session.sparkContext.getConf().get("spark.task.cpus", "1"))
         config = dataclasses.replace(config, train=dataclasses.replace(tc, threads_per_rank=cpus))
     context = session.sparkContext
     launch_info = {
@@ -84,28 +88,49 @@ def run_with_spark(config: RunConfig, spark=None) -> dict:
         "task_cpus": int(context.getConf().get("spark.task.cpus", "1")),
         "default_parallelism": context.defaultParallelism,
     }
-    log.info("starting %d Horovod ranks with horovod.spark.run (Gloo%s)", tc.num_proc, ", loopback" if local else "")
+    common = {
+        "args": (to_dict(config), launch_info),
+        "start_timeout": tc.start_timeout,
+        "nics": {"lo"} if local else None,
+        # Local mode: ranks inherit the driver's terminal, so their progress shows live
+        # (Horovod's capture forwards output in 64 KiB chunks). On a cluster their logs
+        # are collected by the driver.
+        "stdout": None if local else sys.stderr,
+        "stderr": None if local else sys.stderr,
+        "verbose": 1,
+    }
     try:
-        results = horovod.spark.run(
-            rank_entry,
-            args=(to_dict(config), launch_info),
-            num_proc=tc.num_proc,
-            start_timeout=tc.start_timeout,
-            use_gloo=True,
-            nics={"lo"} if local else None,
-            # Local mode: ranks inherit the driver's terminal, so their progress shows
-            # live (Horovod's capture forwards output in 64 KiB chunks). On a cluster
-            # their logs are collected by the driver.
-            stdout=None if local else sys.stderr,
-            stderr=None if local else sys.stderr,
-            verbose=1,
-        )
+        if tc.elastic:
+            check_task_retries(context)
+            log.info("starting %d..%d elastic Horovod ranks with horovod.spark.run_elastic (Gloo%s)", tc.min_proc, tc.num_proc, ", loopback" if local else "")
+            results = horovod.spark.run_elastic(
+                rank_entry, num_proc=tc.num_proc, min_num_proc=tc.min_proc, max_num_proc=tc.num_proc, elastic_timeout=tc.elastic_timeout, **common
+            )
+        else:
+            log.info("starting %d Horovod ranks with horovod.spark.run (Gloo%s)", tc.num_proc, ", loopback" if local else "")
+            results = horovod.spark.run(rank_entry, num_proc=tc.num_proc, use_gloo=True, **common)
     except RuntimeError as exc:
         failure = rank_failure(exc)
         if failure is None:
             raise
         raise failure from None
-    return results[0]
+    return next(r for r in results if "summary" in r)
+
+
+_LOCAL_WITH_RETRIES = re.compile(r"^local\[[^,\]]+,\s*(\d+)\]$")
+
+
+def check_task_retries(context) -> None:
+    """Elastic Horovod on Spark brings a lost rank back by Spark re-running its task,
+    which local mode only does with a failure count in the master URL."""
+    master = context.master
+    match = _LOCAL_WITH_RETRIES.match(master)
+    retries = int(match.group(1)) if match else int(context.getConf().get("spark.task.maxFailures", "1" if is_local(master) else "4"))
+    if retries < 2:
+        raise UserError(
+            f"train.elastic=true needs Spark to re-run a lost rank's task, but {master} allows no retry: "
+            "use spark.master=local[N,4] locally, or spark.task.maxFailures of 2 or more on a cluster"
+        )
 
 
 def run_with_horovodrun(config: RunConfig) -> dict:
@@ -122,8 +147,27 @@ def run_with_horovodrun(config: RunConfig) -> dict:
 
 
 def launch_training(config: RunConfig, spark=None) -> dict:
-    """Train with the configured launcher; rank 0's result (with its summary)."""
+    """Train with the configured launcher; rank 0's result (with its summary).
+
+    A failed job (a rank killed, a lost process) is started again from the latest
+    complete checkpoint up to `train.max_restarts` times, as torchrun's --max-restarts
+    does, so a lost rank costs at most `train.checkpoint_interval` steps.
+    """
     preflight(config)
+    restarts = config.train.max_restarts
+    for attempt in range(restarts + 1):
+        try:
+            return _launch_once(config, spark)
+        except JobFailed as exc:
+            if not exc.retryable or attempt == restarts:
+                raise
+            latest = checkpoint.complete_checkpoints(config.output_url)
+            origin = f"checkpoint step {latest[-1][0]}" if latest else "the start"
+            log.warning("training failed (%s); restart %d of %d from %s", exc, attempt + 1, restarts, origin)
+    raise AssertionError("unreachable")
+
+
+def _launch_once(config: RunConfig, spark=None) -> dict:
     launcher = config.train.launcher
     if launcher == "spark":
         return run_with_spark(config, spark)

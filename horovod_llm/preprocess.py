@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from horovod_llm import corpus, embeddings, layout, storage, tokenizer
-from horovod_llm.config import RunConfig, to_dict
+from horovod_llm.config import RunConfig, redacted_dict, to_dict
 from horovod_llm.dataset import FORMAT_VERSION, read_manifest_if_complete
 from horovod_llm.errors import UserError
 from horovod_llm.spark import last_stage_id, stage_metrics, summarize_stages
@@ -437,7 +437,7 @@ def run_preprocess(config: RunConfig, spark, force: bool = False) -> dict:
         "splits": splits,
         "stages": stages.report,
         "wall_seconds": round(time.perf_counter() - started, 3),
-        "config": to_dict(config),
+        "config": redacted_dict(config),
     }
     storage.write_json(layout.manifest_url(out), manifest)  # the commit marker: last
     log.info("dataset written to %s in %.1f s", layout.dataset_url(out), manifest["wall_seconds"])

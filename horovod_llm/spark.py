@@ -34,13 +34,26 @@ def spark_session(config: SparkConfig, extra_conf: dict[str, str] | None = None)
     elif config.master:
         builder = builder.master(config.master)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    settings = {"spark.sql.execution.arrow.pyspark.enabled": "true", **config.conf, **(extra_conf or {})}
+    settings = {"spark.sql.execution.arrow.pyspark.enabled": "true", **flatten(config.conf), **(extra_conf or {})}
     for key, value in settings.items():
         builder = builder.config(key, str(value))
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
     log.info("Spark %s, master %s, default parallelism %d", session.version, session.sparkContext.master, session.sparkContext.defaultParallelism)
     return session
+
+
+def flatten(conf: dict, prefix: str = "") -> dict[str, str]:
+    """Spark settings as dotted keys: an override like spark.conf.spark.x.y=z reaches
+    the config as nested mappings, which Spark must see as "spark.x.y"."""
+    flat: dict[str, str] = {}
+    for key, value in conf.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = str(value)
+    return flat
 
 
 def task_slots(session) -> int:

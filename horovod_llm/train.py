@@ -155,8 +155,12 @@ class Resumed:
     data: dict | None = None  # the data position: seed, world size, batches consumed
 
 
-def restore_latest(output_url: str, model: GPT, optimizer, resume: bool, tokenizer_sha256: str) -> Resumed:
-    """Load the latest complete checkpoint into model and optimizer (rank 0)."""
+def restore_latest(output_url: str, model: GPT, optimizer, resume: bool, tokenizer_sha256: str, remove_partial: bool = True) -> Resumed:
+    """Load the latest complete checkpoint into model and optimizer."""
+    # At the start of a job no writer runs yet: partial folders are leftovers of a crash.
+    removed = checkpoint.remove_incomplete(output_url) if remove_partial else []
+    if removed:
+        log.warning("removed incomplete checkpoint folder(s) left by an interrupted writer: %s", ", ".join(removed))
     latest = checkpoint.checkpoint_to_resume(output_url, resume)
     if latest is None:
         return Resumed()
@@ -214,6 +218,36 @@ class Interval:
         self.sums.zero_()
 
 
+@dataclass
+class Job:
+    """What every (re)entry of the training loop needs; fixed for the whole job."""
+
+    config: RunConfig
+    manifest: dict
+    tokenizer_bytes: bytes
+    launch_info: dict
+    threads: int
+    total_steps: int
+    steps_per_epoch: int
+    max_lr: float
+    min_lr: float
+    peak_per_rank: float
+    resumed_step: int
+    started: float
+
+
+class LoopState:
+    """The mutable part of training, the same fields as the elastic TorchState: the
+    step, and the data position (the reader's seed and world size, batches consumed)."""
+
+    def __init__(self, model: GPT, optimizer, **fields):
+        self.model, self.optimizer = model, optimizer
+        self.__dict__.update(fields)
+
+    def commit(self) -> None:
+        pass
+
+
 def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
     """Train on this rank's shard; rank 0 writes checkpoints and statistics."""
     import horovod.torch as hvd
@@ -236,21 +270,26 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
     out = config.output_url
     manifest = dataset.read_manifest(out)
     check_word2vec_available(config, manifest)
-    tokenizer_bytes = storage.read_bytes(layout.tokenizer_url(out))
     model = GPT(model_config(config, manifest))
     if is_main and config.model.init_from_word2vec:
         init_from_word2vec(model, out, manifest)  # reaches the other ranks by broadcast
     # Horovod: optionally scale the learning rate with the number of ranks.
     lr_scale = world_size if tc.scale_lr_by_ranks else 1
-    max_lr, min_lr = tc.learning_rate * lr_scale, tc.min_lr * lr_scale
-    optimizer = distributed_optimizer(model, tc, max_lr, hvd)
-    # Horovod: rank 0 finds the checkpoint to resume from and broadcasts its step; the
-    # weights and optimizer state it loads reach the other ranks by the broadcasts below.
-    resumed = restore_latest(out, model, optimizer, tc.resume, manifest["tokenizer"]["sha256"]) if is_main else Resumed()
-    resumed = hvd.broadcast_object(resumed, root_rank=0, name="resumed")
-    # Horovod: every rank starts from rank 0's weights and optimizer state.
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+    optimizer = distributed_optimizer(model, tc, tc.learning_rate * lr_scale, hvd)
+    tokenizer_sha = manifest["tokenizer"]["sha256"]
+    if tc.elastic:
+        # No collective before hvd.elastic.run: a rank that joins later runs this prologue
+        # alone while the others are inside the loop. Each rank reads the checkpoint
+        # itself; elastic.run's first sync then gives all of them rank 0's state.
+        resumed = restore_latest(out, model, optimizer, tc.resume, tokenizer_sha, remove_partial=False)
+    else:
+        # Horovod: rank 0 finds the checkpoint to resume from and broadcasts its step; the
+        # weights and optimizer state it loads reach the other ranks by the broadcasts below.
+        resumed = restore_latest(out, model, optimizer, tc.resume, tokenizer_sha) if is_main else Resumed()
+        resumed = hvd.broadcast_object(resumed, root_rank=0, name="resumed")
+        # Horovod: every rank starts from rank 0's weights and optimizer state.
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        hvd.broadcast_optimizer_state(optimizer, root_rank=0)
 
     # Dropout masks differ across ranks (their data does too), and continue exactly
     # where a checkpoint left them when the world size is the same.
@@ -258,63 +297,105 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
     if resumed.rng_states is not None and len(resumed.rng_states) == world_size:
         torch.set_rng_state(resumed.rng_states[rank])
 
-    def allreduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-        return hvd.allreduce(tensor, op=hvd.Sum, name="metrics_sum")
-
     micro = tc.backward_passes_per_step
     steps_per_epoch = dataset.steps_per_epoch(manifest["splits"]["train"]["windows"], tc.batch_size * micro, world_size)
     total_steps = tc.max_steps or tc.epochs * steps_per_epoch
-    tokens_per_step = tc.batch_size * micro * manifest["window_size"] * world_size
-    stats = StatsWriter(out) if is_main else NullStats()
-    stats.resume(resumed.step)
     if resumed.step >= total_steps:
         if is_main:
             log.info("the checkpoint at step %d already completes the %d steps asked for: nothing to train", resumed.step, total_steps)
-        hvd.barrier()
+        if not tc.elastic:
+            hvd.barrier()
         summary_url = storage.join(layout.stats_url(out), "summary.json")
         return {"rank": rank, "steps": resumed.step, **({"summary": storage.read_json(summary_url)} if is_main and storage.exists(summary_url) else {})}
 
-    # The machine's fp32 peak, measured by every rank at once (as they will compute).
-    peak_per_rank = tc.peak_flops_per_rank or measure_matmul_flops()
-    peak_flops = float(allreduce_sum(torch.tensor([peak_per_rank], dtype=torch.float64))[0])
-    flops_per_token = model.flops_per_token()
     # Replay the data order after a resume: same seed, skip what was consumed. With
     # another world size the shards differ, so a fresh order is the honest choice.
-    data_seed, skip = tc.seed, 0
+    data_seed, consumed, reader_world = tc.seed, 0, world_size
     if resumed.data and resumed.data.get("world_size") == world_size:
-        data_seed, skip = resumed.data["seed"], resumed.data["batches_consumed"]
+        data_seed, consumed = resumed.data["seed"], resumed.data["batches_consumed"]
     elif resumed.step:
         data_seed = tc.seed + resumed.step
         if is_main:
             log.warning("resuming on %d ranks from a checkpoint of another world size: the data order restarts", world_size)
+    job = Job(
+        config=config,
+        manifest=manifest,
+        tokenizer_bytes=storage.read_bytes(layout.tokenizer_url(out)),
+        launch_info=launch_info or {"launcher": "unknown"},
+        threads=threads,
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        max_lr=tc.learning_rate * lr_scale,
+        min_lr=tc.min_lr * lr_scale,
+        # The machine's fp32 peak, measured by every rank at once (as they will compute).
+        peak_per_rank=tc.peak_flops_per_rank or measure_matmul_flops(),
+        resumed_step=resumed.step,
+        started=time.perf_counter(),
+    )
+    fields = {"step": resumed.step, "data_seed": data_seed, "consumed": consumed, "reader_world": reader_world}
+    if tc.elastic:
+        # Horovod elastic: ranks may leave and join; on a change every rank rolls back
+        # to the last commit (in memory) and the loop starts again at the new size.
+        state = hvd.elastic.TorchState(model=model, optimizer=optimizer, **fields)
+        summary = hvd.elastic.run(train_loop)(state, job)
+    else:
+        summary = train_loop(LoopState(model, optimizer, **fields), job)
+    hvd.barrier()  # Horovod: no rank leaves while rank 0 still writes
+    return {"rank": hvd.rank(), "steps": total_steps, **({"summary": summary} if hvd.rank() == 0 else {})}
+
+
+def train_loop(state, job: Job) -> dict:
+    """The steps from `state.step` to the end, at the current world size; the summary."""
+    import horovod.torch as hvd
+
+    config, tc, manifest = job.config, job.config.train, job.manifest
+    out, model, optimizer = config.output_url, state.model, state.optimizer
+    rank, world_size = hvd.rank(), hvd.size()
+    is_main = rank == 0
+    micro = tc.backward_passes_per_step
+    tokens_per_step = tc.batch_size * micro * manifest["window_size"] * world_size
+
+    def allreduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+        return hvd.allreduce(tensor, op=hvd.Sum, name="metrics_sum")
+
+    if state.reader_world != world_size:  # elastic: the shards changed, so does the order
+        state.data_seed, state.consumed, state.reader_world = tc.seed + state.step, 0, world_size
+    peak_flops = float(allreduce_sum(torch.tensor([job.peak_per_rank], dtype=torch.float64))[0])
+    flops_per_token = model.flops_per_token()
+    stats = StatsWriter(out) if is_main else NullStats()
+    stats.resume(state.step)
     if is_main:
         log.info(
             "training %.2fM parameters on %d rank(s) x %d thread(s): steps %d..%d (%d per epoch), %d tokens per step, peak %.0f GFLOP/s",
-            model.num_parameters() / 1e6, world_size, threads, resumed.step + 1, total_steps, steps_per_epoch, tokens_per_step, peak_flops / 1e9,
+            model.num_parameters() / 1e6, world_size, job.threads, state.step + 1, job.total_steps, job.steps_per_epoch, tokens_per_step, peak_flops / 1e9,
         )  # fmt: skip
 
-    started = epoch_started = time.perf_counter()
+    entered = epoch_started = time.perf_counter()
+    entry_step = state.step
     interval, epoch_loss = Interval(), torch.zeros(2, dtype=torch.float64)  # epoch: summed loss, steps
     last_eval: dict = {}
     checkpoint_url = None
     mfu_values: list[float] = []
     model.train()
+    batches_args = (out, "train", rank, world_size, tc.batch_size)
     with (
         storage_errors_as(out),
-        dataset.window_batches(out, "train", rank, world_size, tc.batch_size, num_epochs=None, seed=data_seed, shuffle=True, skip_batches=skip) as batches,
+        dataset.window_batches(*batches_args, num_epochs=None, seed=state.data_seed, shuffle=True, skip_batches=state.consumed) as batches,
     ):
-        for step in range(resumed.step + 1, total_steps + 1):
-            epoch = (step - 1) // steps_per_epoch
-            lr = learning_rate_at(step, max_lr=max_lr, min_lr=min_lr, warmup_steps=tc.warmup_steps, total_steps=total_steps)
+        while state.step < job.total_steps:
+            step = state.step + 1
+            epoch = (step - 1) // job.steps_per_epoch
+            lr = learning_rate_at(step, max_lr=job.max_lr, min_lr=job.min_lr, warmup_steps=tc.warmup_steps, total_steps=job.total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             step_started = time.perf_counter()
             result = train_step(model, optimizer, [torch.from_numpy(next(batches)) for _ in range(micro)], tc.grad_clip)
+            state.step, state.consumed = step, state.consumed + micro
             # Step time covers loading, compute and allreduce, not evaluation or checkpoints.
             interval.add(result, time.perf_counter() - step_started)
             epoch_loss += torch.tensor([result.loss, 1.0], dtype=torch.float64)
 
-            end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
+            end_of_epoch = step % job.steps_per_epoch == 0 or step == job.total_steps
             if step % tc.log_interval == 0 or end_of_epoch:
                 loss_x_tokens, correct, tokens, steps_done, _, sync = allreduce_sum(interval.sums).tolist()
                 # The slowest rank sets the pace of a synchronous step.
@@ -335,14 +416,15 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
                     # mean over ranks of the time spent waiting for gradients to be reduced
                     "allreduce_share": sync / world_size / elapsed,
                     "peak_rss_mb": rss,
+                    "ranks": world_size,
                 }
                 mfu_values.append(record["mfu"])
                 stats.log_step(record)
                 if is_main:
-                    eta = (time.perf_counter() - started) / (step - resumed.step) * (total_steps - step)
+                    eta = (time.perf_counter() - entered) / (step - entry_step) * (job.total_steps - step)
                     log.info(
                         "step %d/%d | epoch %d | loss %.4f | acc %.3f | grad %.2f | lr %.2e | %.0f tok/s | mfu %.0f%% | eta %s",
-                        step, total_steps, epoch, record["loss"], record["accuracy"], result.grad_norm, lr, tokens_per_s, 100 * record["mfu"], _format_eta(eta),
+                        step, job.total_steps, epoch, record["loss"], record["accuracy"], result.grad_norm, lr, tokens_per_s, 100 * record["mfu"], _format_eta(eta),
                     )  # fmt: skip
                 interval.reset()
 
@@ -361,35 +443,39 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
                 epoch_loss.zero_()
                 epoch_started = time.perf_counter()
 
-            if (tc.checkpoint_interval and step % tc.checkpoint_interval == 0) or step == total_steps:
+            if (tc.checkpoint_interval and step % tc.checkpoint_interval == 0) or step == job.total_steps:
                 # Horovod: a collective, so every rank takes part; rank 0 writes.
                 rng_states = hvd.allgather_object(torch.get_rng_state(), name="rng_states")
                 if is_main:
-                    data = {"seed": data_seed, "world_size": world_size, "batches_consumed": skip + (step - resumed.step) * micro}
+                    data = {"seed": state.data_seed, "world_size": world_size, "batches_consumed": state.consumed}
                     meta = {"epoch": epoch, "metrics": last_eval, "dataset": manifest["fingerprint"], "data": data}
-                    checkpoint_url = checkpoint.save_checkpoint(out, step, model, optimizer, config, tokenizer_bytes, meta, rng_states)
+                    checkpoint_url = checkpoint.save_checkpoint(out, step, model, optimizer, config, job.tokenizer_bytes, meta, rng_states)
                     checkpoint.prune_checkpoints(out, tc.keep_last)
                     log.info("checkpoint written: %s", checkpoint_url)
+            if tc.elastic and (step % tc.elastic_commit_interval == 0 or step == job.total_steps):
+                stats.flush()  # a new rank 0 after a reset continues from these records
+                state.commit()  # Horovod elastic: the point a reset rolls back to
 
-    total_seconds = time.perf_counter() - started
+    total_seconds = time.perf_counter() - job.started
     summary = {
-        "steps": total_steps,
-        "resumed_from_step": resumed.step,
-        "epochs": math.ceil(total_steps / steps_per_epoch),
-        "steps_per_epoch": steps_per_epoch,
+        "steps": job.total_steps,
+        "resumed_from_step": job.resumed_step,
+        "epochs": math.ceil(job.total_steps / job.steps_per_epoch),
+        "steps_per_epoch": job.steps_per_epoch,
         "ranks": world_size,
-        "threads_per_rank": threads,
-        "launch": launch_info or {"launcher": "unknown"},
+        "threads_per_rank": job.threads,
+        "launch": job.launch_info,
         "horovod": {
             "compression": "fp16" if tc.fp16_allreduce else "none",
             "op": tc.allreduce_op,
             "backward_passes_per_step": micro,
             "lr_scaled_by_ranks": tc.scale_lr_by_ranks,
+            "elastic": tc.elastic,
         },
         "global_batch_windows": tc.batch_size * micro * world_size,
         "tokens_per_step": tokens_per_step,
         "total_seconds": total_seconds,
-        "tokens_per_s": tokens_per_step * (total_steps - resumed.step) / total_seconds,
+        "tokens_per_s": tokens_per_step * (job.total_steps - job.resumed_step) / total_seconds,
         "peak_flops": peak_flops,
         "mfu_mean": float(np.nanmean(mfu_values)) if mfu_values else float("nan"),
         "parameters": model.num_parameters(),
@@ -401,8 +487,6 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
         # The final model as one self-contained file (weights, config, tokenizer).
         summary["model_zip_url"] = storage.join(out, checkpoint.MODEL_ZIP)
         checkpoint.export_model_zip(checkpoint_url, summary["model_zip_url"])
-    stats.write_summary(summary)
-    if is_main:
+        stats.write_summary(summary)
         write_curves(layout.stats_url(out), stats.steps, stats.evals)
-    hvd.barrier()  # Horovod: no rank leaves while rank 0 still writes
-    return {"rank": rank, "steps": total_steps, **({"summary": summary} if is_main else {})}
+    return summary

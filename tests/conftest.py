@@ -58,6 +58,16 @@ def tiny_dataset(tmp_path_factory, tiny_corpus, spark):
     return config, manifest
 
 
+@pytest.fixture
+def fresh_run(tiny_dataset, tmp_path):
+    """A new output_url holding a copy of the tiny dataset, tokenizer and embeddings, no checkpoints."""
+    config, _ = tiny_dataset
+    out = tmp_path / "run"
+    for part in ("dataset", "tokenizer", "embeddings"):
+        shutil.copytree(f"{config.output_url}/{part}", out / part)
+    return str(out)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3 API (moto's server) on loopback; this process's AWS settings point at it.

@@ -77,3 +77,10 @@ def test_missing_config_file(tmp_path):
 def test_override_without_equals():
     with pytest.raises(UserError, match="section.key=value"):
         load_config(None, ["train.max_steps"])
+
+
+def test_nested_spark_settings_are_flattened_to_dotted_keys():
+    from horovod_llm.spark import flatten
+
+    config = load_config(None, ["spark.conf.spark.sql.shuffle.partitions=7"])
+    assert flatten(config.spark.conf) == {"spark.sql.shuffle.partitions": "7"}

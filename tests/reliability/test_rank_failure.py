@@ -1,0 +1,91 @@
+"""A rank killed mid-training: the job fails fast naming the rank, or, with
+train.max_restarts, restarts from the latest complete checkpoint and completes."""
+
+import dataclasses
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+from horovod_llm import checkpoint
+from horovod_llm.errors import JobFailed, UserError
+from horovod_llm.launch import launch_training
+from tests.e2e.test_train import with_output
+
+pytestmark = [pytest.mark.spark, pytest.mark.horovod]
+
+
+def rank_process(rank: int, root_pid: int | None = None) -> psutil.Process | None:
+    """The process of Horovod rank `rank` among the descendants of `root_pid` (default:
+    this process), so that other jobs on the machine are never touched."""
+    for process in psutil.Process(root_pid or os.getpid()).children(recursive=True):
+        try:
+            if "horovod.spark.task.gloo_exec_fn" in " ".join(process.cmdline()) and process.environ().get("HOROVOD_RANK") == str(rank):
+                return process
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return None
+
+
+class RankKiller(threading.Thread):
+    """Kills a rank with SIGKILL once a checkpoint at `step` or later is complete.
+
+    A thread beside the training, because horovod.spark.run installs signal handlers
+    and so must run in the main thread.
+    """
+
+    def __init__(self, out: str, step: int, rank: int = 1, timeout: float = 300):
+        super().__init__(daemon=True)
+        self.out, self.step, self.rank, self.timeout = out, step, rank, timeout
+        self.killed_at_step: int | None = None
+        self.killed_at_time: float | None = None
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            complete = [s for s, _ in checkpoint.complete_checkpoints(self.out)]
+            process = rank_process(self.rank)
+            if complete and complete[-1] >= self.step and process is not None:
+                self.killed_at_step = complete[-1]
+                os.kill(process.pid, signal.SIGKILL)
+                self.killed_at_time = time.monotonic()
+                return
+            time.sleep(0.05)
+
+
+def test_a_killed_rank_fails_the_job_fast_and_names_it(fresh_run, tiny_dataset, spark):
+    config, _ = tiny_dataset
+    run = with_output(config, fresh_run, launcher="spark", max_steps=1_000_000, checkpoint_interval=4, log_interval=50)
+    killer = RankKiller(fresh_run, 4)
+    killer.start()
+    with pytest.raises(JobFailed) as failure:
+        launch_training(run, spark)
+    assert killer.killed_at_time is not None, "the rank was never killed"
+    # failed fast: Horovod's own start and stall timeouts are 600 s and more
+    assert time.monotonic() - killer.killed_at_time < 120
+    assert failure.value.retryable and "training rank 1 exited with status" in str(failure.value)
+
+
+def test_max_restarts_resumes_from_the_latest_checkpoint_and_completes(fresh_run, tiny_dataset, spark):
+    config, _ = tiny_dataset
+    run = with_output(config, fresh_run, launcher="spark", max_steps=400, checkpoint_interval=40, log_interval=20, max_restarts=1, keep_last=20)
+    run = dataclasses.replace(run, train=dataclasses.replace(run.train, batch_size=64))  # slower steps: time to kill one
+    killer = RankKiller(fresh_run, 40)
+    killer.start()
+    summary = launch_training(run, spark)["summary"]
+    assert killer.killed_at_step is not None, "the rank was never killed"
+    assert summary["steps"] == 400
+    # lost at most checkpoint_interval steps: it resumed from the checkpoint taken before the kill
+    assert summary["resumed_from_step"] >= killer.killed_at_step
+    assert checkpoint.complete_checkpoints(fresh_run)[-1][0] == 400
+
+
+def test_not_enough_task_slots_fails_in_seconds_with_the_numbers(fresh_run, tiny_dataset, spark):
+    config, _ = tiny_dataset
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"train.num_proc=3 ranks need 3 Spark task slots at once, but only 2 are available"):
+        launch_training(with_output(config, fresh_run, launcher="spark", num_proc=3), spark)
+    assert time.monotonic() - started < 30  # instead of Horovod's start timeout
