@@ -25,25 +25,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from horovod_llm.config import CONFIG_DIR, load_config  # noqa: E402
-from horovod_llm.model import GPT, GPTConfig  # noqa: E402
-from horovod_llm.tokenizer import BOS_ID, PAD_ID  # noqa: E402
+from horovod_llm.model import GPT  # noqa: E402
+from horovod_llm.tokenizer import BOS_ID  # noqa: E402
+from horovod_llm.train import gpt_config  # noqa: E402
 
 
 def default_model() -> GPT:
     config = load_config(CONFIG_DIR / "local.yaml")
-    m = config.model
-    args = GPTConfig(
-        vocab_size=config.tokenizer.vocab_size,
-        block_size=config.data.window_size,
-        n_layer=m.n_layer,
-        n_head=m.n_head,
-        n_embd=m.n_embd,
-        dropout=m.dropout,
-        bias=m.bias,
-        positional=m.positional,
-        tie_weights=m.tie_weights,
-        pad_id=PAD_ID,
-    )
+    args = gpt_config(config, config.tokenizer.vocab_size, config.data.window_size)
     torch.manual_seed(0)
     return GPT(args).eval()
 

@@ -34,10 +34,15 @@ log = logging.getLogger(__name__)
 
 
 def model_config(config: RunConfig, manifest: dict) -> GPTConfig:
+    """The model for a dataset: its vocabulary and window size, the config's shape."""
+    return gpt_config(config, manifest["tokenizer"]["vocab_size"], manifest["window_size"])
+
+
+def gpt_config(config: RunConfig, vocab_size: int, block_size: int) -> GPTConfig:
     m = config.model
     return GPTConfig(
-        vocab_size=manifest["tokenizer"]["vocab_size"],
-        block_size=manifest["window_size"],
+        vocab_size=vocab_size,
+        block_size=block_size,
         n_layer=m.n_layer,
         n_head=m.n_head,
         n_embd=m.n_embd,
