@@ -223,6 +223,7 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
     # stderr, so that stdout carries nothing but generated text.
     sys.stdout = sys.stderr
     hvd.init()  # Horovod: initialise the ranks
+    ranks_ready_at = time.time()  # wall clock (comparable with the driver's): stage timings
     rank, world_size = hvd.rank(), hvd.size()
     is_main = rank == 0
     setup_logging(config.log_level, rank)
@@ -294,6 +295,7 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
         )  # fmt: skip
 
     started = epoch_started = time.perf_counter()
+    loop_started_at = time.time()
     interval, epoch_loss = Interval(), torch.zeros(2, dtype=torch.float64)  # epoch: summed loss, steps
     last_eval: dict = {}
     checkpoint_url = None
@@ -372,6 +374,7 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
                     log.info("checkpoint written: %s", checkpoint_url)
 
     total_seconds = time.perf_counter() - started
+    timeline = {"ranks_ready_at": ranks_ready_at, "loop_started_at": loop_started_at, "loop_ended_at": time.time()}
     summary = {
         "steps": total_steps,
         "resumed_from_step": resumed.step,
@@ -396,6 +399,7 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
         "flops_per_token": flops_per_token,
         "final": last_eval,
         "checkpoint_url": checkpoint_url,
+        "timeline": timeline,
     }
     if is_main:
         # The final model as one self-contained file (weights, config, tokenizer).
