@@ -103,9 +103,10 @@ def prepare(train_text: str, val_text: str, config, folder: Path) -> None:
 # -- one rank (under horovodrun, or in-process for --ranks 1) -------------------------
 
 
-def train_rank(folder: Path, budget_s: float, init: str, threads: int, out: Path, overrides: list[str]) -> None:
-    """Train configs/local.yaml's model on this rank's share of the windows for budget_s
-    seconds of steps; rank 0 saves the weights and what it saw to `out`."""
+def train_rank(folder: Path, budget: float, unit: str, init: str, threads: int, out: Path, overrides: list[str]) -> None:
+    """Train configs/local.yaml's model on this rank's share of the windows for `budget`
+    seconds (or steps) of training, then score the validation text; rank 0 writes the
+    figures to `out`."""
     import horovod.torch as hvd
     import torch
 
@@ -137,12 +138,12 @@ def train_rank(folder: Path, budget_s: float, init: str, threads: int, out: Path
         step += 1
         if rank == 0:
             elapsed = time.perf_counter() - started
+            done = elapsed / budget if unit == "seconds" else (step - 1) / budget
             if step <= tc.warmup_steps:
                 lr = learning_rate_at(step, max_lr=tc.learning_rate, min_lr=tc.min_lr, warmup_steps=tc.warmup_steps, total_steps=step + 1)
-            else:  # cosine over the wall clock: done when the budget is
-                progress = min(elapsed / budget_s, 1.0)
-                lr = tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (tc.learning_rate - tc.min_lr)
-            control = torch.tensor([lr, float(elapsed >= budget_s)], dtype=torch.float64)
+            else:  # cosine over the budget (the wall clock, or steps): done when it is
+                lr = tc.min_lr + 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0))) * (tc.learning_rate - tc.min_lr)
+            control = torch.tensor([lr, float(done >= 1.0)], dtype=torch.float64)
         control = hvd.broadcast(control, root_rank=0, name="control")
         if control[1] > 0:
             break
@@ -182,8 +183,8 @@ def evaluate_ranks(model, folder: Path, rank: int, world_size: int, hvd) -> dict
     return summarize(totals)
 
 
-def run_training(folder: Path, budget_s: float, init: str, ranks: int, out: Path, overrides: list[str]) -> None:
-    args = ["--rank", str(folder), str(budget_s), init, str(out), *overrides]
+def run_training(folder: Path, budget: float, unit: str, init: str, ranks: int, out: Path, overrides: list[str]) -> None:
+    args = ["--unit", unit, "--rank", str(folder), str(budget), init, str(out), *overrides]
     if ranks == 1:
         command = [sys.executable, __file__, "--threads", str(len(os.sched_getaffinity(0))), *args]
     else:
@@ -195,6 +196,9 @@ def run_training(folder: Path, budget_s: float, init: str, ranks: int, out: Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", type=float, nargs="+", default=[120.0], help="seconds of training per run (the issue asks for 120 and 600)")
+    parser.add_argument(
+        "--unit", choices=["seconds", "steps"], default="seconds", help="budgets in steps compare settings at equal work, whatever the load on the machine"
+    )
     parser.add_argument("--text-file", help="a text file (or URL) instead of the embedded corpus")
     parser.add_argument("--ranks", type=int, default=2, help="Horovod ranks of 1 thread each; 1: one process on every core")
     parser.add_argument("--inits", default="word2vec,random", help="comma-separated: word2vec, random")
@@ -205,7 +209,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.rank:
         folder, budget, init, out = args.rank
-        train_rank(Path(folder), float(budget), init, args.threads, Path(out), args.overrides)
+        train_rank(Path(folder), float(budget), args.unit, init, args.threads, Path(out), args.overrides)
         return
 
     from horovod_llm.log import setup_logging
@@ -229,24 +233,24 @@ def main() -> None:
     runs = []
     for budget in args.budgets:
         for init in args.inits.split(","):
-            out = folder / f"result-{init}-{int(budget)}.json"
+            out = folder / f"result-{init}-{int(budget)}-{args.unit}.json"
             out.unlink(missing_ok=True)
-            run_training(folder, budget, init, args.ranks, out, args.overrides)
+            run_training(folder, budget, args.unit, init, args.ranks, out, args.overrides)
             scores = json.loads(out.read_text())
-            runs.append({"budget_s": budget, "init": init, **scores})
+            runs.append({"budget": budget, "unit": args.unit, "init": init, **scores})
             report(
-                f"{int(budget):4d} s, {init:8s}: {scores['steps']} steps ({scores['tokens_per_s']:.0f} tok/s, {scores['epochs']:.2f} epochs), "
+                f"{int(budget):4d} {args.unit}, {init:8s}: {scores['steps']} steps ({scores['tokens_per_s']:.0f} tok/s, {scores['epochs']:.2f} epochs), "
                 f"validation {scores['nats_per_character']:.3f} nats/char = {scores['bits_per_character']:.3f} bits/char "
                 f"({scores['nll_per_token']:.3f} nats/token)"
             )
     result = {"corpus": args.text_file or "embedded", "ranks": args.ranks, "train_characters": len(train_text), "val_characters": len(val_text), **info}
     result["runs"] = runs
     for budget in args.budgets:
-        by_init = {r["init"]: r for r in runs if r["budget_s"] == budget}
+        by_init = {r["init"]: r for r in runs if r["budget"] == budget}
         if {"word2vec", "random"} <= set(by_init):
             delta = by_init["random"]["nats_per_character"] - by_init["word2vec"]["nats_per_character"]
-            result[f"word2vec_gain_nats_per_char_{int(budget)}s"] = delta
-            report(f"{int(budget)} s: Word2Vec initialisation lowers validation loss by {delta:+.3f} nats/char")
+            result[f"word2vec_gain_nats_per_char_{int(budget)}_{args.unit}"] = delta
+            report(f"{int(budget)} {args.unit}: Word2Vec initialisation lowers validation loss by {delta:+.3f} nats/char")
     write_result(args.json, result)
 
 

@@ -47,7 +47,7 @@ def summary_rows(results: dict) -> list[tuple[str, str, str, str]]:
     quality = _get(results, "quality")
     if quality:
         for run in quality["runs"]:
-            label = f"validation nats/char after {run['budget_s']:.0f} s of training, {run['init']} init"
+            label = f"validation nats/char after {run['budget']:.0f} {run['unit']} of training, {run['init']} init"
             rows.append((label, f"{run['nats_per_character']:.3f}", "(nanoGPT char-level: 1.88 after ~60 s)", "-"))
     return rows
 
@@ -96,7 +96,8 @@ def _train_details(train: dict | None) -> list[str]:
         lines.append(f"| {name} | {batch} | {mem['tokens_per_s']:.0f} | {mem['mfu']:.2f} | {pet_cells} | {layout['peak_gflops']:.0f} |")
     lines += [
         "",
-        f"Scaling efficiency {train['scaling_efficiency']:.2f}. Allreduce of the {train['gradient_mb']:.1f} MB of gradients alone: "
+        f"Scaling efficiency {train['scaling_efficiency']:.2f}; a rank's CPU seconds per step in 2x1 over 1x1: "
+        f"{train.get('cpu_per_step_2x1_over_1x1', float('nan')):.2f}. Allreduce of the {train['gradient_mb']:.1f} MB of gradients alone: "
         f"{1000 * train['allreduce_s']:.0f} ms, {100 * train['allreduce_share_of_step']:.1f}% of a 2x1 step; the wait left after the "
         f"backward pass (Horovod overlaps the allreduce with it): {100 * train['exposed_sync_share_of_step']:.1f}% of the step.",
     ]
@@ -154,12 +155,12 @@ def _quality_details(quality: dict | None) -> list[str]:
         f"Corpus {quality['corpus']}: first 90% ({quality['train_characters'] / 1e6:.2f} M characters, {quality['train_tokens']} tokens) trains, "
         f"last 10% ({quality['val_characters'] / 1e6:.2f} M characters) validates; {quality['ranks']} rank(s).",
         "",
-        "| budget s | init | steps | tokens/s | epochs | val nats/token | val nats/char | val bits/char |",
+        "| budget | init | steps | tokens/s | epochs | val nats/token | val nats/char | val bits/char |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in quality["runs"]:
         lines.append(
-            f"| {r['budget_s']:.0f} | {r['init']} | {r['steps']} | {r['tokens_per_s']:.0f} | {r['epochs']:.2f} | "
+            f"| {r['budget']:.0f} {r['unit']} | {r['init']} | {r['steps']} | {r['tokens_per_s']:.0f} | {r['epochs']:.2f} | "
             f"{r['nll_per_token']:.3f} | {r['nats_per_character']:.3f} | {r['bits_per_character']:.3f} |"
         )
     return lines

@@ -31,15 +31,26 @@ def time_steps(model, optimizer, next_batch, steps: int, warmup: int, grad_clip:
     from horovod_llm.metrics import measure_matmul_flops
     from horovod_llm.train import train_step
 
-    seconds, sync, peaks = [], [], []
+    seconds, sync, peaks, cpu = [], [], [], []
     for index in range(warmup + steps):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = train_step(model, optimizer, [torch.from_numpy(next_batch())], grad_clip)
         if index >= warmup:
             seconds.append(time.perf_counter() - started)
+            # CPU seconds of the whole process (compute, Horovod's thread, the loader):
+            # unlike wall time, hardly affected by other processes taking turns on the cores.
+            cpu.append(time.process_time() - cpu_started)
             sync.append(result.sync_seconds)
             peaks.append(measure_matmul_flops(seconds=peak_seconds))
-    return {"step_s": median(seconds), "sync_s": median(sync), "step_s_all": seconds, "sync_s_all": sync, "peak_flops_all": peaks}
+    return {
+        "step_s": median(seconds),
+        "sync_s": median(sync),
+        "cpu_s": median(cpu),
+        "step_s_all": seconds,
+        "sync_s_all": sync,
+        "cpu_s_all": cpu,
+        "peak_flops_all": peaks,
+    }
 
 
 def time_allreduce(model, hvd, repeats: int) -> float:
@@ -121,7 +132,7 @@ def main() -> None:
     result["allreduce_s"] = time_allreduce(model, hvd, args.allreduce_repeats) if world_size > 1 else 0.0
     result["gradient_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     # The slowest rank sets the pace of a synchronous step.
-    per_rank = hvd.allgather_object({k: result[k]["step_s"] for k in kinds}, name="per_rank")
+    per_rank = hvd.allgather_object({k: {"step_s": result[k]["step_s"], "cpu_s": result[k]["cpu_s"]} for k in kinds}, name="per_rank")
     result["step_s_per_rank"] = per_rank
     if rank == 0:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

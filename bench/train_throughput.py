@@ -80,6 +80,12 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
             layout["petastorm_over_memory"] = median([rates(r, "petastorm")["tokens_per_s"] / rates(r, "memory")["tokens_per_s"] for r in reps])
         out["layouts"][name] = layout
     one, two = runs["1x1"], runs["2x1"]
+    # Where scaling loses: CPU seconds per step of a rank (threads x cores it keeps busy)
+    # in 2x1 over 1x1 (contention for caches and memory, Horovod's thread), and the
+    # wait for the slower rank.
+    out["cpu_per_step_2x1_over_1x1"] = median(
+        [median([r["memory"]["cpu_s"] for r in b["step_s_per_rank"]]) / a["memory"]["cpu_s"] for a, b in zip(one, two, strict=True)]
+    )
     out["scaling_efficiency"] = median([rates(b, "memory")["tokens_per_s"] / (2 * rates(a, "memory")["tokens_per_s"]) for a, b in zip(one, two, strict=True)])
     out["allreduce_s"] = median([r["allreduce_s"] for r in two])
     out["allreduce_share_of_step"] = median([r["allreduce_s"] / r["memory"]["step_s"] for r in two])
@@ -126,7 +132,10 @@ def main() -> None:
         parts = [f"{kind}: {layout[kind]['tokens_per_s']:6.0f} tok/s, MFU {layout[kind]['mfu']:.2f}" for kind in ("memory", "petastorm") if kind in layout]
         extra = f", loader/memory {layout['petastorm_over_memory']:.2f}" if "petastorm_over_memory" in layout else ""
         report(f"{name}: {'; '.join(parts)} (peak {layout['peak_gflops']:.0f} GFLOP/s){extra}")
-    report(f"scaling efficiency 2x1 / (2 x 1x1): {result['scaling_efficiency']:.2f} (target >= 0.90)")
+    report(
+        f"scaling efficiency 2x1 / (2 x 1x1): {result['scaling_efficiency']:.2f} (target >= 0.90); "
+        f"CPU seconds per step of a rank, 2x1 / 1x1: {result['cpu_per_step_2x1_over_1x1']:.2f}"
+    )
     report(
         f"allreduce of {result['gradient_mb']:.1f} MB of gradients alone: {1000 * result['allreduce_s']:.0f} ms "
         f"= {100 * result['allreduce_share_of_step']:.1f}% of a 2x1 step; exposed wait after backward {100 * result['exposed_sync_share_of_step']:.1f}%"
