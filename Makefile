@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3.11
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint format doctor clean
+.PHONY: setup demo test lint format doctor bench clean
 
 setup:
 	scripts/install-stack.sh --venv $(VENV) --python $(PYTHON)
@@ -15,6 +15,11 @@ demo: setup
 # pytest exits 5 when it collects no tests: make treats that as the failure it is.
 test: setup lint
 	SPARK_LOCAL_IP=127.0.0.1 $(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+# Every benchmark (bench/run_all.py): about 20 minutes on 2 cores; writes bench/results.json
+# and the measured part of bench/results.md. BENCH_ARGS passes options (see --help).
+bench: setup
+	SPARK_LOCAL_IP=127.0.0.1 $(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check horovod_llm tests bench

@@ -76,6 +76,40 @@ def child(corpus: str, output: str) -> None:
     print(json.dumps(result))
 
 
+def measure(sizes_mb: list[int], folder: Path) -> dict[int, dict]:
+    """Generate each corpus under `folder`, preprocess it in a fresh process, and print a line."""
+    results = {}
+    for size in sizes_mb:
+        corpus = folder / f"corpus-{size}"
+        written = generate_corpus(corpus, size)
+        env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(corpus), str(folder / f"out-{size}")], capture_output=True, text=True, env=env, check=True
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        result["corpus_mb"] = written / 1e6
+        result["mb_per_s"] = result["corpus_mb"] / result["seconds"]
+        results[size] = result
+        print(
+            f"{result['corpus_mb']:7.1f} MB: {result['seconds']:6.1f} s, {result['mb_per_s']:5.2f} MB/s, "
+            f"driver peak RSS {result['driver_peak_rss_mb']:6.0f} MB, JVM peak RSS {result['jvm_peak_rss_mb']:6.0f} MB, stages {result['stages']}",
+            flush=True,
+        )
+    return results
+
+
+def rss_ratio(results: dict[int, dict]) -> dict:
+    """Driver (and JVM) peak RSS of the largest corpus over the smallest's."""
+    sizes = sorted(results)
+    small, large = results[sizes[0]], results[sizes[-1]]
+    return {
+        "sizes_mb": [sizes[0], sizes[-1]],
+        "driver_rss_ratio": large["driver_peak_rss_mb"] / small["driver_peak_rss_mb"],
+        "jvm_rss_ratio": large["jvm_peak_rss_mb"] / small["jvm_peak_rss_mb"],
+        "corpus_ratio": large["corpus_mb"] / small["corpus_mb"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes-mb", type=int, nargs="+", default=[20, 200])
@@ -85,30 +119,13 @@ def main() -> None:
     if args.child:
         child(*args.child)
         return
-    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for size in args.sizes_mb:
-            corpus = Path(tmp) / f"corpus-{size}"
-            written = generate_corpus(corpus, size)
-            env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", str(corpus), str(Path(tmp) / f"out-{size}")], capture_output=True, text=True, env=env, check=True
-            )
-            result = json.loads(out.stdout.strip().splitlines()[-1])
-            result["corpus_mb"] = written / 1e6
-            result["mb_per_s"] = result["corpus_mb"] / result["seconds"]
-            results[size] = result
-            print(
-                f"{result['corpus_mb']:7.1f} MB: {result['seconds']:6.1f} s, {result['mb_per_s']:5.2f} MB/s, "
-                f"driver peak RSS {result['driver_peak_rss_mb']:6.0f} MB, JVM peak RSS {result['jvm_peak_rss_mb']:6.0f} MB, stages {result['stages']}",
-                flush=True,
-            )
-    sizes = sorted(results)
-    if len(sizes) >= 2:
-        small, large = results[sizes[0]], results[sizes[-1]]
+        results = measure(args.sizes_mb, Path(tmp))
+    if len(results) >= 2:
+        ratio = rss_ratio(results)
         print(
-            f"driver peak RSS ratio {sizes[-1]} MB / {sizes[0]} MB: {large['driver_peak_rss_mb'] / small['driver_peak_rss_mb']:.2f} "
-            f"(corpus ratio {large['corpus_mb'] / small['corpus_mb']:.1f}); JVM: {large['jvm_peak_rss_mb'] / small['jvm_peak_rss_mb']:.2f}"
+            f"driver peak RSS ratio {ratio['sizes_mb'][1]} MB / {ratio['sizes_mb'][0]} MB: {ratio['driver_rss_ratio']:.2f} "
+            f"(corpus ratio {ratio['corpus_ratio']:.1f}); JVM: {ratio['jvm_rss_ratio']:.2f}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -108,9 +108,11 @@ def score_batch(model: GPT, inputs: torch.Tensor, targets: torch.Tensor, scored:
     return float(nll[scored].double().sum()), int(correct[scored].sum()), int(scored.sum())
 
 
-def score_ids(model: GPT, ids: list[int], stride: int, batch_size: int = 8) -> Totals:
-    """NLL, correct and count over the targets ids[1:], scored with `scoring_windows`."""
-    windows = scoring_windows(len(ids), model.config.block_size, stride)
+def score_ids(model: GPT, ids: list[int], stride: int, batch_size: int = 8, rank: int = 0, world_size: int = 1) -> Totals:
+    """NLL, correct and count over the targets ids[1:], scored with `scoring_windows`;
+    with world_size > 1, those of every world_size-th window from the rank-th: the
+    ranks' totals add up to the whole."""
+    windows = scoring_windows(len(ids), model.config.block_size, stride)[rank::world_size]
     ids_t = torch.tensor(ids, dtype=torch.long)
     totals = Totals()
     for i in range(0, len(windows), batch_size):

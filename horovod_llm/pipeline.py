@@ -16,8 +16,22 @@ from horovod_llm.spark import spark_session
 log = logging.getLogger(__name__)
 
 
+def train_stage_split(started_at: float, ended_at: float, timeline: dict) -> dict:
+    """The training stage's seconds, split at rank 0's wall-clock marks: starting the
+    ranks (launcher, processes, imports, Gloo rendezvous), setting a rank up (dataset
+    manifest, model, Word2Vec, broadcasts, matmul peak), the training loop (with its
+    evaluations and checkpoints), and wrapping up (model.zip, statistics, results)."""
+    return {
+        "horovod_start": timeline["ranks_ready_at"] - started_at,
+        "rank_setup": timeline["loop_started_at"] - timeline["ranks_ready_at"],
+        "training_loop": timeline["loop_ended_at"] - timeline["loop_started_at"],
+        "wrap_up": ended_at - timeline["loop_ended_at"],
+    }
+
+
 def run_pipeline(config: RunConfig, force: bool = False) -> str:
-    """Run every stage; return the report printed at the end (sample and final metrics)."""
+    """Run every stage; return the report printed at the end (sample and final metrics).
+    Stage seconds go to `stats/pipeline.json` under output_url."""
     timings = {}
     started = time.perf_counter()
     # The Horovod launcher needs the session too; the local launchers do not.
@@ -28,9 +42,10 @@ def run_pipeline(config: RunConfig, force: bool = False) -> str:
     run_preprocess(config, spark, force=force)
     timings["preprocess"] = time.perf_counter() - started
 
-    started = time.perf_counter()
+    started, train_started_at = time.perf_counter(), time.time()
     result = launch_training(config, spark)
     timings["train"] = time.perf_counter() - started
+    train_ended_at = time.time()
 
     started = time.perf_counter()
     loaded = load_checkpoint(config.output_url)
@@ -41,6 +56,11 @@ def run_pipeline(config: RunConfig, force: bool = False) -> str:
 
     final = result.get("summary", {}).get("final") or loaded.meta.get("metrics", {})
     log.info("stage seconds: %s", {k: round(v, 1) for k, v in timings.items()})
+    # A run that had nothing left to train returns the summary of an earlier one.
+    timeline = result.get("summary", {}).get("timeline")
+    fresh = timeline is not None and timeline["loop_started_at"] >= train_started_at
+    stats = {"stages": timings, "train_stage": train_stage_split(train_started_at, train_ended_at, timeline) if fresh else None}
+    storage.write_json(storage.join(layout.stats_url(config.output_url), "pipeline.json"), stats)
     header = f"--- sample from {loaded.url} (step {loaded.step}) ---"
     footer = (
         f"--- final validation loss {final.get('val_loss', float('nan')):.4f} "

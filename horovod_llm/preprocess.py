@@ -25,14 +25,14 @@ import math
 import re
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from horovod_llm import corpus, embeddings, layout, storage, tokenizer
+from horovod_llm import corpus, layout, storage, tokenizer
 from horovod_llm.config import RunConfig, redacted_dict, to_dict
 from horovod_llm.dataset import FORMAT_VERSION, read_manifest_if_complete
 from horovod_llm.errors import UserError
@@ -164,6 +164,41 @@ def encode_texts(processor, texts) -> list[np.ndarray]:
 # -- transform and load ----------------------------------------------------------------
 
 
+def write_windows_part(
+    processor,
+    texts: Iterable[str],
+    part_url: str,
+    split: str,
+    window_size: int,
+    overlap: int,
+    row_groups_per_part: int,
+    shuffle_seed: int,
+) -> dict:
+    """Encode one partition's documents (in doc_id order), join them with EOS, cut
+    windows and write them as one Parquet part; return its counts. Shared by the Spark
+    task (`_write_part`) and bench/preprocess_throughput.py's single-process baseline."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    encoded = encode_texts(processor, texts)
+    stream = join_documents(encoded, tokenizer.EOS_ID)
+    windows = sliding_windows(stream, window_size, overlap)
+    if split == "train":
+        # Neighbouring windows overlap; shuffle within the part so a batch mixes text.
+        windows = windows[np.random.default_rng(shuffle_seed).permutation(len(windows))]
+    row_groups = 0
+    if len(windows):
+        rows_per_group = min(MAX_ROW_GROUP_ROWS, math.ceil(len(windows) / row_groups_per_part))
+        # int32, not uint16 (which would halve the bytes below 65536 pieces): torch has no
+        # uint16 embedding lookup and Petastorm's loader would widen it anyway, so the
+        # saving is not worth a conversion per batch on every rank.
+        offsets = pa.array(np.arange(len(windows) + 1, dtype=np.int32) * (window_size + 1))
+        table = pa.table({"ids": pa.ListArray.from_arrays(offsets, pa.array(windows.reshape(-1), type=pa.int32()))})
+        storage.write_with(part_url, lambda handle: pq.write_table(table, handle, row_group_size=rows_per_group))
+        row_groups = math.ceil(len(windows) / rows_per_group)
+    return {"documents": len(encoded), "tokens": len(stream), "windows": len(windows), "row_groups": row_groups}
+
+
 def _write_part(
     batches: Iterator[pd.DataFrame],
     model_bytes,
@@ -177,45 +212,34 @@ def _write_part(
 ) -> Iterator[pd.DataFrame]:
     """mapInPandas over one partition of documents (sorted by doc_id): encode, join with
     EOS, cut windows, write one Parquet part file; yield one row of counts."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     from pyspark import TaskContext
 
     storage.configure(**storage_settings)
     started = time.perf_counter()
     partition = TaskContext.get().partitionId()
     processor = tokenizer.load(model_bytes.value)  # once per task
-    encoded: list[np.ndarray] = []
-    for batch in batches:
-        encoded.extend(encode_texts(processor, batch["text"].tolist()))
-    stream = join_documents(encoded, tokenizer.EOS_ID)
-    windows = sliding_windows(stream, window_size, overlap)
-    if split == "train":
-        # Neighbouring windows overlap; shuffle within the part so a batch mixes text.
-        windows = windows[np.random.default_rng(seed + partition).permutation(len(windows))]
+    texts = (text for batch in batches for text in batch["text"].tolist())
     name = f"part-{partition:05d}.parquet"
-    row_groups = 0
-    if len(windows):
-        rows_per_group = min(MAX_ROW_GROUP_ROWS, math.ceil(len(windows) / row_groups_per_part))
-        # int32, not uint16 (which would halve the bytes below 65536 pieces): torch has no
-        # uint16 embedding lookup and Petastorm's loader would widen it anyway, so the
-        # saving is not worth a conversion per batch on every rank.
-        offsets = pa.array(np.arange(len(windows) + 1, dtype=np.int32) * (window_size + 1))
-        table = pa.table({"ids": pa.ListArray.from_arrays(offsets, pa.array(windows.reshape(-1), type=pa.int32()))})
-        storage.write_with(storage.join(split_url, name), lambda handle: pq.write_table(table, handle, row_group_size=rows_per_group))
-        row_groups = math.ceil(len(windows) / rows_per_group)
-    yield pd.DataFrame(
-        [(split, name if len(windows) else "", len(encoded), len(stream), len(windows), row_groups, time.perf_counter() - started)],
-        columns=["split", "part", "documents", "tokens", "windows", "row_groups", "seconds"],
-    )
+    counts = write_windows_part(processor, texts, storage.join(split_url, name), split, window_size, overlap, row_groups_per_part, seed + partition)
+    row = {"split": split, "part": name if counts["windows"] else "", **counts, "seconds": time.perf_counter() - started}
+    yield pd.DataFrame([row], columns=["split", "part", "documents", "tokens", "windows", "row_groups", "seconds"])
+
+
+def encoding_partitions(configured: int, default_parallelism: int, num_bytes: int, num_docs: int) -> int:
+    """Encoding partitions of a split: as configured, else at least 4 per core and about
+    PARTITION_TARGET_BYTES of text each; never more than its documents."""
+    num_partitions = configured or max(default_parallelism * 4, math.ceil(num_bytes / PARTITION_TARGET_BYTES))
+    return max(1, min(num_partitions, num_docs))
+
+
+def row_groups_per_part(max_ranks: int, num_partitions: int) -> int:
+    """Petastorm shards by row group: every one of up to max_ranks ranks needs one."""
+    return max(1, math.ceil(max_ranks / num_partitions))
 
 
 def write_split(spark, docs, split: str, num_docs: int, num_bytes: int, model_broadcast, config: RunConfig) -> list[dict]:
     data = config.data
-    num_partitions = data.num_partitions or max(spark.sparkContext.defaultParallelism * 4, math.ceil(num_bytes / PARTITION_TARGET_BYTES))
-    num_partitions = max(1, min(num_partitions, num_docs))
-    # Petastorm shards by row group: every one of up to max_ranks ranks needs one.
-    row_groups_per_part = max(1, math.ceil(data.max_ranks / num_partitions))
+    num_partitions = encoding_partitions(data.num_partitions, spark.sparkContext.defaultParallelism, num_bytes, num_docs)
     write = partial(
         _write_part,
         model_bytes=model_broadcast,
@@ -223,7 +247,7 @@ def write_split(spark, docs, split: str, num_docs: int, num_bytes: int, model_br
         split=split,
         window_size=data.window_size,
         overlap=data.overlap,
-        row_groups_per_part=row_groups_per_part,
+        row_groups_per_part=row_groups_per_part(data.max_ranks, num_partitions),
         seed=config.train.seed,
         storage_settings=storage.settings(),
     )
@@ -251,6 +275,10 @@ def _piece_sentences(passages: Iterator[str], model_bytes) -> Iterator[str]:
 
 def build_word2vec(passages, train_tokens: int, vocab_size: int, model_broadcast, config: RunConfig) -> dict:
     """Train Word2Vec on a sample of the training passages; save the aligned matrix."""
+    # Imported here, in the driver: embeddings imports torch (through model), and every
+    # Spark Python worker imports this module to run its tasks.
+    from horovod_llm import embeddings
+
     w2v = config.embedding.word2vec
     vector_size = w2v.vector_size or config.model.n_embd
     # Sample passages first, encode only the sample.

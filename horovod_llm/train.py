@@ -239,6 +239,7 @@ class Job:
     peak_per_rank: float
     resumed_step: int
     started: float
+    ranks_ready_at: float  # wall clock after hvd.init(): stage timings
 
 
 class LoopState:
@@ -262,6 +263,7 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
     # stderr, so that stdout carries nothing but generated text.
     sys.stdout = sys.stderr
     hvd.init()  # Horovod: initialise the ranks
+    ranks_ready_at = time.time()  # wall clock (comparable with the driver's): stage timings
     rank, world_size = hvd.rank(), hvd.size()
     is_main = rank == 0
     setup_logging(config.log_level, rank)
@@ -336,6 +338,7 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
         peak_per_rank=tc.peak_flops_per_rank or measure_matmul_flops(),
         resumed_step=resumed.step,
         started=time.perf_counter(),
+        ranks_ready_at=ranks_ready_at,
     )
     fields = {"step": resumed.step, "data_seed": data_seed, "consumed": consumed, "reader_world": reader_world}
     if tc.elastic:
@@ -376,6 +379,7 @@ def train_loop(state, job: Job) -> dict:
         )  # fmt: skip
 
     entered = epoch_started = time.perf_counter()
+    loop_started_at = time.time()  # wall clock, comparable with the driver's: stage timings
     entry_step = state.step
     interval, epoch_loss = Interval(), torch.zeros(2, dtype=torch.float64)  # epoch: summed loss, steps
     last_eval: dict = {}
@@ -462,6 +466,7 @@ def train_loop(state, job: Job) -> dict:
                 state.commit()  # Horovod elastic: the point a reset rolls back to
 
     total_seconds = time.perf_counter() - job.started
+    timeline = {"ranks_ready_at": job.ranks_ready_at, "loop_started_at": loop_started_at, "loop_ended_at": time.time()}
     summary = {
         "steps": job.total_steps,
         "resumed_from_step": job.resumed_step,
@@ -487,6 +492,7 @@ def train_loop(state, job: Job) -> dict:
         "flops_per_token": flops_per_token,
         "final": last_eval,
         "checkpoint_url": checkpoint_url,
+        "timeline": timeline,
     }
     if is_main:
         # The final model as one self-contained file (weights, config, tokenizer).

@@ -77,6 +77,15 @@ def test_long_ids_are_scored_like_the_windows_say(model):
     assert batched.tokens == 24 and batched.nll == pytest.approx(totals.nll, rel=1e-5)
 
 
+def test_shards_of_the_windows_add_up_to_the_whole(model):
+    ids = [tokenizer.BOS_ID] + tiny_checkpoint.encode(" ".join(tiny_checkpoint.DOCUMENTS))[:60]
+    whole = score_ids(model, ids, stride=4, batch_size=3)
+    shards = [score_ids(model, ids, stride=4, batch_size=3, rank=rank, world_size=3) for rank in range(3)]
+    assert all(shard.tokens for shard in shards) and sum(shard.tokens for shard in shards) == whole.tokens == 60
+    assert sum(shard.correct for shard in shards) == whole.correct
+    assert sum(shard.nll for shard in shards) == pytest.approx(whole.nll, rel=1e-5)
+
+
 def test_evaluate_text_against_a_direct_forward_pass(model):
     text = "QUEEN:\nAnd all the clouds that lour'd"  # shorter than the context: one pass
     ids = torch.tensor([tokenizer.BOS_ID] + tiny_checkpoint.encode(text))

@@ -1,0 +1,85 @@
+"""Shared by the benchmarks: the machine, medians, the default model and the bench dataset.
+
+Benchmarks run as scripts (`python bench/NAME.py`), so this module is imported as
+`common` from the script's own folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_CONFIG = REPO_ROOT / "configs" / "local.yaml"
+# Everything the benchmarks write besides bench/results.*: git-ignored (runs/).
+BENCH_RUNS = REPO_ROOT / "runs" / "bench"
+# The embedded corpus preprocessed with configs/local.yaml, shared by the training and
+# loader benchmarks (bench/prepare.py builds it; a rerun with the same config skips).
+DATASET_URL = str(BENCH_RUNS / "dataset")
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine() -> dict:
+    """What a figure was measured on: cores, CPU, load at the time, versions, date."""
+    import torch
+
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu_model(),
+        "load_average": load_average(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def timed(work: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    work()
+    return time.perf_counter() - started
+
+
+def local_config(overrides: Sequence[str] = ()):
+    from horovod_llm.config import load_config
+
+    return load_config(LOCAL_CONFIG, list(overrides))
+
+
+def default_gpt_config(config=None, vocab_size: int | None = None):
+    """configs/local.yaml's model: vocab_size from tokenizer.vocab_size (or the dataset's),
+    block_size = data.window_size."""
+    from horovod_llm.train import gpt_config
+
+    config = config or local_config()
+    return gpt_config(config, vocab_size or config.tokenizer.vocab_size, config.data.window_size)
+
+
+def write_result(path: str | None, result: dict) -> None:
+    """The benchmark's results as JSON (for bench/run_all.py), with the machine's state."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n")
+
+
+def report(line: str) -> None:
+    """Benchmarks print their numbers as they come: they are the report."""
+    print(line, flush=True)

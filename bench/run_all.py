@@ -1,0 +1,96 @@
+"""`make bench`: every benchmark, one after the other, into bench/results.json and the
+measured section of bench/results.md.
+
+    .venv/bin/python bench/run_all.py [--only NAME ...] [--quality-budgets 120] [--rss-sizes-mb 20 200]
+
+Each benchmark runs as its own process and writes its JSON under runs/bench/results/;
+this script gathers them with the machine's description (cores, CPU model, load
+average before and after each benchmark, date) and rewrites the part of
+bench/results.md between its two markers. The rest of results.md (what each
+optimisation bought, the analysis) is written by hand and kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import BENCH_RUNS, REPO_ROOT, load_average, machine, report
+
+BENCH = Path(__file__).resolve().parent
+RESULTS_JSON = BENCH / "results.json"
+RESULTS_MD = BENCH / "results.md"
+BEGIN, END = "<!-- measured:begin (bench/run_all.py rewrites this part) -->", "<!-- measured:end -->"
+
+
+def commands(args) -> dict[str, list[str]]:
+    """Each benchmark's command line; its JSON path is appended by `run`."""
+    return {
+        "prepare": ["prepare.py"],
+        "train_throughput": ["train_throughput.py", "--repeats", str(args.repeats)],
+        "loader_throughput": ["loader_throughput.py", "--repeats", str(args.repeats)],
+        "preprocess_throughput": ["preprocess_throughput.py", "--repeats", str(args.repeats), "--rss-sizes-mb", *map(str, args.rss_sizes_mb)],
+        "quality": ["quality.py", "--budgets", *map(str, args.quality_budgets)],
+        "generate_throughput": ["generate_throughput.py", "--threads", "1", "--repeats", str(args.repeats)],
+        "end_to_end": ["end_to_end.py", "--max-steps", str(args.e2e_max_steps)],
+    }
+
+
+def run(name: str, command: list[str], folder: Path) -> dict:
+    out = folder / f"{name}.json"
+    out.unlink(missing_ok=True)
+    flag = "--json-file" if name == "generate_throughput" else "--json"
+    full = [sys.executable, str(BENCH / command[0]), *command[1:], *([flag, str(out)] if name != "prepare" else [])]
+    report(f"== {name}: {' '.join(command)}")
+    load_before, started = load_average(), time.perf_counter()
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    completed = subprocess.run(full, cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - started
+    entry = {"seconds": seconds, "load_before": load_before, "load_after": load_average(), "status": completed.returncode}
+    if completed.returncode != 0:
+        sys.stderr.write(completed.stderr[-6000:])
+        report(f"!! {name} failed with status {completed.returncode} after {seconds:.0f} s")
+        return entry
+    report(f"   ({seconds:.0f} s, load {entry['load_before'][0]} -> {entry['load_after'][0]})")
+    if out.exists():
+        entry["result"] = json.loads(out.read_text())
+    return entry
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", help="run only these benchmarks (the others keep their last results)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quality-budgets", type=float, nargs="+", default=[120.0], help="seconds (the issue's second budget, 600, takes 20 more minutes)")
+    parser.add_argument("--rss-sizes-mb", type=int, nargs="+", default=[20, 200])
+    parser.add_argument("--e2e-max-steps", type=int, default=60)
+    args = parser.parse_args()
+    folder = BENCH_RUNS / "results"
+    folder.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {"benchmarks": {}}
+    started = time.perf_counter()
+    results = {"machine": machine(), "settings": vars(args), "benchmarks": dict(previous.get("benchmarks", {}))}
+    for name, command in commands(args).items():
+        if args.only and name not in args.only and name != "prepare":
+            continue
+        results["benchmarks"][name] = run(name, command, folder)
+        RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
+    results["wall_seconds"] = time.perf_counter() - started
+    results["machine"]["load_average_end"] = load_average()
+    RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
+    from render import render
+
+    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    RESULTS_MD.write_text(f"{head}{BEGIN}\n{render(results)}\n{END}{tail}")
+    report(f"== all done in {results['wall_seconds'] / 60:.1f} minutes: {RESULTS_JSON.relative_to(REPO_ROOT)}, {RESULTS_MD.relative_to(REPO_ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""One rank of the training-throughput benchmark, for `horovodrun` (or alone, as 1 rank):
+
+    horovodrun -np 2 -H localhost:2 --gloo --network-interface lo \\
+        .venv/bin/python bench/train_rank.py --out result.json [--threads 1] [key=value ...]
+
+Times the real training step (`train.train_step` with `train.distributed_optimizer`) of
+configs/local.yaml's model on this rank's batches, first from memory, then from the
+bench dataset through the Petastorm loader (`dataset.window_batches`); then the
+allreduce of the model's gradients alone, with no compute to hide behind. Rank 0
+writes every rank's medians to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+from common import DATASET_URL, default_gpt_config, local_config, median
+
+
+def time_steps(model, optimizer, next_batch, steps: int, warmup: int, grad_clip: float, peak_seconds: float) -> dict:
+    """Seconds per step and waiting for the allreduce over `steps` timed steps, each
+    followed by a short measurement of this rank's matmul peak: a step and the peak
+    it is compared with are taken seconds apart, so that load from other processes
+    weighs on both alike."""
+    import torch
+
+    from horovod_llm.metrics import measure_matmul_flops
+    from horovod_llm.train import train_step
+
+    seconds, sync, peaks, cpu = [], [], [], []
+    for index in range(warmup + steps):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        result = train_step(model, optimizer, [torch.from_numpy(next_batch())], grad_clip)
+        if index >= warmup:
+            seconds.append(time.perf_counter() - started)
+            # CPU seconds of the whole process (compute, Horovod's thread, the loader):
+            # unlike wall time, hardly affected by other processes taking turns on the cores.
+            cpu.append(time.process_time() - cpu_started)
+            sync.append(result.sync_seconds)
+            peaks.append(measure_matmul_flops(seconds=peak_seconds))
+    return {
+        "step_s": median(seconds),
+        "sync_s": median(sync),
+        "cpu_s": median(cpu),
+        "step_s_all": seconds,
+        "sync_s_all": sync,
+        "cpu_s_all": cpu,
+        "peak_flops_all": peaks,
+    }
+
+
+def time_allreduce(model, hvd, repeats: int) -> float:
+    """Median seconds to allreduce every gradient the way DistributedOptimizer does (one
+    asynchronous allreduce per parameter, fused by Horovod), with nothing else running."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    seconds = []
+    for repeat in range(repeats + 1):
+        hvd.barrier()
+        started = time.perf_counter()
+        handles = [hvd.allreduce_async_(g, name=f"bench.grad.{i}", op=hvd.Average) for i, g in enumerate(grads)]
+        for handle in handles:
+            hvd.synchronize(handle)
+        if repeat:  # the first one negotiates the tensors' names
+            seconds.append(time.perf_counter() - started)
+    return median(seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=0, help="windows per rank per step (0: train.batch_size)")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--data", default="memory,petastorm", help="comma-separated: memory, petastorm")
+    parser.add_argument("--allreduce-repeats", type=int, default=5)
+    parser.add_argument("--peak-seconds", type=float, default=0.25, help="matmul peak measured after each timed step for this long")
+    parser.add_argument("overrides", nargs="*", help="section.key=value for configs/local.yaml")
+    args = parser.parse_args()
+
+    import horovod.torch as hvd
+    import numpy as np
+    import torch
+
+    from horovod_llm import dataset
+    from horovod_llm.log import quiet_library_warnings
+    from horovod_llm.model import GPT
+    from horovod_llm.train import distributed_optimizer
+
+    quiet_library_warnings()
+    hvd.init()
+    rank, world_size = hvd.rank(), hvd.size()
+    torch.set_num_threads(args.threads)
+    config = local_config(args.overrides)
+    tc = config.train
+    batch_size = args.batch_size or tc.batch_size
+    manifest = dataset.read_manifest(DATASET_URL)
+    torch.manual_seed(tc.seed)
+    model = GPT(default_gpt_config(config, manifest["tokenizer"]["vocab_size"]))
+    optimizer = distributed_optimizer(model, tc, tc.learning_rate, hvd)
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    torch.manual_seed(tc.seed + 1 + rank)
+    model.train()
+
+    result: dict = {"ranks": world_size, "threads": args.threads, "batch_size": batch_size, "block_size": model.config.block_size}
+    result["flops_per_token"] = model.flops_per_token()
+    result["parameters"] = model.num_parameters()
+    kinds = [k for k in args.data.split(",") if k]
+    for kind in kinds:
+        if kind == "memory":
+            rng = np.random.default_rng(rank)
+            window = model.config.block_size + 1
+            fixed = itertools.cycle([rng.integers(4, model.config.vocab_size, (batch_size, window)).astype(np.int64) for _ in range(4)])
+            result["memory"] = time_steps(model, optimizer, fixed.__next__, args.steps, args.warmup, tc.grad_clip, args.peak_seconds)
+        elif kind == "petastorm":
+            with dataset.window_batches(DATASET_URL, "train", rank, world_size, batch_size, num_epochs=None, seed=tc.seed, shuffle=True) as batches:
+                result["petastorm"] = time_steps(model, optimizer, lambda: next(batches), args.steps, args.warmup, tc.grad_clip, args.peak_seconds)
+        else:
+            raise SystemExit(f"--data: unknown kind {kind!r}")
+        # The ranks measure their peaks at the same moments (steps are in lock-step):
+        # the machine's peak at step i is their sum.
+        peaks = hvd.allgather_object(result[kind]["peak_flops_all"], name=f"peaks.{kind}")
+        result[kind]["peak_flops_all"] = [float(sum(column)) for column in zip(*peaks, strict=True)]
+        tokens_per_step = world_size * batch_size * model.config.block_size
+        mfu = [result["flops_per_token"] * tokens_per_step / s / p for s, p in zip(result[kind]["step_s_all"], result[kind]["peak_flops_all"], strict=True)]
+        result[kind]["mfu"] = median(mfu)
+        result[kind]["peak_flops"] = median(result[kind]["peak_flops_all"])
+    result["allreduce_s"] = time_allreduce(model, hvd, args.allreduce_repeats) if world_size > 1 else 0.0
+    result["gradient_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
+    # The slowest rank sets the pace of a synchronous step.
+    per_rank = hvd.allgather_object({k: {"step_s": result[k]["step_s"], "cpu_s": result[k]["cpu_s"]} for k in kinds}, name="per_rank")
+    result["step_s_per_rank"] = per_rank
+    if rank == 0:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
