@@ -51,6 +51,37 @@ def steps_per_epoch(num_windows: int, batch_size: int, world_size: int) -> int:
     return max(1, num_windows // (batch_size * world_size))
 
 
+def _install_end_of_data_fix() -> None:
+    """Make petastorm's thread pool decide "no more data" without losing a row group.
+
+    petastorm 0.13.1's `ThreadPool.get_results` ends a pass when "every ventilated item
+    was processed" and then "the ventilator has finished". The two are read one after
+    the other while the ventilator thread hands out row groups: if it hands out the last
+    one and finishes between the two reads, the pass ends one row group early, silently.
+    With `num_epochs=1` (evaluation) that lost a row group in about one read in five of
+    a rank's shard here (tests/integration/test_preprocess.py reads it repeatedly);
+    training reads with `num_epochs=None`, whose ventilator never finishes.
+
+    Reading "finished" first closes the gap: once the ventilator has finished, the counts
+    are final when they are compared. make_batch_reader takes no pool object, only a pool
+    type, so the fix replaces the class it instantiates; the subclass changes nothing else.
+    """
+    from petastorm import reader as petastorm_reader
+    from petastorm.workers_pool.thread_pool import ThreadPool
+
+    if getattr(petastorm_reader.ThreadPool, "ends_after_ventilation", False):
+        return
+
+    class EndSafeThreadPool(ThreadPool):
+        ends_after_ventilation = True
+
+        def all_workers_done(self) -> bool:
+            finished = self._ventilator is None or self._ventilator.completed()
+            return finished and super().all_workers_done()
+
+    petastorm_reader.ThreadPool = EndSafeThreadPool
+
+
 def _petastorm_url(url: str) -> str:
     url = storage.normalize(url)
     return url if storage.is_remote(url) else "file://" + url
@@ -86,6 +117,7 @@ def window_batches(
     from petastorm.errors import NoDataAvailableError
     from petastorm.pytorch import BatchedDataLoader
 
+    _install_end_of_data_fix()
     split_url = layout.split_url(output_url, split)
     try:
         reader = make_batch_reader(
