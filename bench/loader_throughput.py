@@ -65,12 +65,13 @@ def main() -> None:
     from horovod_llm import dataset
     from horovod_llm.log import quiet_library_warnings
     from horovod_llm.model import GPT
-    from horovod_llm.train import distributed_optimizer
+    from horovod_llm.train import distributed_optimizer, set_horovod_environment
 
     quiet_library_warnings()
+    config = local_config()
+    set_horovod_environment(config.train)
     hvd.init()
     torch.set_num_threads(1)
-    config = local_config()
     tc = config.train
     manifest = dataset.read_manifest(DATASET_URL)
     model = GPT(default_gpt_config(config, manifest["tokenizer"]["vocab_size"])).train()

@@ -112,12 +112,13 @@ def train_rank(folder: Path, budget: float, unit: str, init: str, threads: int, 
 
     from horovod_llm.model import GPT
     from horovod_llm.schedule import learning_rate_at
-    from horovod_llm.train import distributed_optimizer, train_step
+    from horovod_llm.train import distributed_optimizer, set_horovod_environment, train_step
 
+    config = local_config(overrides)
+    set_horovod_environment(config.train)
     hvd.init()
     rank, world_size = hvd.rank(), hvd.size()
     torch.set_num_threads(threads)
-    config = local_config(overrides)
     tc = config.train
     windows = np.load(folder / "windows.npy")
     mine = windows[rank::world_size]  # (N / world_size, window_size + 1)

@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--data", default="memory,petastorm", help="comma-separated: memory, petastorm")
     parser.add_argument("--allreduce-repeats", type=int, default=5)
     parser.add_argument("--peak-seconds", type=float, default=0.25, help="matmul peak measured after each timed step for this long")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (the warm-up steps absorb the compilation)")
     parser.add_argument("overrides", nargs="*", help="section.key=value for configs/local.yaml")
     args = parser.parse_args()
 
@@ -89,13 +90,14 @@ def main() -> None:
     from horovod_llm import dataset
     from horovod_llm.log import quiet_library_warnings
     from horovod_llm.model import GPT
-    from horovod_llm.train import distributed_optimizer
+    from horovod_llm.train import distributed_optimizer, set_horovod_environment
 
     quiet_library_warnings()
+    config = local_config(args.overrides)
+    set_horovod_environment(config.train)  # the product's Horovod settings (--env wins)
     hvd.init()
     rank, world_size = hvd.rank(), hvd.size()
     torch.set_num_threads(args.threads)
-    config = local_config(args.overrides)
     tc = config.train
     batch_size = args.batch_size or tc.batch_size
     manifest = dataset.read_manifest(DATASET_URL)
@@ -105,8 +107,9 @@ def main() -> None:
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     torch.manual_seed(tc.seed + 1 + rank)
     model.train()
+    step_model = torch.compile(model) if args.compile else model
 
-    result: dict = {"ranks": world_size, "threads": args.threads, "batch_size": batch_size, "block_size": model.config.block_size}
+    result: dict = {"ranks": world_size, "threads": args.threads, "batch_size": batch_size, "block_size": model.config.block_size, "compiled": args.compile}
     result["flops_per_token"] = model.flops_per_token()
     result["parameters"] = model.num_parameters()
     kinds = [k for k in args.data.split(",") if k]
@@ -115,10 +118,10 @@ def main() -> None:
             rng = np.random.default_rng(rank)
             window = model.config.block_size + 1
             fixed = itertools.cycle([rng.integers(4, model.config.vocab_size, (batch_size, window)).astype(np.int64) for _ in range(4)])
-            result["memory"] = time_steps(model, optimizer, fixed.__next__, args.steps, args.warmup, tc.grad_clip, args.peak_seconds)
+            result["memory"] = time_steps(step_model, optimizer, fixed.__next__, args.steps, args.warmup, tc.grad_clip, args.peak_seconds)
         elif kind == "petastorm":
             with dataset.window_batches(DATASET_URL, "train", rank, world_size, batch_size, num_epochs=None, seed=tc.seed, shuffle=True) as batches:
-                result["petastorm"] = time_steps(model, optimizer, lambda: next(batches), args.steps, args.warmup, tc.grad_clip, args.peak_seconds)
+                result["petastorm"] = time_steps(step_model, optimizer, lambda: next(batches), args.steps, args.warmup, tc.grad_clip, args.peak_seconds)
         else:
             raise SystemExit(f"--data: unknown kind {kind!r}")
         # The ranks measure their peaks at the same moments (steps are in lock-step):

@@ -46,7 +46,7 @@ def run_layout(name: str, args, out: Path, extra_env: dict) -> dict:
     batch_size = args.batch_size * (2 if name == "1x2" else 1)
     data = "memory,petastorm" if name != "1x1" else "memory"
     command = [sys.executable, RANK_SCRIPT, "--out", str(out), "--threads", str(threads), "--batch-size", str(batch_size)]
-    command += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--data", data, *args.overrides]
+    command += ["--steps", str(args.steps), "--warmup", str(args.warmup), "--data", data, *(["--compile"] if args.compile else []), *args.overrides]
     if name != "1x2":
         command = horovodrun(ranks) + command
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", **extra_env}
@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16, help="windows per rank (1x2 takes twice as many)")
     parser.add_argument("--layouts", default="1x2,1x1,2x1")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model in every layout")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="extra environment for the ranks (e.g. HOROVOD_CYCLE_TIME=1)")
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("overrides", nargs="*", help="section.key=value for configs/local.yaml (e.g. model.dropout=0)")

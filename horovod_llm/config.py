@@ -111,6 +111,11 @@ class TrainConfig:
     fp16_allreduce: bool = False
     backward_passes_per_step: int = 1
     allreduce_op: str = "average"  # or "adasum" (needs a Horovod built with MPI)
+    # Milliseconds between the cycles of Horovod's background thread (HOROVOD_CYCLE_TIME,
+    # which wins when set). Horovod's 1 ms default wakes the thread a thousand times a
+    # second; with every core busy computing, that cost 2 ranks on 2 cores about 10% of
+    # their throughput here (bench/results.md). Steps take a second: 10 ms costs nothing.
+    horovod_cycle_time_ms: float = 10.0
     # Peak fp32 FLOP/s of one rank for model FLOPs utilisation; 0: measured at start.
     peak_flops_per_rank: float = 0.0
     log_interval: int = 10
@@ -286,6 +291,7 @@ def validate(config: RunConfig) -> None:
     need(tr.batch_size >= 1, f"train.batch_size ({tr.batch_size}) must be at least 1")
     need(tr.backward_passes_per_step >= 1, f"train.backward_passes_per_step ({tr.backward_passes_per_step}) must be at least 1")
     need(tr.allreduce_op in ("average", "adasum"), f"train.allreduce_op ('{tr.allreduce_op}') must be 'average' or 'adasum'")
+    need(tr.horovod_cycle_time_ms > 0, f"train.horovod_cycle_time_ms ({tr.horovod_cycle_time_ms}) must be positive")
     need(tr.peak_flops_per_rank >= 0, f"train.peak_flops_per_rank ({tr.peak_flops_per_rank}) must be 0 (measure) or more")
     need(tr.epochs >= 1 or tr.max_steps > 0, "train.epochs must be at least 1 unless train.max_steps is set")
     need(tr.max_steps >= 0, f"train.max_steps ({tr.max_steps}) must be 0 (use epochs) or more")

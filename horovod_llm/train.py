@@ -62,6 +62,12 @@ def threads_for_rank(configured: int, local_size: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(local_size, 1))
 
 
+def set_horovod_environment(tc: TrainConfig) -> None:
+    """Horovod's settings read from the environment at hvd.init(); a value the user (or
+    horovodrun's --cycle-time-ms) already set wins."""
+    os.environ.setdefault("HOROVOD_CYCLE_TIME", str(tc.horovod_cycle_time_ms))
+
+
 def check_word2vec_available(config: RunConfig, manifest: dict) -> None:
     if config.model.init_from_word2vec and not manifest.get("embeddings"):
         raise UserError(
@@ -262,6 +268,7 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
     # A rank's stdout may be the user's terminal (Spark local mode): it only logs, to
     # stderr, so that stdout carries nothing but generated text.
     sys.stdout = sys.stderr
+    set_horovod_environment(config.train)
     hvd.init()  # Horovod: initialise the ranks
     ranks_ready_at = time.time()  # wall clock (comparable with the driver's): stage timings
     rank, world_size = hvd.rank(), hvd.size()
@@ -481,6 +488,7 @@ def train_loop(state, job: Job) -> dict:
             "backward_passes_per_step": micro,
             "lr_scaled_by_ranks": tc.scale_lr_by_ranks,
             "elastic": tc.elastic,
+            "cycle_time_ms": float(os.environ["HOROVOD_CYCLE_TIME"]),
         },
         "global_batch_windows": tc.batch_size * micro * world_size,
         "tokens_per_step": tokens_per_step,

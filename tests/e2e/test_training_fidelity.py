@@ -121,9 +121,11 @@ def test_statistics_curves_and_horovod_options(fresh_run, tiny_dataset):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     config, _ = tiny_dataset
-    run = with_output(config, fresh_run, launcher="horovodrun", max_steps=8, fp16_allreduce=True, backward_passes_per_step=2, eval_interval=4)
+    options = {"fp16_allreduce": True, "backward_passes_per_step": 2, "horovod_cycle_time_ms": 5.0}
+    run = with_output(config, fresh_run, launcher="horovodrun", max_steps=8, eval_interval=4, **options)
     summary = launch_training(run)["summary"]
-    assert summary["horovod"] == {"compression": "fp16", "op": "average", "backward_passes_per_step": 2, "lr_scaled_by_ranks": False, "elastic": False}
+    expected = {"compression": "fp16", "op": "average", "backward_passes_per_step": 2, "lr_scaled_by_ranks": False, "elastic": False, "cycle_time_ms": 5.0}
+    assert summary["horovod"] == expected
     assert summary["launch"]["launcher"] == "horovodrun" and summary["ranks"] == 2
     assert summary["global_batch_windows"] == config.train.batch_size * 2 * 2
     assert summary["peak_flops"] > 1e9 and 0 < summary["mfu_mean"] < 1

@@ -55,9 +55,10 @@ def test_window_not_larger_than_overlap_gives_the_reason():
 
 def test_every_problem_is_reported_at_once():
     with pytest.raises(UserError) as info:
-        load_config(None, ["data.window_size=1", "train.num_proc=0", "model.n_head=3"])
+        load_config(None, ["data.window_size=1", "train.num_proc=0", "model.n_head=3", "train.horovod_cycle_time_ms=0"])
     message = str(info.value)
     assert "data.window_size (1)" in message and "train.num_proc (0)" in message and "model.n_embd (256)" in message
+    assert "train.horovod_cycle_time_ms (0.0) must be positive" in message
     assert "\n" not in message
 
 
