@@ -12,6 +12,8 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from horovod_llm import checkpoint, dataset, layout, storage
@@ -59,6 +61,27 @@ def rank_failure(exc: Exception) -> JobFailed | None:
     return JobFailed(f"training rank {rank} exited with status {status} and Horovod stopped the others: see that rank's log above")
 
 
+@contextmanager
+def horovod_job_cancellation_logged():
+    """When a rank fails, horovod.spark.run cancels its Spark job group; its own thread
+    waiting on that job then dies with a Py4JJavaError, and Python would print the whole
+    Java stack trace to stderr before the one-line failure this module reports anyway.
+    That one exception is logged at debug level instead; any other goes to the hook."""
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if "cancelled job group horovod.spark" in str(args.exc_value):
+            log.debug("horovod's Spark job was cancelled: %s", str(args.exc_value).splitlines()[0])
+            return
+        previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
 def run_with_spark(config: RunConfig, spark=None) -> dict:
     import horovod.spark
 
@@ -100,15 +123,19 @@ def run_with_spark(config: RunConfig, spark=None) -> dict:
         "verbose": 1,
     }
     try:
-        if tc.elastic:
-            check_task_retries(context)
-            log.info("starting %d..%d elastic Horovod ranks with horovod.spark.run_elastic (Gloo%s)", tc.min_proc, tc.num_proc, ", loopback" if local else "")
-            results = horovod.spark.run_elastic(
-                rank_entry, num_proc=tc.num_proc, min_num_proc=tc.min_proc, max_num_proc=tc.num_proc, elastic_timeout=tc.elastic_timeout, **common
-            )
-        else:
-            log.info("starting %d Horovod ranks with horovod.spark.run (Gloo%s)", tc.num_proc, ", loopback" if local else "")
-            results = horovod.spark.run(rank_entry, num_proc=tc.num_proc, use_gloo=True, **common)
+        # horovod.spark.run joins its Spark thread before returning or raising.
+        with horovod_job_cancellation_logged():
+            if tc.elastic:
+                check_task_retries(context)
+                log.info(
+                    "starting %d..%d elastic Horovod ranks with horovod.spark.run_elastic (Gloo%s)", tc.min_proc, tc.num_proc, ", loopback" if local else ""
+                )
+                results = horovod.spark.run_elastic(
+                    rank_entry, num_proc=tc.num_proc, min_num_proc=tc.min_proc, max_num_proc=tc.num_proc, elastic_timeout=tc.elastic_timeout, **common
+                )
+            else:
+                log.info("starting %d Horovod ranks with horovod.spark.run (Gloo%s)", tc.num_proc, ", loopback" if local else "")
+                results = horovod.spark.run(rank_entry, num_proc=tc.num_proc, use_gloo=True, **common)
     except RuntimeError as exc:
         failure = rank_failure(exc)
         if failure is None:

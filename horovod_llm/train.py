@@ -62,10 +62,18 @@ def threads_for_rank(configured: int, local_size: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(local_size, 1))
 
 
+# Marks HOROVOD_CYCLE_TIME as set from a config, not by the user: an earlier run in the
+# same process (the local launcher, a notebook) or in a parent (ranks inherit the
+# driver's environment) must not pin its value on the next run's config.
+_CYCLE_TIME_FROM_CONFIG = "HOROVOD_LLM_CYCLE_TIME_FROM_CONFIG"
+
+
 def set_horovod_environment(tc: TrainConfig) -> None:
     """Horovod's settings read from the environment at hvd.init(); a value the user (or
-    horovodrun's --cycle-time-ms) already set wins."""
-    os.environ.setdefault("HOROVOD_CYCLE_TIME", str(tc.horovod_cycle_time_ms))
+    horovodrun's --cycle-time-ms) set wins over the config."""
+    current = os.environ.get("HOROVOD_CYCLE_TIME")
+    if current is None or current == os.environ.get(_CYCLE_TIME_FROM_CONFIG):
+        os.environ["HOROVOD_CYCLE_TIME"] = os.environ[_CYCLE_TIME_FROM_CONFIG] = str(tc.horovod_cycle_time_ms)
 
 
 def check_word2vec_available(config: RunConfig, manifest: dict) -> None:

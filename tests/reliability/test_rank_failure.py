@@ -56,6 +56,9 @@ class RankKiller(threading.Thread):
             time.sleep(0.05)
 
 
+# Horovod's Spark thread dies when the job is cancelled: its Java stack trace must not
+# reach the user's terminal (it would reach pytest's thread-exception hook here).
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_killed_rank_fails_the_job_fast_and_names_it(fresh_run, tiny_dataset, spark):
     config, _ = tiny_dataset
     run = with_output(config, fresh_run, launcher="spark", max_steps=1_000_000, checkpoint_interval=4, log_interval=50)
