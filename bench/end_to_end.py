@@ -24,6 +24,22 @@ from common import BENCH_RUNS, LOCAL_CONFIG, REPO_ROOT, report, write_result
 OUTPUT = BENCH_RUNS / "end-to-end"
 
 
+def stage_rows(result: dict) -> list[tuple[str, float]]:
+    """(stage, seconds) of a result of this benchmark, in the order they happen; shared
+    with render.py's table."""
+    stages, split = result["stages_s"], result["train_stage_s"]
+    return [
+        ("Python start, imports, exit", result["process_start_and_exit_s"]),
+        ("Spark start", stages["spark_start"]),
+        ("preprocess", stages["preprocess"]),
+        ("train: Horovod start (launch, processes, rendezvous)", split["horovod_start"]),
+        ("train: rank set-up (data, model, broadcasts, peak)", split["rank_setup"]),
+        (f"train: training loop ({result['steps']} steps, with evaluation and checkpoints)", split["training_loop"]),
+        ("train: wrap-up (model.zip, statistics, curves)", split["wrap_up"]),
+        ("generation", stages["generate"]),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-steps", type=int, default=60)
@@ -42,13 +58,13 @@ def main() -> None:
     stats = json.loads((OUTPUT / "stats" / "pipeline.json").read_text())
     summary = json.loads((OUTPUT / "stats" / "summary.json").read_text())
     manifest = json.loads((OUTPUT / "dataset" / "manifest.json").read_text())
-    stages, split = stats["stages"], stats["train_stage"]
+    stages = stats["stages"]
     accounted = sum(stages.values())
     result = {
         "command": " ".join(["horovod-llm", "run", "--config", "configs/local.yaml", *overrides]),
         "wall_s": wall,
         "stages_s": stages,
-        "train_stage_s": split,
+        "train_stage_s": stats["train_stage"],
         "process_start_and_exit_s": wall - accounted,
         "preprocess_stages_s": {name: stage["seconds"] for name, stage in manifest["stages"].items()},
         "steps": summary["steps"],
@@ -56,18 +72,7 @@ def main() -> None:
         "mfu_mean": summary["mfu_mean"],
         "final_val_loss": summary["final"].get("val_loss"),
     }
-    rows = [
-        ("Python start, imports, exit", result["process_start_and_exit_s"]),
-        ("Spark start", stages["spark_start"]),
-        ("preprocess", stages["preprocess"]),
-        ("  Horovod start (launch, processes, rendezvous)", split["horovod_start"]),
-        ("  rank set-up (data, model, broadcasts, peak)", split["rank_setup"]),
-        (f"  training loop ({summary['steps']} steps, evaluations, checkpoints)", split["training_loop"]),
-        ("  wrap-up (model.zip, statistics, curves)", split["wrap_up"]),
-        ("train (all of the above four)", stages["train"]),
-        ("generation", stages["generate"]),
-    ]
-    for name, seconds in rows:
+    for name, seconds in stage_rows(result):
         report(f"{name:62s} {seconds:7.1f} s")
     report(f"{'total wall time':62s} {wall:7.1f} s")
     report(f"preprocess stages: {result['preprocess_stages_s']}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from end_to_end import stage_rows
+
 
 def _get(results: dict, name: str) -> dict | None:
     entry = results["benchmarks"].get(name)
@@ -181,18 +183,7 @@ def _generate_details(gen: dict | None) -> list[str]:
 def _e2e_details(e2e: dict | None) -> list[str]:
     if not e2e:
         return []
-    stages, split = e2e["stages_s"], e2e["train_stage_s"]
-    rows = [
-        ("Python start, imports, exit", e2e["process_start_and_exit_s"]),
-        ("Spark start", stages["spark_start"]),
-        ("preprocess", stages["preprocess"]),
-        ("train: Horovod start (launch, processes, rendezvous)", split["horovod_start"]),
-        ("train: rank set-up (data, model, broadcasts, peak)", split["rank_setup"]),
-        (f"train: training loop ({e2e['steps']} steps, with evaluation and checkpoints)", split["training_loop"]),
-        ("train: wrap-up (model.zip, statistics, curves)", split["wrap_up"]),
-        ("generation", stages["generate"]),
-        ("**total**", e2e["wall_s"]),
-    ]
+    rows = [*stage_rows(e2e), ("**total**", e2e["wall_s"])]
     lines = ["", "### End to end (`bench/end_to_end.py`)", "", f"`{e2e['command']}`", "", "| stage | seconds |", "| --- | --- |"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in rows]
     pre = ", ".join(f"{k} {v:.1f}" for k, v in e2e["preprocess_stages_s"].items())

@@ -407,7 +407,7 @@ _URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
 def is_secret_key(name: str) -> bool:
     """fs.s3a.secret.key, aws_access_key_id, api-token: yes; max_new_tokens, vocab_size: no."""
     words = set(re.split(r"[._\-\s]+", str(name).lower()))
-    return bool(words & _SECRET_WORDS) or ("key" in words and bool(words & _KEY_QUALIFIERS)) or "id" in words and "access" in words
+    return bool(words & _SECRET_WORDS) or ("key" in words and bool(words & _KEY_QUALIFIERS)) or ("id" in words and "access" in words)
 
 
 def redact(value, path: str = ""):

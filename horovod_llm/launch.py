@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from horovod_llm import checkpoint, dataset, layout, storage
 from horovod_llm.config import RunConfig, to_dict, to_yaml
 from horovod_llm.errors import JobFailed, UserError
 from horovod_llm.spark import is_local, spark_session, task_slots
-from horovod_llm.train import check_allreduce_op, check_word2vec_available, model_config, rank_entry, train_worker
+from horovod_llm.train import check_allreduce_op, check_word2vec_available, model_config, rank_entry, threads_for_rank, train_worker
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ def run_with_spark(config: RunConfig, spark=None) -> dict:
         # A cluster gives each rank spark.task.cpus cores. Locally all ranks share this
         # machine (elastic ranks each look like a host of their own to Horovod, so its
         # local size cannot tell).
-        cpus = max(1, (os.cpu_count() or 1) // tc.num_proc) if local else int(session.sparkContext.getConf().get("spark.task.cpus", "1"))
+        cpus = threads_for_rank(0, tc.num_proc) if local else int(session.sparkContext.getConf().get("spark.task.cpus", "1"))
         config = dataclasses.replace(config, train=dataclasses.replace(tc, threads_per_rank=cpus))
     context = session.sparkContext
     launch_info = {

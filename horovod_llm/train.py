@@ -265,7 +265,7 @@ class LoopState:
         self.__dict__.update(fields)
 
     def commit(self) -> None:
-        pass
+        """Nothing to do: without elastic mode no reset ever rolls back to a commit."""
 
 
 def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
