@@ -1,7 +1,7 @@
 """End to end: the wall time of `horovod-llm run --config configs/local.yaml` (what
 `make demo` runs after set-up), split by stage, so that the fixed overheads show.
 
-    .venv/bin/python bench/end_to_end.py [--max-steps 60] [--json PATH]
+    .venv/bin/python bench/end_to_end.py [--max-steps N] [--json PATH]
 
 A fresh output folder (runs/bench/end-to-end), so every stage runs: Spark start,
 preprocessing (tokenizer, windows, Word2Vec), training on 2 Horovod ranks (split into
@@ -42,7 +42,7 @@ def stage_rows(result: dict) -> list[tuple[str, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--max-steps", type=int, default=60)
+    parser.add_argument("--max-steps", type=int, default=0, help="0: the demo's train.max_steps")
     parser.add_argument("--json", help="write the results to this file")
     parser.add_argument("overrides", nargs="*", help="more section.key=value overrides")
     args = parser.parse_args()
@@ -61,7 +61,7 @@ def main() -> None:
     stages = stats["stages"]
     accounted = sum(stages.values())
     result = {
-        "command": " ".join(["horovod-llm", "run", "--config", "configs/local.yaml", *overrides]),
+        "command": " ".join(["horovod-llm", "run", "--config", "configs/local.yaml", *(o.replace(str(REPO_ROOT) + "/", "") for o in overrides)]),
         "wall_s": wall,
         "stages_s": stages,
         "train_stage_s": stats["train_stage"],

@@ -71,6 +71,7 @@ def main() -> int:
     result = {
         "model": {"parameters": model.num_parameters(), "block_size": model.config.block_size, "vocab_size": model.config.vocab_size},
         "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
         "threads": torch.get_num_threads(),
         "tokens_per_second_with_cache": round(cached, 1),
         "tokens_per_second_without_cache": round(uncached, 1),

@@ -68,7 +68,13 @@ def single_process(config) -> dict:
 
 
 class CpuMeter:
-    """CPU seconds (user + system) of this process, the Spark JVM and its Python workers."""
+    """CPU seconds (user + system) of this process, the Spark JVM and its Python workers.
+
+    Python workers come and go: once one exits and is reaped, its seconds count in its
+    parent's "children" times and it is no longer listed. Each process therefore counts
+    its own seconds plus those of its reaped children, so no exited worker is missed and
+    none is counted twice.
+    """
 
     def __init__(self, spark):
         import psutil
@@ -76,11 +82,19 @@ class CpuMeter:
         self.psutil = psutil
         self.jvm = psutil.Process(spark.sparkContext._gateway.proc.pid)
 
+    @staticmethod
+    def _seconds(process) -> float:
+        times = process.cpu_times()
+        return times.user + times.system + times.children_user + times.children_system
+
     def read(self) -> dict:
-        seconds = {"driver": sum(self.psutil.Process().cpu_times()[:2]), "jvm": sum(self.jvm.cpu_times()[:2]), "workers": 0.0}
+        # The driver's own seconds only: its children (the JVM and, below it, the workers)
+        # are read one by one while they run.
+        driver = self.psutil.Process().cpu_times()
+        seconds = {"driver": driver.user + driver.system, "jvm": self._seconds(self.jvm), "workers": 0.0}
         for child in self.jvm.children(recursive=True):  # pyspark.daemon and its workers (reused)
             with contextlib.suppress(self.psutil.Error):  # a worker that just exited
-                seconds["workers"] += sum(child.cpu_times()[:2])
+                seconds["workers"] += self._seconds(child)
         return seconds
 
     @staticmethod

@@ -1,13 +1,46 @@
-"""The measured section of bench/results.md, from bench/results.json (bench/run_all.py)."""
+"""The measured section of bench/results.md and the README's benchmark headlines, both
+from bench/results.json (bench/run_all.py). Nothing here is typed by hand: a figure in
+either place is one this code measured, with the number of runs it is the median of.
+tests/unit/test_bench_render.py checks that both files hold what this renders.
+"""
 
 from __future__ import annotations
 
 from end_to_end import stage_rows
 
+MEASURED = ("<!-- measured:begin (bench/run_all.py rewrites this part) -->", "<!-- measured:end -->")
+HEADLINES = ("<!-- bench-headlines:begin (bench/run_all.py writes this list from bench/results.json) -->", "<!-- bench-headlines:end -->")
+
+
+def replace_between(text: str, markers: tuple[str, str], body: str) -> str:
+    """`text` with what lies between the two markers replaced by `body`."""
+    begin, end = markers
+    head, found, rest = text.partition(begin)
+    if not found or end not in rest:
+        raise ValueError(f"markers {begin!r} ... {end!r} not found")
+    _, _, tail = rest.partition(end)
+    return f"{head}{begin}\n{body}\n{end}{tail}"
+
+
+def between(text: str, markers: tuple[str, str]) -> str:
+    begin, end = markers
+    return text.partition(begin)[2].partition(end)[0].strip("\n")
+
 
 def _get(results: dict, name: str) -> dict | None:
     entry = results["benchmarks"].get(name)
     return entry.get("result") if entry else None
+
+
+def _runs(n: int | None) -> str:
+    """'median of 3 runs', or '1 run'."""
+    if not n or n == 1:
+        return "1 run"
+    return f"median of {n} runs"
+
+
+def _repeats(results: dict, result: dict) -> int:
+    return result.get("repeats") or results.get("settings", {}).get("repeats") or 1
 
 
 def _verdict(value: float | None, target: float, at_least: bool = True) -> str:
@@ -16,41 +49,44 @@ def _verdict(value: float | None, target: float, at_least: bool = True) -> str:
     return "met" if (value >= target if at_least else value <= target) else "**missed**"
 
 
-def summary_rows(results: dict) -> list[tuple[str, str, str, str]]:
-    """(what, measured, target, verdict) for each target of the issue."""
+def summary_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
+    """(what, measured, runs, target, verdict) for each figure with a target."""
     rows = []
     train = _get(results, "train_throughput")
     if train:
-        layouts = train["layouts"]
+        layouts, runs = train["layouts"], _runs(train["repeats"])
         for name, kind, label in (
             ("2x1", "petastorm", "MFU, demo layout (2 ranks x 1 thread), Petastorm loader"),
             ("2x1", "memory", "MFU, 2 ranks x 1 thread, data in memory"),
             ("1x2", "memory", "MFU, 1 process x 2 threads, data in memory"),
         ):
             mfu = layouts[name][kind]["mfu"]
-            rows.append((label, f"{mfu:.2f}", ">= 0.50", _verdict(mfu, 0.5)))
+            rows.append((label, f"{mfu:.2f}", runs, ">= 0.50", _verdict(mfu, 0.5)))
         eff = train["scaling_efficiency"]
-        rows.append(("Horovod scaling efficiency, 2x1 / (2 x 1x1)", f"{eff:.2f}", ">= 0.90", _verdict(eff, 0.9)))
+        rows.append(("Horovod scaling efficiency, 2x1 / (2 x 1x1)", f"{eff:.2f}", runs, ">= 0.90", _verdict(eff, 0.9)))
     loader = _get(results, "loader_throughput")
     if loader:
-        rows.append(("loader windows/s / one rank's consumption", f"{loader['ratio']:.0f}", ">= 10", _verdict(loader["ratio"], 10)))
+        rows.append(
+            ("loader windows/s / one rank's consumption", f"{loader['ratio']:.0f}", _runs(_repeats(results, loader)), ">= 10", _verdict(loader["ratio"], 10))
+        )
     pre = _get(results, "preprocess_throughput")
     if pre:
-        rows.append(
-            (f"preprocess MB/s, Spark local[2] / one process ({pre['corpus_mb']:.0f} MB)", f"{pre['ratio']:.2f}", ">= 1.5", _verdict(pre["ratio"], 1.5))
-        )
+        label = f"preprocess MB/s, Spark local[2] / one process ({pre['corpus_mb']:.0f} MB)"
+        rows.append((label, f"{pre['ratio']:.2f}", _runs(_repeats(results, pre)), ">= 1.5", _verdict(pre["ratio"], 1.5)))
         if "rss_ratio" in pre:
             r = pre["rss_ratio"]
             label = f"driver peak RSS, {r['sizes_mb'][1]} MB / {r['sizes_mb'][0]} MB of corpus"
-            rows.append((label, f"{r['driver_rss_ratio']:.2f}", "<= 1.3", _verdict(r["driver_rss_ratio"], 1.3, at_least=False)))
+            rows.append((label, f"{r['driver_rss_ratio']:.2f}", "1 run per size", "<= 1.3", _verdict(r["driver_rss_ratio"], 1.3, at_least=False)))
     gen = _get(results, "generate_throughput")
     if gen:
-        rows.append(("generation tokens/s, cache / no cache (256 new tokens)", f"{gen['ratio']:.2f}", ">= 3", _verdict(gen["ratio"], 3)))
+        rows.append(
+            ("generation tokens/s, cache / no cache (256 new tokens)", f"{gen['ratio']:.2f}", _runs(_repeats(results, gen)), ">= 3", _verdict(gen["ratio"], 3))
+        )
     quality = _get(results, "quality")
     if quality:
         for run in quality["runs"]:
             label = f"validation nats/char after {run['budget']:.0f} {run['unit']} of training, {run['init']} init"
-            rows.append((label, f"{run['nats_per_character']:.3f}", "(nanoGPT char-level: 1.88 after ~60 s)", "-"))
+            rows.append((label, f"{run['nats_per_character']:.3f}", _runs(run.get("seeds")), "-", "-"))
     return rows
 
 
@@ -61,20 +97,65 @@ def render(results: dict) -> str:
         f"load average (1, 5, 15 min) {m['load_average']} at the start and {m.get('load_average_end')} at the end. "
         f"`make bench` took **{results.get('wall_seconds', float('nan')) / 60:.1f} minutes**.",
         "",
-        "| target | measured | target | verdict |",
-        "| --- | --- | --- | --- |",
+        "| figure | measured | runs | target | verdict |",
+        "| --- | --- | --- | --- | --- |",
     ]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in summary_rows(results)]
+    lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in summary_rows(results)]
     lines += ["", "Per benchmark (seconds, 1-minute load average before and after):", ""]
     for name, entry in results["benchmarks"].items():
         status = "" if entry.get("status") == 0 else f", **failed ({entry.get('status')})**"
         lines.append(f"- `{name}`: {entry['seconds']:.0f} s, load {entry['load_before'][0]} -> {entry['load_after'][0]}{status}")
     lines += _train_details(_get(results, "train_throughput"))
-    lines += _loader_details(_get(results, "loader_throughput"))
-    lines += _preprocess_details(_get(results, "preprocess_throughput"))
+    lines += _loader_details(results, _get(results, "loader_throughput"))
+    lines += _preprocess_details(results, _get(results, "preprocess_throughput"))
     lines += _quality_details(_get(results, "quality"))
-    lines += _generate_details(_get(results, "generate_throughput"))
+    lines += _generate_details(results, _get(results, "generate_throughput"))
     lines += _e2e_details(_get(results, "end_to_end"))
+    return "\n".join(lines)
+
+
+def headlines(results: dict) -> str:
+    """The README's summary of the last `make bench`, as a Markdown list."""
+    m = results["machine"]
+    lines = [f"Measured by `make bench` on {m['date']}, {m['nproc']} cores of an {m['cpu_model']}, torch {m['torch']}:", ""]
+    train = _get(results, "train_throughput")
+    if train:
+        runs = _runs(train["repeats"])
+        mfus = [train["layouts"][name][kind]["mfu"] for name, kind in (("2x1", "petastorm"), ("2x1", "memory"), ("1x2", "memory"))]
+        calibrated = "peak_source" in train["runs"]["2x1"][0]
+        peak = "the machine type's best measured fp32 matmul peak" if calibrated else "an fp32 matmul peak measured beside each step (that run's method)"
+        lines.append(f"- training reaches {min(mfus):.2f} to {max(mfus):.2f} model FLOPs utilisation against {peak} ({runs} of each layout);")
+        lines.append(
+            f"- 2 Horovod ranks scale with an efficiency of {train['scaling_efficiency']:.2f} over one rank ({runs}; a rank spends "
+            f"{train['cpu_per_step_2x1_over_1x1']:.2f}x the CPU seconds per step beside a second rank);"
+        )
+    loader = _get(results, "loader_throughput")
+    if loader:
+        lines.append(f"- the Petastorm loader delivers {loader['ratio']:.0f}x what a training rank consumes ({_runs(_repeats(results, loader))});")
+    pre = _get(results, "preprocess_throughput")
+    if pre and "rss_ratio" in pre:
+        r, rss = pre["rss_ratio"], pre["rss"]
+        small, large = rss[str(r["sizes_mb"][0])], rss[str(r["sizes_mb"][1])]
+        lines.append(
+            f"- preprocessing's Python driver peaks at {small['driver_peak_rss_mb']:.0f} MB on {small['corpus_mb']:.0f} MB of text and "
+            f"{large['driver_peak_rss_mb']:.0f} MB on {large['corpus_mb']:.0f} MB (ratio {r['driver_rss_ratio']:.2f}); Spark's JVM grows from "
+            f"{small['jvm_peak_rss_mb']:.0f} to {large['jvm_peak_rss_mb']:.0f} MB (1 run per size);"
+        )
+    gen = _get(results, "generate_throughput")
+    if gen:
+        lines.append(
+            f"- the key/value cache speeds decoding up {gen['ratio']:.2f}x ({gen['tokens_per_second_with_cache']:.0f} against "
+            f"{gen['tokens_per_second_without_cache']:.0f} tokens/s, {_runs(_repeats(results, gen))});"
+        )
+    quality = _get(results, "quality")
+    if quality:
+        for key, value in sorted(quality.items()):
+            if key.startswith("word2vec_gain_nats_per_char_"):
+                budget = key.removeprefix("word2vec_gain_nats_per_char_").replace("_", " ")
+                lines.append(f"- Word2Vec initialisation lowers held-out nats per character after {budget} of training by {value:.2f} (1 run per arm);")
+    e2e = _get(results, "end_to_end")
+    if e2e:
+        lines.append(f"- `{e2e['command']}` took {e2e['wall_s']:.0f} s end to end (1 run).")
     return "\n".join(lines)
 
 
@@ -86,27 +167,35 @@ def _train_details(train: dict | None) -> list[str]:
         "### Training throughput (`bench/train_throughput.py`)",
         "",
         f"Default model: {train['parameters'] / 1e6:.2f}M parameters, {train['flops_per_token'] / 1e6:.1f} MFLOP per token; "
-        f"medians of {train['repeats']} repetitions x {train['steps']} steps; overrides {train['overrides'] or 'none'}, env {train['env'] or 'none'}.",
+        f"medians of {train['repeats']} runs x {train['steps']} steps; overrides {train['overrides'] or 'none'}, env {train['env'] or 'none'}. "
+        + (
+            "MFU is model FLOP/s over the fp32 matmul peak training uses: the best reading of this machine type and layout "
+            "(`metrics.calibrated_peak_flops`), so that a busy machine lowers throughput, never the denominator."
+            if "peak_source" in train["runs"]["2x1"][0]
+            else "MFU is model FLOP/s over an fp32 matmul peak measured right after each step (this run's method; a busy machine lowered it)."
+        ),
         "",
-        "| layout | batch/rank | tokens/s (memory) | MFU (memory) | tokens/s (Petastorm) | MFU (Petastorm) | Petastorm / memory | peak GFLOP/s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| layout | batch/rank | tokens/s (memory) | model GFLOP/s (memory) | MFU (memory) | tokens/s (Petastorm) | MFU (Petastorm) | "
+        "Petastorm / memory | peak GFLOP/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, layout in train["layouts"].items():
         batch = train["runs"][name][0]["batch_size"]
         mem, pet = layout.get("memory", {}), layout.get("petastorm")
         pet_cells = f"{pet['tokens_per_s']:.0f} | {pet['mfu']:.2f} | {layout['petastorm_over_memory']:.2f}" if pet else "- | - | -"
-        lines.append(f"| {name} | {batch} | {mem['tokens_per_s']:.0f} | {mem['mfu']:.2f} | {pet_cells} | {layout['peak_gflops']:.0f} |")
+        gflops = f"{mem['model_gflops']:.0f}" if "model_gflops" in mem else "-"
+        lines.append(f"| {name} | {batch} | {mem['tokens_per_s']:.0f} | {gflops} | {mem['mfu']:.2f} | {pet_cells} | {layout['peak_gflops']:.0f} |")
     lines += [
         "",
         f"Scaling efficiency {train['scaling_efficiency']:.2f}; a rank's CPU seconds per step in 2x1 over 1x1: "
         f"{train.get('cpu_per_step_2x1_over_1x1', float('nan')):.2f}. Allreduce of the {train['gradient_mb']:.1f} MB of gradients alone: "
         f"{1000 * train['allreduce_s']:.0f} ms, {100 * train['allreduce_share_of_step']:.1f}% of a 2x1 step; the wait left after the "
-        f"backward pass (Horovod overlaps the allreduce with it): {100 * train['exposed_sync_share_of_step']:.1f}% of the step.",
+        f"backward pass (Horovod overlaps the allreduce with it): {100 * train['exposed_sync_share_of_step']:.1f}% of the step (medians of {train['repeats']} runs).",
     ]
     return lines
 
 
-def _loader_details(loader: dict | None) -> list[str]:
+def _loader_details(results: dict, loader: dict | None) -> list[str]:
     if not loader:
         return []
     return [
@@ -116,27 +205,33 @@ def _loader_details(loader: dict | None) -> list[str]:
         f"One rank's Petastorm reader and loader (rank 0 of 2, batches of {loader['batch_size']}): {loader['windows_per_s']:.0f} windows/s "
         f"(first batch {loader['first_batch_s']:.2f} s after opening); one training rank consumes {loader['consumed_windows_per_s']:.1f} windows/s; "
         f"ratio {loader['ratio']:.0f}. The loader spends {1e6 * loader['cpu_s_per_window']:.0f} CPU-us per window: "
-        f"{100 * loader['loader_core_share_at_consumption']:.2f}% of a core while it feeds one rank.",
+        f"{100 * loader['loader_core_share_at_consumption']:.2f}% of a core while it feeds one rank ({_runs(_repeats(results, loader))}).",
     ]
 
 
-def _preprocess_details(pre: dict | None) -> list[str]:
+def _preprocess_details(results: dict, pre: dict | None) -> list[str]:
     if not pre:
         return []
+    runs = _runs(_repeats(results, pre))
     lines = [
         "",
         "### Preprocessing (`bench/preprocess_throughput.py`)",
         "",
-        f"{pre['corpus_mb']:.1f} MB generated corpus, the bench tokenizer, Word2Vec off. Spark local[2]: {pre['spark_mb_per_s']:.2f} MB/s; "
+        f"{pre['corpus_mb']:.1f} MB generated corpus, the bench tokenizer, Word2Vec off; {runs}. Spark local[2]: {pre['spark_mb_per_s']:.2f} MB/s; "
         f"one process: {pre['single_mb_per_s']:.2f} MB/s; ratio {pre['ratio']:.2f} (with the session's {pre['spark_start_s']:.1f} s start: "
         f"{pre['ratio_with_spark_start']:.2f}). Windows written: Spark {pre['windows']['spark']}, one process {pre['windows']['single']}.",
     ]
     if "cpu_s" in pre:
         cpu = pre["cpu_s"]
         lines.append(
-            f"CPU seconds per run: Spark {cpu['spark_total']:.1f} (JVM {cpu['spark']['jvm']:.1f}, Python workers {cpu['spark']['workers']:.1f}, "
-            f"driver {cpu['spark']['driver']:.1f}), one process {cpu['single_total']:.1f}: on 2 idle cores the ratio can reach at most "
-            f"{pre['ratio_bound_from_cpu']:.2f}."
+            f"CPU seconds per run ({runs}): Spark {cpu['spark_total']:.1f} (JVM {cpu['spark']['jvm']:.1f}, Python workers {cpu['spark']['workers']:.1f}, "
+            f"driver {cpu['spark']['driver']:.1f}), one process {cpu['single_total']:.1f}. With both cores busy all the time, Spark's wall time is at least "
+            f"half its CPU seconds, which bounds the ratio at {pre['ratio_bound_from_cpu']:.2f}"
+            + (
+                "."
+                if pre["ratio"] <= pre["ratio_bound_from_cpu"]
+                else ": the measured ratio is higher, so this run's CPU meter missed work (it did not yet count Python workers that had exited)."
+            )
         )
     if "rss" in pre:
         lines += ["", "| corpus MB | seconds (whole job) | MB/s | driver peak RSS MB | JVM peak RSS MB |", "| --- | --- | --- | --- | --- |"]
@@ -144,6 +239,8 @@ def _preprocess_details(pre: dict | None) -> list[str]:
             lines.append(
                 f"| {row['corpus_mb']:.0f} | {row['seconds']:.0f} | {row['mb_per_s']:.2f} | {row['driver_peak_rss_mb']:.0f} | {row['jvm_peak_rss_mb']:.0f} |"
             )
+        lines.append("")
+        lines.append("1 run per size, each a fresh process running the whole default job (tokenizer training and Word2Vec included).")
     return lines
 
 
@@ -155,7 +252,7 @@ def _quality_details(quality: dict | None) -> list[str]:
         "### Quality per CPU-minute (`bench/quality.py`)",
         "",
         f"Corpus {quality['corpus']}: first 90% ({quality['train_characters'] / 1e6:.2f} M characters, {quality['train_tokens']} tokens) trains, "
-        f"last 10% ({quality['val_characters'] / 1e6:.2f} M characters) validates; {quality['ranks']} rank(s).",
+        f"last 10% ({quality['val_characters'] / 1e6:.2f} M characters) validates; {quality['ranks']} rank(s); each row is 1 run.",
         "",
         "| budget | init | steps | tokens/s | epochs | val nats/token | val nats/char | val bits/char |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -168,7 +265,7 @@ def _quality_details(quality: dict | None) -> list[str]:
     return lines
 
 
-def _generate_details(gen: dict | None) -> list[str]:
+def _generate_details(results: dict, gen: dict | None) -> list[str]:
     if not gen:
         return []
     return [
@@ -176,7 +273,8 @@ def _generate_details(gen: dict | None) -> list[str]:
         "### Generation (`bench/generate_throughput.py`)",
         "",
         f"{gen['new_tokens']} new tokens, {gen['threads']} thread: {gen['tokens_per_second_with_cache']:.0f} tokens/s with the key/value cache, "
-        f"{gen['tokens_per_second_without_cache']:.0f} without; ratio {gen['ratio']:.2f}; same greedy output: {gen['same_greedy_output']}.",
+        f"{gen['tokens_per_second_without_cache']:.0f} without; ratio {gen['ratio']:.2f} ({_runs(_repeats(results, gen))}); "
+        f"same greedy output: {gen['same_greedy_output']}.",
     ]
 
 
@@ -184,7 +282,7 @@ def _e2e_details(e2e: dict | None) -> list[str]:
     if not e2e:
         return []
     rows = [*stage_rows(e2e), ("**total**", e2e["wall_s"])]
-    lines = ["", "### End to end (`bench/end_to_end.py`)", "", f"`{e2e['command']}`", "", "| stage | seconds |", "| --- | --- |"]
+    lines = ["", "### End to end (`bench/end_to_end.py`)", "", f"`{e2e['command']}`, 1 run.", "", "| stage | seconds |", "| --- | --- |"]
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in rows]
     pre = ", ".join(f"{k} {v:.1f}" for k, v in e2e["preprocess_stages_s"].items())
     lines += ["", f"Preprocess stages (seconds): {pre}. Training: {e2e['training_tokens_per_s']:.0f} tokens/s, mean MFU {e2e['mfu_mean']:.2f}."]

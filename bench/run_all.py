@@ -5,9 +5,10 @@ measured section of bench/results.md.
 
 Each benchmark runs as its own process and writes its JSON under runs/bench/results/;
 this script gathers them with the machine's description (cores, CPU model, load
-average before and after each benchmark, date) and rewrites the part of
-bench/results.md between its two markers. The rest of results.md (what each
-optimisation bought, the analysis) is written by hand and kept.
+average before and after each benchmark, date) and rewrites, from results.json alone,
+the part of bench/results.md between its two markers and the README's list of
+benchmark headlines (bench/render.py). The rest of results.md is written by hand and
+labelled as notes from earlier runs, with their dates.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from common import BENCH_RUNS, REPO_ROOT, load_average, machine, report
 BENCH = Path(__file__).resolve().parent
 RESULTS_JSON = BENCH / "results.json"
 RESULTS_MD = BENCH / "results.md"
-BEGIN, END = "<!-- measured:begin (bench/run_all.py rewrites this part) -->", "<!-- measured:end -->"
+README = REPO_ROOT / "README.md"
 
 
 def commands(args) -> dict[str, list[str]]:
@@ -68,8 +69,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quality-budgets", type=float, nargs="+", default=[120.0], help="seconds (the issue's second budget, 600, takes 20 more minutes)")
     parser.add_argument("--rss-sizes-mb", type=int, nargs="+", default=[20, 200])
-    parser.add_argument("--e2e-max-steps", type=int, default=60)
+    parser.add_argument("--e2e-max-steps", type=int, default=0, help="0: the demo's own steps, so that end_to_end times `make demo`")
+    parser.add_argument("--render-only", action="store_true", help="rewrite results.md and the README from results.json; run nothing")
     args = parser.parse_args()
+    if args.render_only:
+        write_reports(json.loads(RESULTS_JSON.read_text()))
+        return
     folder = BENCH_RUNS / "results"
     folder.mkdir(parents=True, exist_ok=True)
     previous = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {"benchmarks": {}}
@@ -83,13 +88,16 @@ def main() -> None:
     results["wall_seconds"] = time.perf_counter() - started
     results["machine"]["load_average_end"] = load_average()
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
-    from render import render
+    write_reports(results)
+    report(f"== all done in {results['wall_seconds'] / 60:.1f} minutes: {RESULTS_JSON.relative_to(REPO_ROOT)}, {RESULTS_MD.relative_to(REPO_ROOT)}, README.md")
 
-    text = RESULTS_MD.read_text() if RESULTS_MD.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    head, _, rest = text.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    RESULTS_MD.write_text(f"{head}{BEGIN}\n{render(results)}\n{END}{tail}")
-    report(f"== all done in {results['wall_seconds'] / 60:.1f} minutes: {RESULTS_JSON.relative_to(REPO_ROOT)}, {RESULTS_MD.relative_to(REPO_ROOT)}")
+
+def write_reports(results: dict) -> None:
+    """The measured section of results.md and the README's headlines, from `results`."""
+    from render import HEADLINES, MEASURED, headlines, render, replace_between
+
+    RESULTS_MD.write_text(replace_between(RESULTS_MD.read_text(), MEASURED, render(results)))
+    README.write_text(replace_between(README.read_text(), HEADLINES, headlines(results)))
 
 
 if __name__ == "__main__":

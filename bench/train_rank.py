@@ -21,17 +21,13 @@ from pathlib import Path
 from common import DATASET_URL, default_gpt_config, local_config, median
 
 
-def time_steps(model, optimizer, next_batch, steps: int, warmup: int, grad_clip: float, peak_seconds: float) -> dict:
-    """Seconds per step and waiting for the allreduce over `steps` timed steps, each
-    followed by a short measurement of this rank's matmul peak: a step and the peak
-    it is compared with are taken seconds apart, so that load from other processes
-    weighs on both alike."""
+def time_steps(model, optimizer, next_batch, steps: int, warmup: int, grad_clip: float) -> dict:
+    """Seconds per step, waiting for the allreduce and CPU seconds, over `steps` timed steps."""
     import torch
 
-    from horovod_llm.metrics import measure_matmul_flops
     from horovod_llm.train import train_step
 
-    seconds, sync, peaks, cpu = [], [], [], []
+    seconds, sync, cpu = [], [], []
     for index in range(warmup + steps):
         started, cpu_started = time.perf_counter(), time.process_time()
         result = train_step(model, optimizer, [torch.from_numpy(next_batch())], grad_clip)
@@ -41,16 +37,7 @@ def time_steps(model, optimizer, next_batch, steps: int, warmup: int, grad_clip:
             # unlike wall time, hardly affected by other processes taking turns on the cores.
             cpu.append(time.process_time() - cpu_started)
             sync.append(result.sync_seconds)
-            peaks.append(measure_matmul_flops(seconds=peak_seconds))
-    return {
-        "step_s": median(seconds),
-        "sync_s": median(sync),
-        "cpu_s": median(cpu),
-        "step_s_all": seconds,
-        "sync_s_all": sync,
-        "cpu_s_all": cpu,
-        "peak_flops_all": peaks,
-    }
+    return {"step_s": median(seconds), "sync_s": median(sync), "cpu_s": median(cpu), "step_s_all": seconds, "sync_s_all": sync, "cpu_s_all": cpu}
 
 
 def time_allreduce(model, hvd, repeats: int) -> float:
@@ -78,7 +65,6 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--data", default="memory,petastorm", help="comma-separated: memory, petastorm")
     parser.add_argument("--allreduce-repeats", type=int, default=5)
-    parser.add_argument("--peak-seconds", type=float, default=0.25, help="matmul peak measured after each timed step for this long")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (the warm-up steps absorb the compilation)")
     parser.add_argument("overrides", nargs="*", help="section.key=value for configs/local.yaml")
     args = parser.parse_args()
@@ -89,6 +75,7 @@ def main() -> None:
 
     from horovod_llm import dataset
     from horovod_llm.log import quiet_library_warnings
+    from horovod_llm.metrics import calibrated_peak_flops
     from horovod_llm.model import GPT
     from horovod_llm.train import distributed_optimizer, set_horovod_environment
 
@@ -112,26 +99,26 @@ def main() -> None:
     result: dict = {"ranks": world_size, "threads": args.threads, "batch_size": batch_size, "block_size": model.config.block_size, "compiled": args.compile}
     result["flops_per_token"] = model.flops_per_token()
     result["parameters"] = model.num_parameters()
+    # The denominator of MFU, as training takes it: every rank's best fp32 matmul reading
+    # of this machine type and layout (metrics.calibrated_peak_flops), summed over ranks.
+    peak, source = calibrated_peak_flops(args.threads, hvd.local_size())
+    result["peak_flops"] = float(sum(hvd.allgather_object(peak, name="peak")))
+    result["peak_source"] = hvd.allgather_object(source, name="peak_source")
     kinds = [k for k in args.data.split(",") if k]
     for kind in kinds:
         if kind == "memory":
             rng = np.random.default_rng(rank)
             window = model.config.block_size + 1
             fixed = itertools.cycle([rng.integers(4, model.config.vocab_size, (batch_size, window)).astype(np.int64) for _ in range(4)])
-            result["memory"] = time_steps(step_model, optimizer, fixed.__next__, args.steps, args.warmup, tc.grad_clip, args.peak_seconds)
+            result["memory"] = time_steps(step_model, optimizer, fixed.__next__, args.steps, args.warmup, tc.grad_clip)
         elif kind == "petastorm":
             with dataset.window_batches(DATASET_URL, "train", rank, world_size, batch_size, num_epochs=None, seed=tc.seed, shuffle=True) as batches:
-                result["petastorm"] = time_steps(step_model, optimizer, lambda: next(batches), args.steps, args.warmup, tc.grad_clip, args.peak_seconds)
+                result["petastorm"] = time_steps(step_model, optimizer, lambda: next(batches), args.steps, args.warmup, tc.grad_clip)
         else:
             raise SystemExit(f"--data: unknown kind {kind!r}")
-        # The ranks measure their peaks at the same moments (steps are in lock-step):
-        # the machine's peak at step i is their sum.
-        peaks = hvd.allgather_object(result[kind]["peak_flops_all"], name=f"peaks.{kind}")
-        result[kind]["peak_flops_all"] = [float(sum(column)) for column in zip(*peaks, strict=True)]
         tokens_per_step = world_size * batch_size * model.config.block_size
-        mfu = [result["flops_per_token"] * tokens_per_step / s / p for s, p in zip(result[kind]["step_s_all"], result[kind]["peak_flops_all"], strict=True)]
-        result[kind]["mfu"] = median(mfu)
-        result[kind]["peak_flops"] = median(result[kind]["peak_flops_all"])
+        result[kind]["model_flops_per_s"] = result["flops_per_token"] * tokens_per_step / result[kind]["step_s"]
+        result[kind]["mfu"] = result[kind]["model_flops_per_s"] / result["peak_flops"]
     result["allreduce_s"] = time_allreduce(model, hvd, args.allreduce_repeats) if world_size > 1 else 0.0
     result["gradient_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     # The slowest rank sets the pace of a synchronous step.

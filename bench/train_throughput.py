@@ -9,9 +9,10 @@ fresh set of processes running bench/train_rank.py:
   1x1  `horovodrun -np 1`, 1 thread, batch train.batch_size
   2x1  `horovodrun -np 2`, 1 thread each, batch train.batch_size each: the demo's layout
 
-Each measures its tokens/s with batches from memory and from the Petastorm loader, and
-its fp32 matmul peak (`metrics.measure_matmul_flops`, every rank at once). MFU = model
-FLOPs/s (`GPT.flops_per_token`: 6N + 12 L H Q T) / that peak. Scaling efficiency =
+Each measures its tokens/s with batches from memory and from the Petastorm loader. MFU =
+model FLOP/s (`GPT.flops_per_token`: 6N + 12 L H Q T) / the fp32 matmul peak that
+training uses (`metrics.calibrated_peak_flops`: the best reading of this machine type
+and layout, every rank at once), reported beside the raw model FLOP/s. Scaling efficiency =
 throughput(2x1) / (2 x throughput(1x1)), same per-rank batch, from memory. Every figure
 is the median over repetitions of ratios taken within one repetition; the layouts
 alternate, so that load from other processes hits them alike. Targets: MFU >= 0.5,
@@ -58,21 +59,21 @@ def run_layout(name: str, args, out: Path, extra_env: dict) -> dict:
 
 
 def rates(run: dict, kind: str) -> dict:
-    """Tokens/s (median step) and MFU (median over steps of step FLOPs/s over the peak
-    measured right after that step)."""
+    """Tokens/s, model FLOP/s and MFU of the median step."""
     tokens_per_step = run["ranks"] * run["batch_size"] * run["block_size"]
-    return {"tokens_per_s": tokens_per_step / run[kind]["step_s"], "mfu": run[kind]["mfu"]}
+    return {"tokens_per_s": tokens_per_step / run[kind]["step_s"], "model_gflops": run[kind]["model_flops_per_s"] / 1e9, "mfu": run[kind]["mfu"]}
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict:
     """Medians over repetitions; ratios are taken within a repetition first."""
     out: dict = {"layouts": {}}
     for name, reps in runs.items():
-        layout = {"peak_gflops": median([r["memory"]["peak_flops"] / 1e9 for r in reps])}
+        layout = {"peak_gflops": median([r["peak_flops"] / 1e9 for r in reps])}
         for kind in ("memory", "petastorm"):
             if kind in reps[0]:
                 layout[kind] = {
                     "tokens_per_s": median([rates(r, kind)["tokens_per_s"] for r in reps]),
+                    "model_gflops": median([rates(r, kind)["model_gflops"] for r in reps]),
                     "mfu": median([rates(r, kind)["mfu"] for r in reps]),
                     "step_s": median([r[kind]["step_s"] for r in reps]),
                 }
@@ -123,14 +124,18 @@ def main() -> None:
                     for kind in ("memory", "petastorm")
                     if kind in run
                 )
-                report(f"[{repeat + 1}/{args.repeats}] {name}: {line}, peak {run['memory']['peak_flops'] / 1e9:.0f} GFLOP/s")
+                report(f"[{repeat + 1}/{args.repeats}] {name}: {line}, peak {run['peak_flops'] / 1e9:.0f} GFLOP/s ({'/'.join(run['peak_source'])})")
     if not {"1x1", "2x1"} <= set(layouts):
         print(json.dumps({name: [rates(r, "memory") for r in reps] for name, reps in runs.items()}, indent=2))
         return
     result = summarize(runs)
     result.update({"repeats": args.repeats, "steps": args.steps, "overrides": args.overrides, "env": extra_env, "load_1min_during": loads, "runs": runs})
     for name, layout in result["layouts"].items():
-        parts = [f"{kind}: {layout[kind]['tokens_per_s']:6.0f} tok/s, MFU {layout[kind]['mfu']:.2f}" for kind in ("memory", "petastorm") if kind in layout]
+        parts = [
+            f"{kind}: {layout[kind]['tokens_per_s']:6.0f} tok/s, {layout[kind]['model_gflops']:.0f} model GFLOP/s, MFU {layout[kind]['mfu']:.2f}"
+            for kind in ("memory", "petastorm")
+            if kind in layout
+        ]
         extra = f", loader/memory {layout['petastorm_over_memory']:.2f}" if "petastorm_over_memory" in layout else ""
         report(f"{name}: {'; '.join(parts)} (peak {layout['peak_gflops']:.0f} GFLOP/s){extra}")
     report(

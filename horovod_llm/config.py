@@ -8,7 +8,6 @@ semantic problem and reports them at once.
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from horovod_llm.errors import UserError
+from horovod_llm.redaction import redact
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -245,8 +245,34 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             first = str(exc).splitlines()[0]
             raise UserError(f"config file {path} is not valid YAML ({first}): fix the syntax") from None
         raise
+    flatten_settings(config)
     validate(config)
     return config
+
+
+# Mappings whose keys are dotted names (Spark settings, tags). An override such as
+# spark.conf.spark.sql.shuffle.partitions=7 reaches them as nested mappings.
+_DOTTED_KEY_MAPPINGS = (("spark", "conf"), ("emr", "train_conf"), ("emr", "tags"))
+
+
+def flatten(mapping: dict, prefix: str = "") -> dict[str, str]:
+    """{"spark": {"sql": {"x": 7}}} -> {"spark.sql.x": "7"}: the keys Spark and EMR expect."""
+    flat: dict[str, str] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def flatten_settings(config: RunConfig) -> None:
+    """Give the dotted-key mappings their flat form, in place, so that the config has
+    one shape whichever way a setting was written (and dumps as YAML)."""
+    for section, name in _DOTTED_KEY_MAPPINGS:
+        owner = getattr(config, section)
+        setattr(owner, name, flatten(getattr(owner, name)))
 
 
 def validate(config: RunConfig) -> None:
@@ -347,13 +373,6 @@ def emr_problems(config: RunConfig) -> list[str]:
         e.step_action_on_failure in _EMR_STEP_ACTIONS,
         f"emr.step_action_on_failure ('{e.step_action_on_failure}') must be one of {', '.join(_EMR_STEP_ACTIONS)}",
     )
-    for name in ("train_conf", "tags"):
-        for key, value in getattr(e, name).items():
-            # OmegaConf reads `emr.train_conf.spark.task.cpus=2` as nested keys.
-            need(
-                not isinstance(value, dict),
-                f"emr.{name} key '{key}' holds a mapping, not a value: write dotted keys in brackets, e.g. emr.{name}[spark.task.cpus]=2",
-            )
     if problems:
         return problems
     conf = e.train_conf
@@ -398,31 +417,6 @@ def to_dict(config: RunConfig) -> dict:
     return dataclasses.asdict(config)
 
 
-REDACTED = "***"
-_SECRET_WORDS = {"secret", "password", "passwd", "pwd", "token", "credential", "credentials", "keytab", "signature"}
-_KEY_QUALIFIERS = {"access", "secret", "private", "api", "session", "account"}
-_URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
-
-
-def is_secret_key(name: str) -> bool:
-    """fs.s3a.secret.key, aws_access_key_id, api-token: yes; max_new_tokens, vocab_size: no."""
-    words = set(re.split(r"[._\-\s]+", str(name).lower()))
-    return bool(words & _SECRET_WORDS) or ("key" in words and bool(words & _KEY_QUALIFIERS)) or ("id" in words and "access" in words)
-
-
-def redact(value, path: str = ""):
-    """A copy of a config value fit for files and logs: values under a secret-sounding
-    key path (spark.hadoop.fs.s3a.secret.key, emr.tags.api-token) and the user:password
-    part of URLs replaced by ***."""
-    if isinstance(value, dict):
-        return {k: redact(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v, path) for v in value]
-    if isinstance(value, str):
-        return REDACTED if value and is_secret_key(path) else _URL_USERINFO.sub(r"\1***@", value)
-    return value
-
-
 def redacted_dict(config: RunConfig) -> dict:
     """The resolved config for manifests, checkpoints and statistics: never credentials."""
     return redact(to_dict(config))
@@ -430,6 +424,29 @@ def redacted_dict(config: RunConfig) -> dict:
 
 def redacted_yaml(config: RunConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(redacted_dict(config)))
+
+
+# The environment variable that carries `secret_values` (JSON) to ranks started from a
+# redacted config file (launch.py's horovodrun launcher, worker.py).
+SECRETS_ENV = "HOROVOD_LLM_CONFIG_SECRETS"
+
+
+def secret_values(config: RunConfig) -> dict:
+    """The values `redacted_dict` hides, as a nested dict of just those keys: what a
+    process started from a redacted config file needs besides (see `with_secrets`)."""
+
+    def differing(original, redacted):
+        if isinstance(original, dict):
+            nested = {k: differing(v, redacted[k]) for k, v in original.items()}
+            return {k: v for k, v in nested.items() if v is not None and v != {}}
+        return original if original != redacted else None
+
+    return differing(to_dict(config), redacted_dict(config))
+
+
+def with_secrets(config: RunConfig, secrets: dict) -> RunConfig:
+    """The config with the values of `secret_values` put back."""
+    return from_dict(OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(to_dict(config)), secrets)))
 
 
 def from_dict(values: dict) -> RunConfig:

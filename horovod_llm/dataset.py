@@ -11,6 +11,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import pyarrow as pa
+
+# CVE-2023-47248: pyarrow < 14.0.1 unpickles (runs code from) the metadata of an
+# `arrow.py_extension_type` column in any Arrow or Parquet file it reads. petastorm pins
+# pyarrow 10, so upstream's mitigation is imported before any Parquet read: every reader
+# of datasets imports this module.
+import pyarrow_hotfix  # noqa: F401
 
 from horovod_llm import layout, storage
 from horovod_llm.errors import UserError
@@ -18,6 +25,44 @@ from horovod_llm.errors import UserError
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+_UNSAFE_TYPE_ERROR = "Disallowed deserialization of 'arrow.py_extension_type'"
+
+
+class _PickledTypeProbe(pa.PyExtensionType):
+    """An extension type that pyarrow 10 stores as a pickle: what the hotfix refuses."""
+
+    def __init__(self):
+        super().__init__(pa.int8())
+
+    def __reduce__(self):
+        return _PickledTypeProbe, ()
+
+
+def unsafe_arrow_types_refused() -> bool:
+    """Whether reading a pickled Arrow extension type fails here, as the hotfix makes it."""
+    sink = pa.BufferOutputStream()
+    table = pa.table({"probe": pa.ExtensionArray.from_storage(_PickledTypeProbe(), pa.array([1], pa.int8()))})
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    try:
+        pa.ipc.open_stream(sink.getvalue()).read_all()
+    except RuntimeError as exc:
+        return _UNSAFE_TYPE_ERROR in str(exc)
+    return False
+
+
+@contextmanager
+def unsafe_files_refused(url: str) -> Iterator[None]:
+    """The hotfix's refusal as a one-line UserError naming the dataset."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if _UNSAFE_TYPE_ERROR not in str(exc):
+            raise
+        raise UserError(
+            f"{url} holds a Parquet file with a pickled Arrow extension type, which would run code when read (CVE-2023-47248): "
+            "refusing it; rebuild the dataset with 'horovod-llm preprocess'"
+        ) from None
 
 
 def read_manifest_if_complete(output_url: str) -> dict | None:
@@ -120,18 +165,19 @@ def window_batches(
     _install_end_of_data_fix()
     split_url = layout.split_url(output_url, split)
     try:
-        reader = make_batch_reader(
-            _petastorm_url(split_url),
-            storage_options=storage.options_for(split_url) or None,
-            schema_fields=["ids"],
-            cur_shard=rank,
-            shard_count=world_size,
-            num_epochs=num_epochs,
-            shuffle_row_groups=shuffle,
-            seed=seed,
-            reader_pool_type="thread",
-            workers_count=1,
-        )
+        with unsafe_files_refused(split_url):
+            reader = make_batch_reader(
+                _petastorm_url(split_url),
+                storage_options=storage.options_for(split_url) or None,
+                schema_fields=["ids"],
+                cur_shard=rank,
+                shard_count=world_size,
+                num_epochs=num_epochs,
+                shuffle_row_groups=shuffle,
+                seed=seed,
+                reader_pool_type="thread",
+                workers_count=1,
+            )
     except NoDataAvailableError:
         log.warning("rank %d: no %s row group in its shard (%d shards)", rank, split, world_size)
         yield iter(())

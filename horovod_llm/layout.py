@@ -1,7 +1,7 @@
 """Where each output of a run lives under `output_url`.
 
 {output_url}/tokenizer/tokenizer.model
-{output_url}/dataset/{train,val}/part-XXXXX.parquet   + dataset/manifest.json (last)
+{output_url}/dataset/{train,val}/part-XXXXX.parquet   + dataset/files.json, dataset/manifest.json (last)
 {output_url}/checkpoints/step-XXXXXXXX/              + COMPLETE marker (last)
 {output_url}/stats/{steps.jsonl,epochs.jsonl,summary.json}
 {output_url}/samples/
@@ -28,6 +28,11 @@ def split_url(output_url: str, split: str) -> str:
 
 def manifest_url(output_url: str) -> str:
     return storage.join(output_url, "dataset", "manifest.json")
+
+
+def corpus_index_url(output_url: str) -> str:
+    """Size, modification time and digest of each corpus file the dataset was built from."""
+    return storage.join(output_url, "dataset", "files.json")
 
 
 def embeddings_url(output_url: str) -> str:

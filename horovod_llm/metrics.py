@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import resource
 import time
+from pathlib import Path
 
 import torch
 
@@ -21,19 +25,66 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def measure_matmul_flops(size: int = 1024, seconds: float = 0.5) -> float:
-    """fp32 matmul FLOP/s this process reaches with its current torch threads: the peak
-    that model FLOPs utilisation is measured against (CPU vendors publish none we could
-    trust for a shared VM)."""
+def measure_matmul_flops(size: int = 1024, seconds: float = 0.5, readings: int = 5) -> float:
+    """fp32 matmul FLOP/s this process reaches with its current torch threads: the best
+    of `readings` readings over `seconds` in all. The best, not the mean: other work on
+    the machine can only slow a reading down, never speed it up."""
     generator = torch.Generator().manual_seed(0)  # leaves the global RNG (dropout) alone
     a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
     for _ in range(3):
         a @ b  # warm-up: thread pool start, caches
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        a @ b
-        runs += 1
-    return 2 * size**3 * runs / (time.perf_counter() - started)
+    best = 0.0
+    for _ in range(readings):
+        runs, started = 0, time.perf_counter()
+        while runs == 0 or time.perf_counter() - started < seconds / readings:
+            a @ b
+            runs += 1
+        best = max(best, 2 * size**3 * runs / (time.perf_counter() - started))
+    return best
+
+
+# Where the best peak seen so far is kept, per CPU model, torch, threads and ranks on the
+# host: one machine type, one denominator, whatever the load when a run starts.
+PEAK_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "horovod-llm" / "peak-flops.json"
+
+
+def peak_key(threads: int, ranks_on_host: int) -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")), platform.machine())
+    return f"{cpu} | torch {torch.__version__} | {threads} thread(s) x {ranks_on_host} rank(s) on the host"
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def calibrated_peak_flops(threads: int, ranks_on_host: int, cache: Path = PEAK_CACHE) -> tuple[float, str]:
+    """(fp32 matmul FLOP/s of one rank, where it came from): the best of a fresh reading
+    and every earlier one on this machine type with this layout (kept in `cache`).
+
+    The ranks of a host measure at the same moment, as they will compute. A busy machine
+    lowers a reading, and a lowered peak would raise MFU; the best reading ever seen is
+    the stable denominator ("measured" when this reading set it, else "calibrated").
+    """
+    reading = measure_matmul_flops()
+    key = peak_key(threads, ranks_on_host)
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    best = known.get(key, 0.0) if isinstance(known, dict) else 0.0
+    if reading <= best:
+        return best, "calibrated"
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache.with_name(f".{cache.name}.{os.getpid()}")
+        temporary.write_text(json.dumps({**(known if isinstance(known, dict) else {}), key: reading}, indent=2, sort_keys=True) + "\n")
+        os.replace(temporary, cache)  # whole or not at all: ranks of one host write at once
+    except OSError:
+        pass  # a read-only home: the reading still serves this run
+    return reading, "measured"
 
 
 def model_flops_utilisation(flops_per_token: float, tokens_per_s: float, peak_flops: float) -> float:

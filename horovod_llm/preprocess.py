@@ -300,8 +300,9 @@ def build_word2vec(passages, train_tokens: int, vocab_size: int, model_broadcast
 # -- the job ---------------------------------------------------------------------------
 
 
-def fingerprint(config: RunConfig, files: list[corpus.CorpusFile]) -> str:
-    """What the dataset depends on: if it is unchanged, the dataset can be reused."""
+def fingerprint(config: RunConfig, digests: dict[str, dict]) -> str:
+    """What the dataset depends on, the corpus's content included (`corpus.content_digests`):
+    if it is unchanged, the dataset can be reused."""
     values = to_dict(config)
     payload = {
         "format": FORMAT_VERSION,
@@ -310,9 +311,19 @@ def fingerprint(config: RunConfig, files: list[corpus.CorpusFile]) -> str:
         "embedding": values["embedding"],
         "n_embd": config.model.n_embd,  # the Word2Vec vector size
         "seed": config.train.seed,
-        "files": [(f.doc_id, f.size) for f in files],
+        "files": sorted((doc_id, record["size"], record["digest"]) for doc_id, record in digests.items()),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _known_digests(output_url: str) -> dict:
+    """The corpus digests the existing dataset recorded; {} when there are none to trust."""
+    url = layout.corpus_index_url(output_url)
+    try:
+        known = storage.read_json(url) if storage.exists(url) else {}
+    except ValueError:
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 def _split_summary(parts: list[dict]) -> dict:
@@ -390,9 +401,10 @@ def run_preprocess(config: RunConfig, spark, force: bool = False) -> dict:
     files = corpus.list_corpus(config.data.input_url)
     total_input = sum(f.size for f in files)
     log.info("corpus: %d files, %.1f MB", len(files), total_input / 1e6)
-    print_ = fingerprint(config, files)
     existing = read_manifest_if_complete(out)
-    if existing and existing.get("fingerprint") == print_ and not force:
+    digests = corpus.content_digests(files, _known_digests(out) if existing else None)
+    dataset_fingerprint = fingerprint(config, digests)
+    if existing and existing.get("fingerprint") == dataset_fingerprint and not force:
         log.info("dataset at %s is complete for this config and corpus: skipping (use --force to rebuild)", layout.dataset_url(out))
         return existing
 
@@ -440,7 +452,7 @@ def run_preprocess(config: RunConfig, spark, force: bool = False) -> dict:
 
     manifest = {
         "format_version": FORMAT_VERSION,
-        "fingerprint": print_,
+        "fingerprint": dataset_fingerprint,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "window_size": config.data.window_size,
         "overlap": config.data.overlap,
@@ -467,6 +479,9 @@ def run_preprocess(config: RunConfig, spark, force: bool = False) -> dict:
         "wall_seconds": round(time.perf_counter() - started, 3),
         "config": redacted_dict(config),
     }
+    # What each corpus file's content was: the next run hashes only files whose size or
+    # modification time changed.
+    storage.write_json(layout.corpus_index_url(out), digests)
     storage.write_json(layout.manifest_url(out), manifest)  # the commit marker: last
     log.info("dataset written to %s in %.1f s", layout.dataset_url(out), manifest["wall_seconds"])
     return manifest

@@ -34,26 +34,13 @@ def spark_session(config: SparkConfig, extra_conf: dict[str, str] | None = None)
     elif config.master:
         builder = builder.master(config.master)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    settings = {"spark.sql.execution.arrow.pyspark.enabled": "true", **flatten(config.conf), **(extra_conf or {})}
+    settings = {"spark.sql.execution.arrow.pyspark.enabled": "true", **config.conf, **(extra_conf or {})}
     for key, value in settings.items():
         builder = builder.config(key, str(value))
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
     log.info("Spark %s, master %s, default parallelism %d", session.version, session.sparkContext.master, session.sparkContext.defaultParallelism)
     return session
-
-
-def flatten(conf: dict, prefix: str = "") -> dict[str, str]:
-    """Spark settings as dotted keys: an override like spark.conf.spark.x.y=z reaches
-    the config as nested mappings, which Spark must see as "spark.x.y"."""
-    flat: dict[str, str] = {}
-    for key, value in conf.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict):
-            flat.update(flatten(value, name))
-        else:
-            flat[name] = str(value)
-    return flat
 
 
 def task_slots(session) -> int:
@@ -65,15 +52,19 @@ def task_slots(session) -> int:
 
 def last_stage_id(session) -> int:
     """The highest stage id so far: stages after it belong to the work that follows."""
-    return max((s["stage_id"] for s in stage_metrics(session)), default=-1)
+    return max((s["stage_id"] for s in stage_metrics(session) or []), default=-1)
 
 
-def stage_metrics(session, after_stage_id: int = -1) -> list[dict]:
-    """Per-stage counters from Spark's status store (works with the UI off).
+def stage_metrics(session, after_stage_id: int = -1) -> list[dict] | None:
+    """Per-stage counters from Spark's status store (works with the UI off); None when
+    the JVM API differs from Spark 3.5's.
 
     Reached through py4j because PySpark's StatusTracker exposes no shuffle or run-time
-    figures. Best effort: an empty list if the JVM API differs.
+    figures. Metrics are a report, never a failure; but an unavailable report says so
+    (None, and a warning), never a row of zeros that passes for a measurement.
     """
+    from py4j.protocol import Py4JError
+
     context = session.sparkContext
     try:
         doubles = context._gateway.new_array(context._jvm.double, 0)
@@ -92,12 +83,14 @@ def stage_metrics(session, after_stage_id: int = -1) -> list[dict]:
                     }
                 )
         return rows
-    except Exception as exc:  # py4j errors: metrics are a report, never a failure
-        log.debug("Spark stage metrics unavailable: %s", exc)
-        return []
+    except Py4JError as exc:
+        log.warning("Spark stage metrics unavailable (%s): the manifest records none", str(exc).splitlines()[0][:200])
+        return None
 
 
-def summarize_stages(rows: list[dict]) -> dict:
+def summarize_stages(rows: list[dict] | None) -> dict:
+    if rows is None:
+        return {"spark_stages": None}
     return {
         "spark_stages": len(rows),
         "tasks": sum(r["tasks"] for r in rows),

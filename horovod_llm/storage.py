@@ -27,6 +27,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from horovod_llm.errors import UserError
+from horovod_llm.redaction import redact_urls
 
 _S3_SETTINGS: dict = {"endpoint_url": None, "region": None, "max_attempts": 5}
 
@@ -67,7 +68,11 @@ _PERMANENT = {"NoSuchBucket": "the bucket does not exist", "AccessDenied": "acce
 
 
 def storage_error(exc: BaseException, url: str) -> StorageError | None:
-    """A one-line StorageError for an exception from the storage stack, else None."""
+    """A one-line StorageError for an exception from the storage stack, else None.
+
+    The message never carries credentials: an endpoint URL's user:password part (which
+    botocore repeats in its own messages too) is redacted.
+    """
     module = type(exc).__module__ or ""
     name = type(exc).__name__
     if not (module.startswith(("botocore", "aiobotocore", "s3fs", "aiohttp", "urllib3")) or isinstance(exc, (PermissionError, ConnectionError, TimeoutError))):
@@ -75,9 +80,11 @@ def storage_error(exc: BaseException, url: str) -> StorageError | None:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
     for code, meaning in _PERMANENT.items():
         if code in text or code in name:
-            return StorageError(f"storage refused {url} ({meaning}: {text[:200]}): check the URL, the bucket and your AWS credentials")
+            message = f"storage refused {url} ({meaning}: {text[:200]}): check the URL, the bucket and your AWS credentials"
+            return StorageError(redact_urls(message))
     endpoint = _S3_SETTINGS["endpoint_url"] or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
-    return StorageError(f"storage at {endpoint} failed for {url} after retries ({name}: {text[:200]}): check the network and storage.s3.endpoint_url")
+    message = f"storage at {endpoint} failed for {url} after retries ({name}: {text[:200]}): check the network and storage.s3.endpoint_url"
+    return StorageError(redact_urls(message))
 
 
 def _guarded(function):
@@ -212,6 +219,21 @@ def remove(url: str) -> None:
     fs, path = filesystem(url)
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+@contextmanager
+def open_binary(url: str) -> Iterator[io.BufferedIOBase]:
+    """A binary file object to stream `url` from (storage failures as StorageErrors)."""
+    try:
+        with fsspec.open(normalize(url), "rb", **options_for(url)) as handle:
+            yield handle
+    except StorageError:
+        raise
+    except Exception as exc:
+        translated = storage_error(exc, str(url))
+        if translated is None:
+            raise
+        raise translated from exc
 
 
 @_guarded

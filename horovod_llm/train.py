@@ -23,9 +23,10 @@ from horovod_llm import checkpoint, dataset, embeddings, layout, storage
 from horovod_llm.config import RunConfig, TrainConfig, apply_storage, from_dict
 from horovod_llm.errors import UserError
 from horovod_llm.log import setup_logging
-from horovod_llm.metrics import batch_metrics, measure_matmul_flops, model_flops_utilisation, peak_rss_mb
+from horovod_llm.metrics import batch_metrics, calibrated_peak_flops, model_flops_utilisation, peak_rss_mb
 from horovod_llm.model import GPT, GPTConfig
 from horovod_llm.plots import write_curves
+from horovod_llm.rank_failures import PEER_LOST_STATUS, USER_ERROR_STATUS
 from horovod_llm.schedule import learning_rate_at
 from horovod_llm.stats import NullStats, StatsWriter
 from horovod_llm.tokenizer import PAD_ID
@@ -209,13 +210,21 @@ def storage_errors_as(url: str):
 
 def rank_entry(config_values: dict, launch_info: dict | None = None) -> dict:
     """`train_worker` for a rank process: a user error ends it with its message on one
-    line and exit status 2 (Horovod then stops the other ranks), not a traceback."""
+    line and exit status 2 (Horovod then stops the other ranks), not a traceback; a
+    rank that only lost a peer exits with PEER_LOST_STATUS, so that the launcher names
+    the rank that failed first (rank_failures.py)."""
+    from horovod.common.exceptions import HorovodInternalError
+
     try:
         return train_worker(config_values, launch_info)
     except UserError as exc:
         log.error("error: %s", exc)
         sys.stderr.flush()
-        sys.exit(2)
+        sys.exit(USER_ERROR_STATUS)
+    except HorovodInternalError as exc:
+        log.error("stopping: a collective failed because another rank was lost (%s)", str(exc).strip().splitlines()[0][:200])
+        sys.stderr.flush()
+        sys.exit(PEER_LOST_STATUS)
 
 
 def _format_eta(seconds: float) -> str:
@@ -251,6 +260,7 @@ class Job:
     max_lr: float
     min_lr: float
     peak_per_rank: float
+    peak_source: str  # measured, calibrated (an earlier, better reading) or the config
     resumed_step: int
     started: float
     ranks_ready_at: float  # wall clock after hvd.init(): stage timings
@@ -339,6 +349,12 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
         data_seed = tc.seed + resumed.step
         if is_main:
             log.warning("resuming on %d ranks from a checkpoint of another world size: the data order restarts", world_size)
+    # The fp32 peak MFU is measured against: the config's, or the best reading of this
+    # machine type (every rank measures at once, as they will compute).
+    if tc.peak_flops_per_rank:
+        peak_per_rank, peak_source = tc.peak_flops_per_rank, "train.peak_flops_per_rank"
+    else:
+        peak_per_rank, peak_source = calibrated_peak_flops(threads, hvd.local_size())
     job = Job(
         config=config,
         manifest=manifest,
@@ -349,8 +365,8 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
         steps_per_epoch=steps_per_epoch,
         max_lr=tc.learning_rate * lr_scale,
         min_lr=tc.min_lr * lr_scale,
-        # The machine's fp32 peak, measured by every rank at once (as they will compute).
-        peak_per_rank=tc.peak_flops_per_rank or measure_matmul_flops(),
+        peak_per_rank=peak_per_rank,
+        peak_source=peak_source,
         resumed_step=resumed.step,
         started=time.perf_counter(),
         ranks_ready_at=ranks_ready_at,
@@ -436,6 +452,8 @@ def train_loop(state, job: Job) -> dict:
                     "lr": lr,
                     "step_time_s": elapsed / steps_done,
                     "tokens_per_s": tokens_per_s,
+                    # model FLOP/s, and its share of the fp32 matmul peak
+                    "model_flops_per_s": flops_per_token * tokens_per_s,
                     "mfu": model_flops_utilisation(flops_per_token, tokens_per_s, peak_flops),
                     # mean over ranks of the time spent waiting for gradients to be reduced
                     "allreduce_share": sync / world_size / elapsed,
@@ -503,6 +521,8 @@ def train_loop(state, job: Job) -> dict:
         "total_seconds": total_seconds,
         "tokens_per_s": tokens_per_step * (job.total_steps - job.resumed_step) / total_seconds,
         "peak_flops": peak_flops,
+        "peak_source": job.peak_source,
+        "model_flops_per_s": flops_per_token * tokens_per_step * (job.total_steps - job.resumed_step) / total_seconds,
         "mfu_mean": float(np.nanmean(mfu_values)) if mfu_values else float("nan"),
         "parameters": model.num_parameters(),
         "flops_per_token": flops_per_token,

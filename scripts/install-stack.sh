@@ -19,6 +19,8 @@
 set -euo pipefail
 
 HOROVOD_VERSION=0.28.1
+# Bumped whenever build_horovod's patches change: it keys the wheel cache.
+HOROVOD_PATCH_LEVEL=2
 TORCH_VERSION=2.13.0
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONSTRAINTS="$REPO_ROOT/constraints.txt"
@@ -74,7 +76,21 @@ ensure_java() {
   fi
   die "Java 17 is required by Spark: install it (Debian/Ubuntu: 'sudo apt-get install openjdk-17-jre-headless') and set JAVA_HOME, then rerun"
 }
-[[ $skip_system -eq 1 ]] || ensure_java
+# The test suite lints the shell scripts with ShellCheck (developer set-up only).
+ensure_shellcheck() {
+  command -v shellcheck >/dev/null 2>&1 && return
+  local sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo -n"
+  if command -v apt-get >/dev/null 2>&1; then
+    log "shellcheck not found; installing Debian's shellcheck (the tests check the shell scripts with it)"
+    $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null && return
+  fi
+  log "warning: could not install shellcheck; the shell-script tests will fail until it is installed"
+}
+if [[ $skip_system -eq 0 ]]; then
+  ensure_java
+  [[ -n "$package" ]] || ensure_shellcheck
+fi
 
 command -v "$python_bin" >/dev/null 2>&1 || die "$python_bin not found: install Python 3.11 or pass --python PATH"
 "$python_bin" -c 'import sys; assert sys.version_info[:2] == (3, 11)' 2>/dev/null \
@@ -125,6 +141,13 @@ build_horovod() {
   sed -i 's/-std=c++11/-std=c++17/g' "$src/third_party/gloo/CMakeLists.txt"
   grep -q 'CMAKE_CXX_STANDARD 17' "$src/horovod/torch/CMakeLists.txt" \
     || die "the C++17 patch no longer applies to horovod $HOROVOD_VERSION's sdist"
+  # Horovod's servers (the unauthenticated Gloo rendezvous store among them) bind every
+  # interface; HOROVOD_LLM_BIND_ADDRESS, which horovod-llm sets to 127.0.0.1 in local
+  # mode, makes them bind that address instead (unset: every interface, as upstream).
+  local network="$src/horovod/runner/util/network.py"
+  sed -i "s/addr = ('', port)/addr = (__import__('os').environ.get('HOROVOD_LLM_BIND_ADDRESS', ''), port)/" "$network"
+  grep -q HOROVOD_LLM_BIND_ADDRESS "$network" \
+    || die "the bind-address patch no longer applies to horovod $HOROVOD_VERSION's sdist"
   (cd "$src" && HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
     HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=gloo \
     MAKEFLAGS="-j$(nproc)" "$py" -m pip wheel -q --no-build-isolation --no-deps -w "$out" .)
@@ -133,7 +156,7 @@ build_horovod() {
 if [[ -z "$horovod_wheel" ]]; then
   py_tag=$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
   torch_tag=$("$py" -c 'import torch; print(torch.__version__.replace("+", "-"))')
-  key_dir="$wheel_cache/horovod-$HOROVOD_VERSION-$py_tag-torch-$torch_tag"
+  key_dir="$wheel_cache/horovod-$HOROVOD_VERSION-p$HOROVOD_PATCH_LEVEL-$py_tag-torch-$torch_tag"
   cached=("$key_dir"/horovod-*.whl)
   horovod_wheel=""
   [[ -f "${cached[0]}" ]] && horovod_wheel="${cached[0]}"

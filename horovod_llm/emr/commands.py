@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from horovod_llm.config import CONFIG_DIR, RunConfig, to_yaml
+from horovod_llm.config import CONFIG_DIR, RunConfig, from_dict, redacted_dict, redacted_yaml, to_yaml
 from horovod_llm.emr import requests as rq
 from horovod_llm.emr.release import BOOTSTRAP, ENTRY, STACK_FILES, build_release, describe_release, source_root, wheel_name
 from horovod_llm.emr.watch import CLUSTER_ENDED, format_status, wait_for_cluster, wait_for_steps
@@ -75,13 +75,19 @@ def _plan(command: str, release_id: str, version: str, urls: rq.ReleaseUrls, req
     return json.dumps(plan, indent=2)
 
 
+def shown(config: RunConfig) -> RunConfig:
+    """The config as --dry-run prints it and the requests built from it: credentials
+    (secret-sounding keys, user:password in URLs) redacted."""
+    return from_dict(redacted_dict(config))
+
+
 def cmd_up(args: argparse.Namespace, config: RunConfig) -> int:
     """Start a cluster whose every node installs the stack (bootstrap action); print its id."""
     rq.check_launchable(config)
     root = source_root()
     release_id, version = describe_release(root)
     urls = rq.release_urls(config.emr.s3_url, release_id, version)
-    request = rq.run_job_flow_request(config, urls)
+    request = rq.run_job_flow_request(shown(config) if args.dry_run else config, urls)
     if args.dry_run:
         requests, cli = _dry_run_uploads(urls, version, config.emr.region)
         requests.append(rq.emr_request("RunJobFlow", request))
@@ -133,15 +139,16 @@ def cmd_submit(args: argparse.Namespace, config: RunConfig) -> int:
     root = source_root()
     release_id, version = describe_release(root)
     # The resolved config (overrides applied) is what runs: the steps need no overrides.
+    config = rq.cluster_config(config)
     config_yaml = to_yaml(config)
     name = rq.config_name(config_yaml)
     if args.dry_run:
         urls = rq.release_urls(config.emr.s3_url, release_id, version)
-        request = rq.add_job_flow_steps_request(args.cluster_id, [rq.step(config, s, urls, urls.config(name)) for s in stages])
+        request = rq.add_job_flow_steps_request(args.cluster_id, [rq.step(shown(config), s, urls, urls.config(name)) for s in stages])
         requests, cli = _dry_run_uploads(urls, version, config.emr.region)
         requests += [rq.put_object(urls.config(name), name), rq.emr_request("AddJobFlowSteps", request)]
         cli += [rq.s3_cp_cli(name, urls.config(name), config.emr.region), rq.add_steps_cli(request, config.emr.region)]
-        _write(_plan("submit", release_id, version, urls, requests, cli, files={name: config_yaml}))
+        _write(_plan("submit", release_id, version, urls, requests, cli, files={name: redacted_yaml(config)}))
         return 0
     aws = _aws(config)
     cluster_release = _cluster_release(aws, args.cluster_id, release_id, args.ignore_release)

@@ -6,6 +6,7 @@ has its `aws` CLI equivalent for `--dry-run`. Where EMR puts logs is here too.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import posixpath
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 from horovod_llm.config import EmrConfig, RunConfig
 from horovod_llm.errors import UserError
+from horovod_llm.redaction import is_secret_key
 
 STAGES = ("preprocess", "train", "generate")
 STEP_PREFIX = "horovod-llm "  # step names: "horovod-llm preprocess", ...
@@ -192,9 +194,22 @@ def spark_submit_args(config: RunConfig, stage: str, urls: ReleaseUrls, config_u
         ]  # fmt: skip
     args += ["--driver-memory", config.spark.driver_memory]
     if stage == "train":
+        # EMR shows step arguments to anyone who may describe the cluster: credentials
+        # travel in the shipped config instead (`cluster_config`).
         for key, value in config.emr.train_conf.items():
-            args += ["--conf", f"{key}={value}"]
+            if not is_secret_key(key):
+                args += ["--conf", f"{key}={value}"]
     return args + ["--files", config_url, urls.entry, stage, "--config", posixpath.basename(config_url)]
+
+
+def cluster_config(config: RunConfig) -> RunConfig:
+    """The config the steps run with: emr.train_conf's credential settings, which stay
+    off the step's command line, join spark.conf, which the driver applies when it
+    builds its SparkSession."""
+    secret = {k: v for k, v in config.emr.train_conf.items() if is_secret_key(k)}
+    if not secret:
+        return config
+    return dataclasses.replace(config, spark=dataclasses.replace(config.spark, conf={**config.spark.conf, **secret}))
 
 
 def step(config: RunConfig, stage: str, urls: ReleaseUrls, config_url: str) -> dict:

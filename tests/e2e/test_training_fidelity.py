@@ -17,8 +17,9 @@ from tests.e2e.test_train import with_output
 pytestmark = pytest.mark.horovod
 
 
-def one_step(config_values: dict, batch_path: str, out_path: str) -> int:
-    """A rank that takes one optimizer step on its slice of a fixed global batch.
+def one_step(config_values: dict, batch_path: str, out_path: str) -> dict:
+    """A rank that takes one optimizer step on its slice of a fixed global batch; rank 0
+    saves the parameters before and after it, with the step's gradient norm.
 
     Defined at module level but shipped by value: horovod.spark.run pickles it with
     cloudpickle, and the ranks import only horovod_llm.
@@ -38,14 +39,15 @@ def one_step(config_values: dict, batch_path: str, out_path: str) -> int:
     optimizer = distributed_optimizer(model, config.train, 1e-2, hvd)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     batch = torch.load(batch_path)
     share = batch.shape[0] // hvd.size()
     mine = batch[hvd.rank() * share : (hvd.rank() + 1) * share]
     micro = config.train.backward_passes_per_step
-    train_step(model, optimizer, list(mine.chunk(micro)), grad_clip=1.0)
+    result = train_step(model, optimizer, list(mine.chunk(micro)), grad_clip=1.0)
     if hvd.rank() == 0:
-        torch.save(model.state_dict(), out_path)
-    return hvd.size()
+        torch.save({"before": before, "after": model.state_dict(), "grad_norm": result.grad_norm}, out_path)
+    return {"size": hvd.size(), "grad_norm": result.grad_norm}
 
 
 def test_one_step_on_two_ranks_equals_one_step_on_one_rank(tiny_dataset, spark, tmp_path):
@@ -57,17 +59,27 @@ def test_one_step_on_two_ranks_equals_one_step_on_one_rank(tiny_dataset, spark, 
     torch.save(torch.randint(4, 50, (8, 17), generator=torch.Generator().manual_seed(1)), batch_path)  # no PAD
     values = dataclasses.asdict(config)
     cloudpickle.register_pickle_by_value(__import__(__name__, fromlist=["one_step"]))
-    sizes = horovod.spark.run(one_step, args=(values, batch_path, two), num_proc=2, use_gloo=True, nics={"lo"}, start_timeout=60)
-    assert sizes == [2, 2]
-    assert one_step(values, batch_path, one) == 1  # the same global batch on one rank, in-process
+    ranks = horovod.spark.run(one_step, args=(values, batch_path, two), num_proc=2, use_gloo=True, nics={"lo"}, start_timeout=60)
+    assert [r["size"] for r in ranks] == [2, 2]
+    assert one_step(values, batch_path, one)["size"] == 1  # the same global batch on one rank, in-process
     accumulate = dataclasses.replace(config, train=dataclasses.replace(config.train, backward_passes_per_step=2))
     one_step(dataclasses.asdict(accumulate), batch_path, accumulated)  # 2 micro-batches of 4
-    reference = torch.load(one)
-    for name, tensor in torch.load(two).items():
-        assert torch.allclose(tensor, reference[name], atol=1e-6, rtol=1e-5), name
-    for name, tensor in torch.load(accumulated).items():
-        assert torch.allclose(tensor, reference[name], atol=1e-6, rtol=1e-5), name
-    assert not torch.equal(reference["wte.weight"], torch.load(two)["blocks.0.attn.c_attn.weight"][:50, :16])
+    reference, two_ranks, micro_batches = (torch.load(path) for path in (one, two, accumulated))
+    # The step did something: every trained matrix moved (a no-op step fails here).
+    for name, tensor in reference["after"].items():
+        if tensor.dim() >= 2:
+            assert not torch.allclose(tensor, reference["before"][name]), name
+    assert reference["before"].keys() == two_ranks["before"].keys()
+    for name in reference["before"]:
+        assert torch.equal(two_ranks["before"][name], reference["before"][name]), name  # the same start
+    # Adam's first step barely depends on the gradient's scale, so the parameters alone
+    # could not tell a sum over ranks from an average: the gradient norm can. Every rank
+    # sees the same averaged gradient.
+    assert [r["grad_norm"] for r in ranks] == pytest.approx([reference["grad_norm"]] * 2, rel=1e-5)
+    assert micro_batches["grad_norm"] == pytest.approx(reference["grad_norm"], rel=1e-5)
+    for result in (two_ranks, micro_batches):
+        for name, tensor in result["after"].items():
+            assert torch.allclose(tensor, reference["after"][name], atol=1e-6, rtol=1e-5), name
 
 
 def final_state(out):
@@ -106,7 +118,8 @@ def test_resume_on_two_ranks_within_tolerance(fresh_run, tiny_dataset, spark):
     launch_training(run, spark)
     uninterrupted = final_state(fresh_run)
     interrupted_at(fresh_run, 3)
-    launch_training(run, spark)
+    result = launch_training(run, spark)
+    assert result["summary"]["resumed_from_step"] == 3  # it resumed: a run that ignored the checkpoint would retrain from 0
     resumed = final_state(fresh_run)
     for name, tensor in uninterrupted.items():
         assert torch.allclose(tensor, resumed[name], atol=TWO_RANK_TOLERANCE, rtol=0), name

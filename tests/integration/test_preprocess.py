@@ -71,6 +71,12 @@ def test_manifest_counts_and_tokenizer_hash(tiny_dataset):
         assert s["tokens"] > s["windows"] * (config.data.window_size - config.data.overlap)
         assert s["partitions"]["windows_min"] <= s["partitions"]["windows_median"] <= s["partitions"]["windows_max"]
     assert set(manifest["stages"]) >= {"read", "tokenizer", "windows_train", "windows_val", "word2vec"}
+    # Spark's own counters, read through py4j, for a real job (issue 12: they used to
+    # fall back to zeros silently)
+    for name in ("read", "windows_train", "windows_val"):
+        stage = manifest["stages"][name]
+        assert stage["spark_stages"] >= 1 and stage["tasks"] >= 1 and stage["executor_run_seconds"] > 0, (name, stage)
+    assert manifest["stages"]["windows_train"]["shuffle_write_bytes"] > 0  # repartitionByRange shuffles the documents
 
 
 def test_rerun_with_same_config_skips_and_force_rebuilds(tiny_dataset, spark):
@@ -84,6 +90,25 @@ def test_rerun_with_same_config_skips_and_force_rebuilds(tiny_dataset, spark):
         for key in ("documents", "tokens", "windows", "row_groups", "files"):
             assert rebuilt["splits"][split][key] == manifest["splits"][split][key]
     assert rebuilt["created_at"] >= manifest["created_at"]
+
+
+def test_an_edited_corpus_of_the_same_size_is_rebuilt(tmp_path, tiny_corpus, spark):
+    # issue 12: the fingerprint held file names and sizes only, so this reused a stale dataset
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    play = corpus / "macbeth.md"
+    play.write_bytes((tiny_corpus / "macbeth.md").read_bytes())
+    config = tiny_config(tmp_path / "out", corpus, "embedding.word2vec.enabled=false", "model.init_from_word2vec=false")
+    first = run_preprocess(config, spark)
+    text = play.read_bytes()
+    edited = text.replace(b"Macbeth", b"Hamlet!", 1)
+    assert len(edited) == len(text) and edited != text
+    play.write_bytes(edited)
+    second = run_preprocess(config, spark)
+    assert second["fingerprint"] != first["fingerprint"] and second["created_at"] >= first["created_at"]
+    index = storage.read_json(layout.corpus_index_url(config.output_url))
+    assert index["macbeth.md"]["size"] == len(text) and index["macbeth.md"]["digest"].startswith("sha256:")
+    assert run_preprocess(config, spark) == second  # unchanged: reused
 
 
 def test_training_refuses_a_dataset_without_manifest(tmp_path):

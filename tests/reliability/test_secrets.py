@@ -1,12 +1,15 @@
 """Credentials never reach logs, config dumps, checkpoints or statistics."""
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from horovod_llm.config import is_secret_key, load_config, redact, redacted_dict
+from horovod_llm.config import from_dict, load_config, redacted_dict
+from horovod_llm.redaction import is_secret_key, redact
 from tests.conftest import TINY_CONFIG
 
 SECRET = "S3CR3T-do-not-leak-42"
@@ -51,3 +54,92 @@ def test_a_run_with_credentials_in_its_config_writes_them_nowhere(tmp_path, tiny
     assert SECRET not in result.stdout + result.stderr
     leaked = [str(p) for p in Path(out).rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert not leaked, leaked
+
+
+def test_a_failing_endpoint_is_reported_without_its_credentials():
+    # issue 12: the one-line storage error printed the endpoint URL with user:password@
+    result = subprocess.run(
+        [sys.executable, "-m", "horovod_llm.cli", "train", "--config", str(TINY_CONFIG), "output_url=s3://bucket/run",
+         f"storage.s3.endpoint_url=http://admin:{SECRET}@127.0.0.1:9/", "storage.s3.max_attempts=1"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: storage at http://***@127.0.0.1:9/ failed for"), last
+    assert SECRET not in result.stdout + result.stderr
+
+
+SECRET_OVERRIDES = [
+    "emr.s3_url=s3://bkt/proj",
+    f"storage.s3.endpoint_url=http://admin:{SECRET}@127.0.0.1:9/",
+    f"emr.tags.api-token={SECRET}",
+    f"spark.conf.spark.hadoop.fs.s3a.secret.key={SECRET}",
+    f"emr.train_conf.spark.hadoop.fs.s3a.access.key={SECRET}",
+]
+
+
+@pytest.mark.parametrize("command", [["up", "--dry-run"], ["submit", "--dry-run", "--cluster-id", "j-DRY"]])
+def test_emr_dry_runs_print_no_credentials(command, capsys, monkeypatch):
+    from horovod_llm.cli import main
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # a request would fail: none is sent
+    assert main(["emr", *command, *SECRET_OVERRIDES]) == 0
+    captured = capsys.readouterr()
+    assert SECRET not in captured.out + captured.err
+    plan = json.loads(captured.out)
+    assert plan["requests"]  # the plan itself is there, only redacted
+    if command[0] == "submit":
+        train = next(s for s in plan["requests"][-1]["params"]["Steps"] if s["Name"] == "horovod-llm train")
+        args = train["HadoopJarStep"]["Args"]
+        assert "spark.task.cpus=4" in " ".join(args) and "access.key" not in " ".join(args)  # off the command line
+        (shipped,) = plan["files"].values()
+        assert "spark.hadoop.fs.s3a.access.key: '***'" in shipped
+
+
+@pytest.mark.spark
+@pytest.mark.horovod
+def test_horovodrun_ranks_get_credentials_that_no_file_holds(fresh_run, tiny_dataset, tmp_path, monkeypatch):
+    # issue 12: the launcher wrote the unredacted config for horovodrun to a temporary file
+    import tempfile
+    import threading
+
+    from horovod_llm.config import to_dict
+    from horovod_llm.launch import launch_training
+    from tests.e2e.test_train import with_output
+
+    config, _ = tiny_dataset
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    run = with_output(config, fresh_run, launcher="horovodrun", max_steps=2, checkpoint_interval=0)
+    run = from_dict({**to_dict(run), "spark": {**to_dict(run)["spark"], "conf": {"spark.hadoop.fs.s3a.secret.key": SECRET}}})
+    seen, stop = {}, threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            for path in scratch.rglob("*"):
+                if path.is_file():
+                    seen[str(path)] = path.read_bytes()
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        assert launch_training(run)["summary"]["steps"] == 2
+    finally:
+        stop.set()
+        watcher.join()
+    assert any(b"spark.hadoop.fs.s3a.secret.key: '***'" in data for data in seen.values()), list(seen)
+    assert not [path for path, data in seen.items() if SECRET.encode() in data]
+
+
+def test_a_rank_started_from_a_redacted_file_gets_the_credentials_back(tmp_path):
+    from horovod_llm.config import SECRETS_ENV, redacted_yaml, secret_values
+    from horovod_llm.worker import rank_config
+
+    config = load_config(TINY_CONFIG, [f"storage.s3.endpoint_url=http://admin:{SECRET}@127.0.0.1:9/", f"spark.conf.spark.hadoop.fs.s3a.secret.key={SECRET}"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(redacted_yaml(config))
+    assert SECRET not in path.read_text()
+    assert rank_config([str(path)], {SECRETS_ENV: json.dumps(secret_values(config))}) == config
+    assert rank_config([str(path)], {}).storage.s3.endpoint_url == "http://***@127.0.0.1:9/"

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from horovod_llm.config import CONFIG_DIR, from_dict, load_config, to_dict
+from horovod_llm.config import CONFIG_DIR, from_dict, load_config, to_dict, to_yaml
 from horovod_llm.errors import UserError
 
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -82,11 +82,13 @@ def test_override_without_equals():
         load_config(None, ["train.max_steps"])
 
 
-def test_nested_spark_settings_are_flattened_to_dotted_keys():
-    from horovod_llm.spark import flatten
-
+def test_nested_spark_settings_are_flattened_to_dotted_keys(tmp_path):
     config = load_config(None, ["spark.conf.spark.sql.shuffle.partitions=7"])
-    assert flatten(config.spark.conf) == {"spark.sql.shuffle.partitions": "7"}
+    assert config.spark.conf == {"spark.sql.shuffle.partitions": "7"}
+    # issue 12: the YAML dump (horovodrun's config file, emr submit's) used to raise here
+    dumped = tmp_path / "dumped.yaml"
+    dumped.write_text(to_yaml(config))
+    assert load_config(dumped).spark.conf == {"spark.sql.shuffle.partitions": "7"}
 
 
 def test_horovod_cycle_time_follows_the_config_unless_the_user_set_it(monkeypatch):

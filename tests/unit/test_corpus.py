@@ -1,8 +1,10 @@
 import gzip
+import hashlib
+import os
 
 import pytest
 
-from horovod_llm import corpus
+from horovod_llm import corpus, storage
 from horovod_llm.errors import UserError
 
 
@@ -84,3 +86,29 @@ def test_chunks_cut_long_text_at_whitespace_and_lose_nothing():
     assert all(p.endswith(" ") for p in pieces[:-1])  # never inside a word
     assert corpus.chunks("short", 1000) == ["short"]
     assert "".join(corpus.chunks("x" * 2500, 1000)) == "x" * 2500  # no whitespace: hard cuts
+
+
+def test_content_digests_hash_local_files_and_reuse_unchanged_ones(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("one text")
+    (listed,) = corpus.list_corpus(str(path))
+    assert listed.version.startswith("mtime:")
+    first = corpus.content_digests([listed])["a.txt"]
+    assert first["digest"] == "sha256:" + hashlib.sha256(b"one text").hexdigest()
+    # same size and time: the recorded digest is trusted, the file is not read again
+    known = {"a.txt": {**first, "digest": "sha256:recorded"}}
+    assert corpus.content_digests([listed], known)["a.txt"]["digest"] == "sha256:recorded"
+    # same size, new content: the time changed, so the file is hashed again
+    path.write_text("two text")
+    os.utime(path, ns=(1, 1))
+    (edited,) = corpus.list_corpus(str(path))
+    assert corpus.content_digests([edited], known)["a.txt"]["digest"] == "sha256:" + hashlib.sha256(b"two text").hexdigest()
+
+
+def test_an_s3_etag_is_the_digest_and_a_store_without_versions_is_always_hashed():
+    file = corpus.CorpusFile(url="s3://bucket/a.txt", doc_id="a.txt", size=3, version="etag:abc")
+    assert corpus.content_digests([file])["a.txt"]["digest"] == "etag:abc"
+    storage.write_bytes("memory://corpus-digests/b.txt", b"xyz")
+    unversioned = corpus.CorpusFile(url="memory://corpus-digests/b.txt", doc_id="b.txt", size=3)
+    known = {"b.txt": {"size": 3, "version": "", "digest": "sha256:stale"}}
+    assert corpus.content_digests([unversioned], known)["b.txt"]["digest"] != "sha256:stale"

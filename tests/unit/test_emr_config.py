@@ -29,9 +29,9 @@ def test_bracketed_dotted_keys_override_train_conf():
     assert config.emr.train_conf["spark.task.cpus"] == "2" and config.train.num_proc == 8
 
 
-def test_dotted_override_without_brackets_is_explained():
-    with pytest.raises(UserError, match=r"emr\.train_conf key 'spark' holds a mapping.*emr\.train_conf\[spark\.task\.cpus\]=2"):
-        load_config(EMR_YAML, ["emr.train_conf.spark.task.cpus=2"])
+def test_dotted_override_without_brackets_means_the_same():
+    config = load_config(EMR_YAML, ["emr.train_conf.spark.task.cpus=2", "emr.tags.team.name=ml", "train.num_proc=8"])
+    assert config.emr.train_conf["spark.task.cpus"] == "2" and config.emr.tags["team.name"] == "ml"
 
 
 def test_dynamic_allocation_must_be_off_for_training():
