@@ -6,6 +6,23 @@ import logging
 import sys
 
 
+class CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted, not to the stream it
+    was when logging was set up: a rank swaps its streams, and a test harness replaces
+    (and closes) them between tests."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass  # always the current sys.stderr
+
+
 def setup_logging(level: str = "INFO", rank: int | None = None) -> None:
     prefix = f"[rank {rank}] " if rank is not None else ""
     # The root logger stays at WARNING: Horovod's launcher and py4j log chatty INFO
@@ -14,7 +31,7 @@ def setup_logging(level: str = "INFO", rank: int | None = None) -> None:
         level=logging.WARNING,
         format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
         datefmt="%H:%M:%S",
-        stream=sys.stderr,
+        handlers=[CurrentStderrHandler()],
         force=True,
     )
     quiet_library_warnings()
