@@ -67,7 +67,7 @@ def local_config(overrides: Sequence[str] = ()):
 def default_gpt_config(config=None, vocab_size: int | None = None):
     """configs/local.yaml's model: vocab_size from tokenizer.vocab_size (or the dataset's),
     block_size = data.window_size."""
-    from horovod_llm.train import gpt_config
+    from horovod_llm.job import gpt_config
 
     config = config or local_config()
     return gpt_config(config, vocab_size or config.tokenizer.vocab_size, config.data.window_size)

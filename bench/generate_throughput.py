@@ -26,9 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from horovod_llm.config import CONFIG_DIR, load_config  # noqa: E402
+from horovod_llm.job import gpt_config  # noqa: E402
 from horovod_llm.model import GPT  # noqa: E402
 from horovod_llm.tokenizer import BOS_ID  # noqa: E402
-from horovod_llm.train import gpt_config  # noqa: E402
 
 
 def default_model() -> GPT:

@@ -39,7 +39,7 @@ def consumption_rate(model, optimizer, batch_size: int, steps: int, grad_clip: f
     """Windows/s one training rank consumes (median step, after one warm-up step)."""
     import torch
 
-    from horovod_llm.train import train_step
+    from horovod_llm.step import train_step
 
     ids = torch.randint(4, model.config.vocab_size, (batch_size, model.config.block_size + 1), generator=torch.Generator().manual_seed(0))
     seconds = []
@@ -62,10 +62,11 @@ def main() -> None:
     import horovod.torch as hvd
     import torch
 
-    from horovod_llm import dataset
+    from horovod_llm.job import set_horovod_environment
     from horovod_llm.log import quiet_library_warnings
+    from horovod_llm.manifest import read_manifest
     from horovod_llm.model import GPT
-    from horovod_llm.train import distributed_optimizer, set_horovod_environment
+    from horovod_llm.step import distributed_optimizer
 
     quiet_library_warnings()
     config = local_config()
@@ -73,8 +74,8 @@ def main() -> None:
     hvd.init()
     torch.set_num_threads(1)
     tc = config.train
-    manifest = dataset.read_manifest(DATASET_URL)
-    model = GPT(default_gpt_config(config, manifest["tokenizer"]["vocab_size"])).train()
+    manifest = read_manifest(DATASET_URL)
+    model = GPT(default_gpt_config(config, manifest.tokenizer.vocab_size)).train()
     optimizer = distributed_optimizer(model, tc, tc.learning_rate, hvd)
     reps = []
     for repeat in range(args.repeats):

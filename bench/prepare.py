@@ -36,8 +36,8 @@ def main() -> None:
     setup_logging("WARNING")
     started = time.perf_counter()
     manifest = prepare(args.force)
-    train = manifest["splits"]["train"]
-    report(f"bench dataset {DATASET_URL}: {train['windows']} training windows, {train['tokens']} tokens ({time.perf_counter() - started:.0f} s)")
+    train = manifest.splits["train"]
+    report(f"bench dataset {DATASET_URL}: {train.windows} training windows, {train.tokens} tokens ({time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":

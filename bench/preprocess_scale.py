@@ -69,8 +69,8 @@ def child(corpus: str, output: str) -> None:
         "seconds": seconds,
         "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "jvm_peak_rss_mb": jvm_peak_rss_mb(spark),
-        "windows": manifest["splits"]["train"]["windows"] + manifest["splits"]["val"]["windows"],
-        "stages": {k: v["seconds"] for k, v in manifest["stages"].items()},
+        "windows": manifest.splits["train"].windows + manifest.splits["val"].windows,
+        "stages": {k: v["seconds"] for k, v in manifest.stages.items()},
     }
     spark.stop()
     print(json.dumps(result))

@@ -154,9 +154,9 @@ def main() -> None:
             cpu_before, started = meter.read(), time.perf_counter()
             windows = single_process(config_for(out))
             single_s, single_cpu = time.perf_counter() - started, meter.delta(cpu_before, meter.read())
-            spark_windows = {split: manifest["splits"][split]["windows"] for split in windows}
+            spark_windows = {split: manifest.splits[split].windows for split in windows}
             rep = {"spark_s": spark_s, "single_s": single_s, "ratio": single_s / spark_s, "spark_windows": spark_windows, "single_windows": windows}
-            rep.update({"spark_cpu": spark_cpu, "single_cpu": single_cpu, "stages": {k: v["seconds"] for k, v in manifest["stages"].items()}})
+            rep.update({"spark_cpu": spark_cpu, "single_cpu": single_cpu, "stages": {k: v["seconds"] for k, v in manifest.stages.items()}})
             reps.append(rep)
             report(
                 f"[{repeat + 1}/{args.repeats}] {corpus_mb:.1f} MB: Spark local[2] {corpus_mb / spark_s:5.2f} MB/s ({spark_s:.1f} s), "

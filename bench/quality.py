@@ -11,7 +11,7 @@ and Word2Vec vectors (`embeddings.train_word2vec`); these are cached under
 runs/bench/quality by a hash of the text and settings. Then configs/local.yaml's model
 trains for each budget, with the demo's layout (--ranks 2 ranks x 1 thread under
 horovodrun, train.batch_size windows per rank) and its optimizer, step
-(`train.train_step`) and learning rates: linear warm-up over train.warmup_steps, then
+(`step.train_step`) and learning rates: linear warm-up over train.warmup_steps, then
 a cosine decay to train.min_lr that follows the wall clock, so that it ends with the
 budget whatever the machine's speed. The budget counts training steps only, not
 start-up or evaluation. Validation: `evaluate.evaluate_text` over the held-out text
@@ -92,7 +92,7 @@ def prepare(train_text: str, val_text: str, config, folder: Path) -> None:
     vectors = embeddings.train_word2vec(
         folder / "sentences.txt", vector_size=vector_size, window=w2v.window, min_count=w2v.min_count, epochs=w2v.epochs, workers=w2v.workers, seed=w2v.seed
     )
-    matrix, coverage = embeddings.aligned_matrix(vectors.wv, processor.get_piece_size(), vector_size, w2v.seed)
+    matrix, coverage = embeddings.aligned_matrix(vectors.wv, processor.get_piece_size(), vector_size, w2v.seed, config.model.init_std)
     np.save(folder / "word2vec.npy", matrix)
     (folder / "tokenizer.model").write_bytes(model_bytes)
     (folder / "val.txt").write_text(val_text, encoding="utf-8")
@@ -110,9 +110,10 @@ def train_rank(folder: Path, budget: float, unit: str, init: str, threads: int, 
     import horovod.torch as hvd
     import torch
 
+    from horovod_llm.job import set_horovod_environment
     from horovod_llm.model import GPT
     from horovod_llm.schedule import learning_rate_at
-    from horovod_llm.train import distributed_optimizer, set_horovod_environment, train_step
+    from horovod_llm.step import distributed_optimizer, train_step
 
     config = local_config(overrides)
     set_horovod_environment(config.train)

@@ -3,7 +3,7 @@
     horovodrun -np 2 -H localhost:2 --gloo --network-interface lo \\
         .venv/bin/python bench/train_rank.py --out result.json [--threads 1] [key=value ...]
 
-Times the real training step (`train.train_step` with `train.distributed_optimizer`) of
+Times the real training step (`step.train_step` with `train.distributed_optimizer`) of
 configs/local.yaml's model on this rank's batches, first from memory, then from the
 bench dataset through the Petastorm loader (`dataset.window_batches`); then the
 allreduce of the model's gradients alone, with no compute to hide behind. Rank 0
@@ -25,7 +25,7 @@ def time_steps(model, optimizer, next_batch, steps: int, warmup: int, grad_clip:
     """Seconds per step, waiting for the allreduce and CPU seconds, over `steps` timed steps."""
     import torch
 
-    from horovod_llm.train import train_step
+    from horovod_llm.step import train_step
 
     seconds, sync, cpu = [], [], []
     for index in range(warmup + steps):
@@ -74,10 +74,12 @@ def main() -> None:
     import torch
 
     from horovod_llm import dataset
+    from horovod_llm.job import set_horovod_environment
     from horovod_llm.log import quiet_library_warnings
+    from horovod_llm.manifest import read_manifest
     from horovod_llm.metrics import calibrated_peak_flops
     from horovod_llm.model import GPT
-    from horovod_llm.train import distributed_optimizer, set_horovod_environment
+    from horovod_llm.step import distributed_optimizer
 
     quiet_library_warnings()
     config = local_config(args.overrides)
@@ -87,9 +89,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tc = config.train
     batch_size = args.batch_size or tc.batch_size
-    manifest = dataset.read_manifest(DATASET_URL)
+    manifest = read_manifest(DATASET_URL)
     torch.manual_seed(tc.seed)
-    model = GPT(default_gpt_config(config, manifest["tokenizer"]["vocab_size"]))
+    model = GPT(default_gpt_config(config, manifest.tokenizer.vocab_size))
     optimizer = distributed_optimizer(model, tc, tc.learning_rate, hvd)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     torch.manual_seed(tc.seed + 1 + rank)

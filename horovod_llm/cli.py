@@ -15,6 +15,7 @@ from horovod_llm.config import CONFIG_DIR, RunConfig, apply_storage, load_config
 from horovod_llm.emr.commands import add_subcommands as add_emr_subcommands
 from horovod_llm.errors import JobFailed, UserError, user_error_in
 from horovod_llm.log import setup_logging
+from horovod_llm.sampling import Sampling, flag, sampling_fields
 
 log = logging.getLogger("horovod_llm")
 
@@ -101,12 +102,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import time
 
     from horovod_llm.checkpoint import load_checkpoint
-    from horovod_llm.generate import Sampling, TextGenerator, sampling_problems
+    from horovod_llm.generate import TextGenerator
 
     setup_logging(args.log_level or "WARNING")
-    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed, tuple(_unescape(s) for s in args.stop))
-    # sampling_problems names settings as the API does (top_p): the CLI's flags are --top-p
-    problems = ["--" + name.replace("_", "-") + " " + rest for name, rest in (p.split(" ", 1) for p in sampling_problems(sampling))]
+    sampling = Sampling(**{f.name: getattr(args, f.name) for f in sampling_fields()} | {"stop": tuple(args.stop)})
+    # Every bad flag at once. Problems name settings as the fields do (top_p): the flags are --top-p.
+    problems = [flag(name) + " " + rest for name, rest in (p.split(" ", 1) for p in sampling.problems())]
     if not 1 <= args.num_samples <= 64:
         problems.append(f"--num-samples ({args.num_samples}) must be between 1 and 64")
     if problems:
@@ -202,6 +203,17 @@ def cmd_emr(args: argparse.Namespace) -> int:
     return args.emr_handler(args, _load(args))
 
 
+def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of `Sampling`, with its default and help."""
+    for f in sampling_fields():
+        if f.name == "stop":
+            parser.add_argument(
+                flag(f.name), dest=f.name, action="append", type=_unescape, default=[], metavar="TEXT", help=f.metadata["help"] + "; \\n and \\t understood"
+            )
+        else:
+            parser.add_argument(flag(f.name), dest=f.name, type=type(f.default), default=f.default, help=f.metadata["help"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="horovod-llm", description="Train a GPT-style decoder from raw text with Spark and Horovod.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -233,13 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", help="text to continue (default: standard input when it is not a terminal, else empty: start from BOS)")
     prompt.add_argument("--prompt-file", metavar="PATH_OR_URL", help="read the prompt from a file or URL; - for standard input")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy")
-    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens; 0 means no top-k filter")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: the most likely tokens up to this probability; 1 means off")
-    p.add_argument("--seed", type=int, default=42, help="the same seed and settings give the same text")
+    add_sampling_flags(p)
     p.add_argument("--num-samples", type=int, default=1, help="samples to draw (printed one after another, separated by a line ---)")
-    p.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end a sample before this text (repeatable; \\n and \\t understood)")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context at every step (slower; for comparison)")
     p.add_argument("--threads", type=int, default=1, help=decode_threads_help)
 

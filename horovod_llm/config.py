@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from horovod_llm.errors import UserError
 from horovod_llm.redaction import redact
+from horovod_llm.sampling import Sampling, default
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -86,6 +87,9 @@ class ModelConfig:
     bias: bool = False
     positional: str = "sinusoidal"  # or "learned"
     tie_weights: bool = True
+    # Standard deviation of the normal initialisation of weights and embeddings (GPT-2's);
+    # the Word2Vec vectors are rescaled to it.
+    init_std: float = 0.02
     # Initialise the token embedding from the dataset's Word2Vec vectors.
     init_from_word2vec: bool = True
 
@@ -139,11 +143,19 @@ class TrainConfig:
 
 @dataclass
 class GenerateConfig:
+    """The pipeline's sample: a prompt and the sampling settings, whose defaults and
+    rules are `sampling.Sampling`'s."""
+
     prompt: str = "ROMEO:"
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int = 50
-    seed: int = 42
+    max_new_tokens: int = default("max_new_tokens")
+    temperature: float = default("temperature")
+    top_k: int = default("top_k")
+    top_p: float = default("top_p")
+    seed: int = default("seed")
+    stop: list[str] = field(default_factory=list)
+
+    def sampling(self) -> Sampling:
+        return Sampling(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed, tuple(self.stop))
 
 
 @dataclass
@@ -310,6 +322,7 @@ def validate(config: RunConfig) -> None:
         f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})",
     )
     need(0.0 <= m.dropout < 1.0, f"model.dropout ({m.dropout}) must be in [0, 1)")
+    need(0.0 < m.init_std < 1.0, f"model.init_std ({m.init_std}) must be in (0, 1)")
     need(m.positional in ("sinusoidal", "learned"), f"model.positional ('{m.positional}') must be 'sinusoidal' or 'learned'")
     need(tr.launcher in ("spark", "horovodrun", "local"), f"train.launcher ('{tr.launcher}') must be 'spark', 'horovodrun' or 'local'")
     need(tr.num_proc >= 1, f"train.num_proc ({tr.num_proc}) must be at least 1")
@@ -335,9 +348,7 @@ def validate(config: RunConfig) -> None:
     need(tr.max_restarts >= 0, f"train.max_restarts ({tr.max_restarts}) must be 0 or more")
     need(tr.keep_last >= 1, f"train.keep_last ({tr.keep_last}) must be at least 1")
     need(tr.start_timeout >= 10, f"train.start_timeout ({tr.start_timeout}) must be at least 10 seconds")
-    need(g.max_new_tokens >= 1, f"generate.max_new_tokens ({g.max_new_tokens}) must be at least 1")
-    need(g.temperature >= 0, f"generate.temperature ({g.temperature}) must be 0 (greedy) or more")
-    need(g.top_k >= 0, f"generate.top_k ({g.top_k}) must be 0 (off) or more")
+    problems.extend(f"generate.{problem}" for problem in g.sampling().problems())
     need(config.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), f"log_level ('{config.log_level}') must be DEBUG, INFO, WARNING or ERROR")
     need(config.storage.s3.max_attempts >= 1, f"storage.s3.max_attempts ({config.storage.s3.max_attempts}) must be at least 1")
     need(bool(config.output_url), "output_url must be set: a folder or an s3:// prefix for every output of the run")

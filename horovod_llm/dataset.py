@@ -1,11 +1,10 @@
-"""Reading the windows dataset: its manifest (the commit marker) and Petastorm loaders.
+"""Reading the windows dataset with Petastorm (its manifest: manifest.py).
 
 Rank and world size are arguments, so one process can read any rank's shard.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +23,6 @@ from horovod_llm.errors import UserError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 _UNSAFE_TYPE_ERROR = "Disallowed deserialization of 'arrow.py_extension_type'"
 
 
@@ -63,37 +61,6 @@ def unsafe_files_refused(url: str) -> Iterator[None]:
             f"{url} holds a Parquet file with a pickled Arrow extension type, which would run code when read (CVE-2023-47248): "
             "refusing it; rebuild the dataset with 'horovod-llm preprocess'"
         ) from None
-
-
-def read_manifest_if_complete(output_url: str) -> dict | None:
-    url = layout.manifest_url(output_url)
-    if not storage.exists(url):
-        return None
-    try:
-        manifest = json.loads(storage.read_bytes(url))
-    except ValueError:
-        return None
-    return manifest if manifest.get("format_version") == FORMAT_VERSION else None
-
-
-def read_manifest(output_url: str) -> dict:
-    """The manifest of a complete dataset, or a UserError saying how to build one."""
-    manifest = read_manifest_if_complete(output_url)
-    if manifest is None:
-        raise UserError(
-            f"no complete dataset at {layout.dataset_url(output_url)} (manifest.json missing or unreadable): "
-            f"run 'horovod-llm preprocess' with output_url={output_url} first"
-        )
-    return manifest
-
-
-def steps_per_epoch(num_windows: int, batch_size: int, world_size: int) -> int:
-    """Optimizer steps per epoch, the same on every rank (lock-step allreduce).
-
-    Counted from the global row count, never from a rank's reader running dry: shards
-    are by row group and can be uneven, and a rank that stops early hangs the others.
-    """
-    return max(1, num_windows // (batch_size * world_size))
 
 
 def _install_end_of_data_fix() -> None:

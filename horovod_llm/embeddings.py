@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from horovod_llm import storage
-from horovod_llm.model import EMBEDDING_INIT_STD
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +39,16 @@ def train_word2vec(sample_path: Path, *, vector_size: int, window: int, min_coun
     )
 
 
-def aligned_matrix(word_vectors, vocab_size: int, vector_size: int, seed: int) -> tuple[np.ndarray, float]:
-    """(vocab_size, vector_size) float32 matrix, and the fraction of ids with a trained vector."""
+def aligned_matrix(word_vectors, vocab_size: int, vector_size: int, seed: int, std: float) -> tuple[np.ndarray, float]:
+    """(vocab_size, vector_size) float32 matrix, and the fraction of ids with a trained
+    vector; `std` is the model's initialisation scale (model.init_std)."""
     rng = np.random.default_rng(seed)
-    matrix = rng.normal(0.0, EMBEDDING_INIT_STD, size=(vocab_size, vector_size)).astype(np.float32)
+    matrix = rng.normal(0.0, std, size=(vocab_size, vector_size)).astype(np.float32)
     ids = [i for i in range(vocab_size) if str(i) in word_vectors.key_to_index]
     if ids:
         trained = np.stack([word_vectors[str(i)] for i in ids]).astype(np.float32)
         rms = float(np.sqrt(np.mean(trained**2))) or 1.0
-        matrix[ids] = trained * (EMBEDDING_INIT_STD / rms)
+        matrix[ids] = trained * (std / rms)
     return matrix, len(ids) / vocab_size
 
 

@@ -19,9 +19,10 @@ so they compare models with different tokenizers.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 
 from horovod_llm import dataset, storage, tokenizer
 from horovod_llm.errors import UserError
+from horovod_llm.manifest import read_manifest
 from horovod_llm.model import GPT
 
 
@@ -153,11 +155,10 @@ def piece_texts(processor) -> list[str]:
     return texts
 
 
-def evaluate_windows(model: GPT, tokenizer_bytes: bytes, batches: Iterable[np.ndarray], overlap: int) -> dict:
-    """Scores of stored windows, arrays (B, window_size + 1), scoring each window's targets
-    after its first `overlap` (see the module's docstring)."""
-    texts = piece_texts(tokenizer.load(tokenizer_bytes))
-    model.eval()
+def score_windows(model: GPT, batches: Iterable[np.ndarray], overlap: int, texts: list[str]) -> Totals:
+    """Totals over stored windows, arrays (B, window_size + 1), scoring each window's
+    targets after its first `overlap` (see the module's docstring); `texts` (from
+    `piece_texts`) give the scored targets' characters and words."""
     totals = Totals()
     for batch in batches:
         ids = torch.from_numpy(np.asarray(batch, dtype=np.int64))
@@ -170,24 +171,52 @@ def evaluate_windows(model: GPT, tokenizer_bytes: bytes, batches: Iterable[np.nd
             before = texts[row[overlap]]  # the input just before the first scored target
             totals.characters += len(segment)
             totals.words += count_words(segment, after_space=not before or before[-1].isspace())
-    if totals.tokens == 0:
-        raise UserError("the validation split holds no window: preprocess a larger corpus or raise data.val_fraction")
-    return summarize(totals)
+    return totals
+
+
+def score_split(
+    model: GPT,
+    tokenizer_bytes: bytes,
+    output_url: str,
+    split: str,
+    overlap: int,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    batch_size: int = 8,
+    max_batches: int = 0,
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Totals:
+    """Totals over a dataset split's windows: this rank's shard (at most `max_batches`
+    batches of it; 0: all), summed over the ranks by `reduce_sum` (an allreduce), so
+    that every rank returns the whole split's totals. `evaluate --split` and training's
+    validation both score with this function, so their figures mean the same."""
+    texts = piece_texts(tokenizer.load(tokenizer_bytes))
+    model.eval()
+    with dataset.window_batches(output_url, split, rank, world_size, batch_size, num_epochs=1, seed=0, shuffle=False) as batches:
+        totals = score_windows(model, itertools.islice(batches, max_batches or None), overlap, texts)
+    if reduce_sum is not None:
+        summed = reduce_sum(torch.tensor([totals.nll, totals.correct, totals.tokens, totals.characters, totals.words], dtype=torch.float64))
+        nll, correct, tokens, characters, words = summed.tolist()
+        totals = Totals(nll, int(correct), int(tokens), int(characters), int(words))
+    return totals
 
 
 def evaluate_split(model: GPT, tokenizer_bytes: bytes, output_url: str, split: str = "val", batch_size: int = 8) -> dict:
     """Scores of a dataset split under output_url, read as rank 0 of a world of 1."""
-    manifest = dataset.read_manifest(output_url)
-    if manifest["tokenizer"]["sha256"] != tokenizer.fingerprint(tokenizer_bytes):
+    manifest = read_manifest(output_url)
+    if manifest.tokenizer.sha256 != tokenizer.fingerprint(tokenizer_bytes):
         raise UserError(
             f"the dataset at {output_url} was encoded with another tokenizer than the checkpoint's: pass --output-url of the run that trained this checkpoint"
         )
-    window_size, overlap = manifest["window_size"], manifest["overlap"]
-    if window_size > model.config.block_size:
-        raise UserError(f"the dataset's windows ({window_size} ids) are longer than the model's block_size ({model.config.block_size}): use that run's dataset")
-    with dataset.window_batches(output_url, split, 0, 1, batch_size, num_epochs=1, seed=0, shuffle=False) as batches:
-        result = evaluate_windows(model, tokenizer_bytes, batches, overlap)
-    return result | {"stride": window_size - overlap, "context": window_size, "split": split, "dataset": storage.normalize(output_url)}
+    if manifest.window_size > model.config.block_size:
+        raise UserError(
+            f"the dataset's windows ({manifest.window_size} ids) are longer than the model's block_size ({model.config.block_size}): use that run's dataset"
+        )
+    totals = score_split(model, tokenizer_bytes, output_url, split, manifest.overlap, batch_size=batch_size)
+    if totals.tokens == 0:
+        raise UserError("the validation split holds no window: preprocess a larger corpus or raise data.val_fraction")
+    return summarize(totals) | {"stride": manifest.stride, "context": manifest.window_size, "split": split, "dataset": storage.normalize(output_url)}
 
 
 _STEP_DIR = re.compile(r"[/\\]checkpoints[/\\]step-\d{8}$")

@@ -8,47 +8,14 @@ longer than the model's context keeps its last `block_size` ids (the model's
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from horovod_llm import tokenizer
 from horovod_llm.checkpoint import LoadedCheckpoint
 from horovod_llm.model import GPT
-
-# Bounds beyond which a setting is a mistake rather than a choice.
-MAX_TEMPERATURE = 100.0
-MAX_NEW_TOKENS = 100_000
-MAX_SEED = 2**63 - 1
-
-
-@dataclass(frozen=True)
-class Sampling:
-    max_new_tokens: int = 200
-    temperature: float = 0.8  # 0: greedy
-    top_k: int = 50  # 0: off
-    top_p: float = 1.0  # 1: off
-    seed: int = 42
-    stop: tuple[str, ...] = field(default_factory=tuple)
-
-
-def sampling_problems(s: Sampling, max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
-    """Every invalid setting, as `name (value) must be ...` (names as the API spells them)."""
-    problems = []
-    if not 1 <= s.max_new_tokens <= max_new_tokens:
-        problems.append(f"max_new_tokens ({s.max_new_tokens}) must be between 1 and {max_new_tokens}")
-    if not (math.isfinite(s.temperature) and 0 <= s.temperature <= MAX_TEMPERATURE):
-        problems.append(f"temperature ({s.temperature}) must be 0 (greedy) or a positive number up to {MAX_TEMPERATURE:g}")
-    if s.top_k < 0:
-        problems.append(f"top_k ({s.top_k}) must be 0 (off) or more")
-    if not (math.isfinite(s.top_p) and 0 < s.top_p <= 1):
-        problems.append(f"top_p ({s.top_p}) must be in (0, 1] (1 is off)")
-    if not 0 <= s.seed <= MAX_SEED:
-        problems.append(f"seed ({s.seed}) must be between 0 and 2**63 - 1")
-    if any(stop == "" for stop in s.stop):
-        problems.append("stop strings must not be empty")
-    return problems
+from horovod_llm.sampling import Sampling
 
 
 @dataclass
@@ -108,16 +75,6 @@ class TextGenerator:
         return [r or Completion(self.continuation(prompt_ids, ids), len(prompt_ids), len(ids), "length") for r, ids in zip(results, new_ids, strict=True)]
 
 
-def generate_text(
-    loaded: LoadedCheckpoint,
-    prompt: str,
-    *,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int,
-    seed: int,
-    top_p: float = 1.0,
-) -> str:
+def generate_text(loaded: LoadedCheckpoint, prompt: str, sampling: Sampling) -> str:
     """The prompt followed by one sampled completion (the pipeline's sample)."""
-    sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     return prompt + TextGenerator.from_checkpoint(loaded).complete(prompt, sampling)[0].text

@@ -18,12 +18,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from horovod_llm import checkpoint, dataset, layout, storage
+from horovod_llm import checkpoint, layout, storage
 from horovod_llm.config import SECRETS_ENV, RunConfig, redacted_yaml, secret_values, to_dict
 from horovod_llm.errors import JobFailed, UserError
+from horovod_llm.job import check_job, model_config, threads_for_rank
+from horovod_llm.manifest import read_manifest
 from horovod_llm.rank_failures import RankExit, horovodrun_exit, job_failure
 from horovod_llm.spark import is_local, spark_session, task_slots
-from horovod_llm.train import check_allreduce_op, check_word2vec_available, model_config, rank_entry, threads_for_rank, train_worker
+from horovod_llm.train import rank_entry, train_worker
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +44,11 @@ def preflight(config: RunConfig) -> None:
     """Refuse, in the driver and before any rank starts, what the ranks would refuse."""
     import horovod.torch as hvd
 
-    manifest = dataset.read_manifest(config.output_url)
-    check_word2vec_available(config, manifest)
-    check_allreduce_op(config.train.allreduce_op, hvd)
+    manifest = read_manifest(config.output_url)
+    check_job(config, manifest, hvd.mpi_built())
     latest = checkpoint.checkpoint_to_resume(config.output_url, config.train.resume)
     if latest is not None:
-        checkpoint.check_compatible(latest[1], dataclasses.asdict(model_config(config, manifest)), manifest["tokenizer"]["sha256"])
+        checkpoint.check_compatible(latest[1], dataclasses.asdict(model_config(config, manifest)), manifest.tokenizer.sha256)
 
 
 @contextmanager

@@ -45,3 +45,15 @@ def quiet_library_warnings() -> None:
 
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\..*)?")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"pyarrow(\..*)?")
+
+
+def rank_logger(name: str, is_main: bool) -> logging.Logger:
+    """The logger for progress that one rank reports for all (steps, evaluations,
+    checkpoints): `name`'s on the main rank, one that drops everything on the others, as
+    torchtitan's non-logging ranks do. Warnings and errors of a rank's own go through the
+    module's logger, on every rank."""
+    if is_main:
+        return logging.getLogger(name)
+    silent = logging.getLogger(f"{name}.other_ranks")
+    silent.disabled = True
+    return silent

@@ -50,7 +50,7 @@ def run_pipeline(config: RunConfig, force: bool = False) -> str:
     started = time.perf_counter()
     loaded = load_checkpoint(config.output_url)
     g = config.generate
-    sample = generate_text(loaded, g.prompt, max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, seed=g.seed)
+    sample = generate_text(loaded, g.prompt, g.sampling())
     storage.write_text(storage.join(layout.samples_url(config.output_url), f"sample-step-{loaded.step:08d}.txt"), sample + "\n")
     timings["generate"] = time.perf_counter() - started
 

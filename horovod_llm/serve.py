@@ -1,6 +1,6 @@
 """`horovod-llm serve`: an HTTP JSON API over one checkpoint, loaded once.
 
-    POST /generate  {"prompt": "ROMEO:", "max_new_tokens": 64, "temperature": 0.8,
+    POST /generate  {"prompt": "ROMEO:", "max_new_tokens": 200, "temperature": 0.8,
                      "top_k": 50, "top_p": 1.0, "seed": 42, "stop": ["\\n\\n"]}   (all optional)
                  -> {"text", "prompt_tokens", "completion_tokens", "seconds", "stop_reason", "seed"}
     GET  /health -> {"status": "ok", "checkpoint", "step", ...}
@@ -32,9 +32,10 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from horovod_llm.generate import MAX_SEED, Sampling, TextGenerator, sampling_problems
+from horovod_llm.generate import TextGenerator
+from horovod_llm.sampling import MAX_SEED, Sampling, sampling_fields
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +48,21 @@ class Limits:
     max_pending: int = 256  # requests waiting or running; beyond it, 503
 
 
-class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str = ""
-    max_new_tokens: int = 64
-    temperature: float = 0.8
-    top_k: int = 50
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: list[str] = Field(default_factory=list, max_length=16)
+def request_model(limits: Limits) -> type[BaseModel]:
+    """The body of POST /generate, derived from `Sampling`: its fields, types and
+    defaults, with a prompt, no seed by default (one is drawn and returned), and a
+    default length no longer than the server's limit. Unknown fields are refused."""
+    fields: dict = {"prompt": (str, "")}
+    for f in sampling_fields():
+        if f.name == "seed":
+            fields["seed"] = (int | None, None)
+        elif f.name == "stop":
+            fields["stop"] = (list[str], Field(default_factory=list, max_length=16))
+        elif f.name == "max_new_tokens":
+            fields[f.name] = (int, min(f.default, limits.max_new_tokens))
+        else:
+            fields[f.name] = (type(f.default), f.default)
+    return create_model("GenerateRequest", __config__=ConfigDict(extra="forbid"), **fields)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -84,6 +90,7 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
 
 def create_app(generator: TextGenerator, info: dict, limits: Limits = Limits()) -> FastAPI:
     """The API around one TextGenerator; `info` is shown by /health."""
+    request_type = request_model(limits)
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
     pending = 0  # only the event loop's thread touches it
 
@@ -100,7 +107,7 @@ def create_app(generator: TextGenerator, info: dict, limits: Limits = Limits()) 
 
     @app.post(
         "/generate",
-        openapi_extra={"requestBody": {"required": False, "content": {"application/json": {"schema": GenerateRequest.model_json_schema()}}}},
+        openapi_extra={"requestBody": {"required": False, "content": {"application/json": {"schema": request_type.model_json_schema()}}}},
     )
     async def generate(request: Request) -> JSONResponse:
         nonlocal pending
@@ -114,14 +121,14 @@ def create_app(generator: TextGenerator, info: dict, limits: Limits = Limits()) 
         if not isinstance(values, dict):
             return _error(400, f'the body must be a JSON object, not {type(values).__name__}: send {{"prompt": ...}}')
         try:
-            req = GenerateRequest.model_validate(values)
+            req = request_type.model_validate(values)
         except ValidationError as exc:
             return _error(422, _describe(exc))
         if len(req.prompt) > limits.max_prompt_chars:
             return _error(422, f"prompt ({len(req.prompt)} characters) is over this server's limit of {limits.max_prompt_chars}: send a shorter prompt")
         seed = req.seed if req.seed is not None else random.randrange(MAX_SEED)
         sampling = Sampling(req.max_new_tokens, req.temperature, req.top_k, req.top_p, seed, tuple(req.stop))
-        problems = sampling_problems(sampling, max_new_tokens=limits.max_new_tokens)
+        problems = sampling.problems(max_new_tokens=limits.max_new_tokens)
         if problems:
             return _error(422, "; ".join(problems))
         if pending >= limits.max_pending:

@@ -1,5 +1,6 @@
 """Training statistics under {output_url}/stats: steps.jsonl (per logged step),
-evals.jsonl (per evaluation), epochs.jsonl (per epoch) and summary.json.
+evals.jsonl (per evaluation), epochs.jsonl (per epoch) and summary.json; and the other
+outputs of a finished run (model.zip, the curves).
 
 Only the logging rank writes; the others get a `NullStats`, which keeps `if rank == 0`
 out of the training loop. Files are rewritten whole on each flush because object
@@ -67,3 +68,15 @@ class StatsWriter(NullStats):
     def write_summary(self, summary: dict) -> None:
         self.flush()
         storage.write_json(storage.join(self.root, "summary.json"), summary)
+
+
+def write_run_outputs(stats: StatsWriter, summary: dict, checkpoint_url: str, output_url: str) -> None:
+    """The end of a run (rank 0): the final model as one self-contained file (weights,
+    config, tokenizer), the summary with the statistics, TensorBoard events and plots."""
+    from horovod_llm import checkpoint
+    from horovod_llm.plots import write_curves
+
+    summary["model_zip_url"] = storage.join(output_url, checkpoint.MODEL_ZIP)
+    checkpoint.export_model_zip(checkpoint_url, summary["model_zip_url"])
+    stats.write_summary(summary)
+    write_curves(layout.stats_url(output_url), stats.steps, stats.evals)

@@ -87,19 +87,27 @@ def storage_error(exc: BaseException, url: str) -> StorageError | None:
     return StorageError(redact_urls(message))
 
 
+@contextmanager
+def storage_errors_as(url: str) -> Iterator[None]:
+    """Storage-stack exceptions raised inside (from fsspec, or from a reader such as
+    Petastorm or pyarrow) as one-line StorageErrors naming `url`; user errors pass."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        translated = storage_error(exc, str(url))
+        if translated is None:
+            raise
+        raise translated from exc
+
+
 def _guarded(function):
     """Translate storage-stack exceptions of a `function(url, ...)` into StorageErrors."""
 
     def wrapper(url, *args, **kwargs):
-        try:
+        with storage_errors_as(url):
             return function(url, *args, **kwargs)
-        except StorageError:
-            raise
-        except Exception as exc:
-            translated = storage_error(exc, str(url))
-            if translated is None:
-                raise
-            raise translated from exc
 
     wrapper.__name__, wrapper.__doc__ = function.__name__, function.__doc__
     return wrapper
@@ -224,16 +232,8 @@ def remove(url: str) -> None:
 @contextmanager
 def open_binary(url: str) -> Iterator[io.BufferedIOBase]:
     """A binary file object to stream `url` from (storage failures as StorageErrors)."""
-    try:
-        with fsspec.open(normalize(url), "rb", **options_for(url)) as handle:
-            yield handle
-    except StorageError:
-        raise
-    except Exception as exc:
-        translated = storage_error(exc, str(url))
-        if translated is None:
-            raise
-        raise translated from exc
+    with storage_errors_as(url), fsspec.open(normalize(url), "rb", **options_for(url)) as handle:
+        yield handle
 
 
 @_guarded

@@ -30,7 +30,7 @@ PACKAGE_FILES = ("setup.py", "setup.cfg", "README.md")
 # What bootstrap.sh unpacks to run the installation script of the local set-up.
 STACK_FILES = ("scripts/install-stack.sh", "constraints.txt", "setup.cfg")
 BOOTSTRAP = "emr/bootstrap.sh"
-ENTRY = "horovod_llm/emr/entry.py"
+ENTRY = "horovod_llm/__main__.py"  # uploaded as entry.py
 
 
 def source_root() -> Path:

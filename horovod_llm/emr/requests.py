@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from horovod_llm.config import EmrConfig, RunConfig
 from horovod_llm.errors import UserError
 from horovod_llm.redaction import is_secret_key
+from horovod_llm.sampling import as_flags
 
 STAGES = ("preprocess", "train", "generate")
 STEP_PREFIX = "horovod-llm "  # step names: "horovod-llm preprocess", ...
@@ -187,11 +188,7 @@ def spark_submit_args(config: RunConfig, stage: str, urls: ReleaseUrls, config_u
     args = ["spark-submit", "--deploy-mode", mode, "--master", "yarn", "--name", f"{config.spark.app_name}-{stage}"]
     if stage == "generate":
         g = config.generate
-        return args + [
-            urls.entry, "generate", "--checkpoint", config.output_url, "--prompt", g.prompt,
-            "--max-new-tokens", str(g.max_new_tokens), "--temperature", str(g.temperature),
-            "--top-k", str(g.top_k), "--seed", str(g.seed),
-        ]  # fmt: skip
+        return args + [urls.entry, "generate", "--checkpoint", config.output_url, "--prompt", g.prompt, *as_flags(g.sampling())]
     args += ["--driver-memory", config.spark.driver_memory]
     if stage == "train":
         # EMR shows step arguments to anyone who may describe the cluster: credentials

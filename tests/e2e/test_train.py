@@ -11,6 +11,7 @@ from horovod_llm import checkpoint, layout, storage
 from horovod_llm.checkpoint import load_checkpoint
 from horovod_llm.generate import generate_text
 from horovod_llm.launch import horovodrun_command, launch_training
+from horovod_llm.sampling import Sampling
 from tests.conftest import TINY_CONFIG
 
 pytestmark = pytest.mark.horovod
@@ -41,7 +42,7 @@ def check_run(out, config):
     assert from_zip.step == 8
     loaded = load_checkpoint(out)
     assert loaded.step == 8 and loaded.config.model.n_embd == config.model.n_embd
-    text = generate_text(loaded, "KING:\n", max_new_tokens=15, temperature=0.8, top_k=20, seed=1)
+    text = generate_text(loaded, "KING:\n", Sampling(max_new_tokens=15, temperature=0.8, top_k=20, seed=1))
     assert text.startswith("KING:\n") and len(text) > len("KING:\n")
     return summary
 

@@ -29,7 +29,7 @@ def one_step(config_values: dict, batch_path: str, out_path: str) -> dict:
 
     from horovod_llm.config import from_dict
     from horovod_llm.model import GPT, GPTConfig
-    from horovod_llm.train import distributed_optimizer, train_step
+    from horovod_llm.step import distributed_optimizer, train_step
 
     hvd.init()
     torch.set_num_threads(1)

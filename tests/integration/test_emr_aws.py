@@ -135,7 +135,7 @@ def test_up_starts_a_cluster_that_carries_the_bootstrap_and_the_configurations(a
         assert tar.extractfile("scripts/install-stack.sh").read() == (root / "scripts/install-stack.sh").read_bytes()
         assert tar.extractfile("constraints.txt").read() == (root / "constraints.txt").read_bytes()
     with zipfile.ZipFile(io.BytesIO(object_bytes(s3, f"{prefix}/horovod_llm-{version}-py3-none-any.whl"))) as wheel:
-        assert wheel.read("horovod_llm/emr/entry.py") == (root / "horovod_llm/emr/entry.py").read_bytes()
+        assert wheel.read("horovod_llm/__main__.py") == (root / "horovod_llm/__main__.py").read_bytes() == object_bytes(s3, f"{prefix}/entry.py")
         assert f"horovod_llm-{version}.dist-info/METADATA" in wheel.namelist()
 
 

@@ -23,16 +23,16 @@ pytestmark = pytest.mark.spark
 def model_for(tiny_dataset):
     config, manifest = tiny_dataset
     torch.manual_seed(0)
-    args = GPTConfig(vocab_size=manifest["tokenizer"]["vocab_size"], block_size=manifest["window_size"], n_layer=1, n_head=2, n_embd=16)
+    args = GPTConfig(vocab_size=manifest.tokenizer.vocab_size, block_size=manifest.window_size, n_layer=1, n_head=2, n_embd=16)
     return GPT(args).eval(), storage.read_bytes(layout.tokenizer_url(config.output_url))
 
 
 def test_validation_windows_score_each_token_once(tiny_dataset, model_for):
     config, manifest = tiny_dataset
     model, tokenizer_bytes = model_for
-    window_size, overlap = manifest["window_size"], manifest["overlap"]
+    window_size, overlap = manifest.window_size, manifest.overlap
     result = evaluate_split(model, tokenizer_bytes, config.output_url, "val", batch_size=4)
-    assert result["tokens"] == manifest["splits"]["val"]["windows"] * (window_size - overlap)
+    assert result["tokens"] == manifest.splits["val"].windows * (window_size - overlap)
     assert result["stride"] == window_size - overlap and result["split"] == "val"
     # the same windows read directly from the Parquet parts, scored in one forward pass
     ids = torch.from_numpy(np.stack(pq.read_table(layout.split_url(config.output_url, "val")).column("ids").to_pylist()).astype(np.int64))
@@ -41,7 +41,7 @@ def test_validation_windows_score_each_token_once(tiny_dataset, model_for):
     nll = F.cross_entropy(logits[:, overlap:].reshape(-1, logits.size(-1)), ids[:, overlap + 1 :].reshape(-1), reduction="sum")
     assert result["nll_per_token"] == pytest.approx(float(nll) / result["tokens"], rel=1e-4)
     # random weights: about uniform over the vocabulary
-    assert result["perplexity"] == pytest.approx(manifest["tokenizer"]["vocab_size"], rel=0.2)
+    assert result["perplexity"] == pytest.approx(manifest.tokenizer.vocab_size, rel=0.2)
     assert result["characters"] > result["tokens"] > result["words"] > 0  # 300 BPE pieces: about 2 characters each
 
 

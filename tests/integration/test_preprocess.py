@@ -8,6 +8,7 @@ import pytest
 
 from horovod_llm import dataset, layout, storage, tokenizer
 from horovod_llm.errors import UserError
+from horovod_llm.manifest import read_manifest
 from horovod_llm.preprocess import run_preprocess
 from tests.conftest import tiny_config
 
@@ -22,27 +23,28 @@ def read_all(output_url, split, rank, world_size):
 def test_windows_read_back_through_petastorm_match_the_manifest(tiny_dataset):
     config, manifest = tiny_dataset
     out = config.output_url
-    assert manifest == json.loads(storage.read_bytes(layout.manifest_url(out)))
+    assert manifest.to_dict() == json.loads(storage.read_bytes(layout.manifest_url(out)))
+    assert read_manifest(out) == manifest
     span = config.data.window_size + 1
-    vocab = manifest["tokenizer"]["vocab_size"]
+    vocab = manifest.tokenizer.vocab_size
     for split in layout.SPLITS:
-        expected = manifest["splits"][split]
-        assert expected["windows"] > 0 and expected["documents"] > 0
+        expected = manifest.splits[split]
+        assert expected.windows > 0 and expected.documents > 0
         # two shards, as two ranks read them: together exactly the split, no row twice
         shards = [np.concatenate(read_all(out, split, rank, 2)) for rank in range(2)]
         rows = np.concatenate(shards)
-        assert rows.shape == (expected["windows"], span)
+        assert rows.shape == (expected.windows, span)
         assert rows.min() >= 0 and rows.max() < vocab
         assert len({r.tobytes() for r in rows}) == len(rows)
-        assert sum(pq.ParquetFile(storage.join(layout.split_url(out, split), f)).num_row_groups for f in expected["files"]) == expected["row_groups"]
-        assert expected["row_groups"] >= config.data.max_ranks
+        assert sum(pq.ParquetFile(storage.join(layout.split_url(out, split), f)).num_row_groups for f in expected.files) == expected.row_groups
+        assert expected.row_groups >= config.data.max_ranks
 
 
 def test_every_pass_over_a_shard_reads_all_of_it(tiny_dataset):
     # petastorm 0.13.1's thread pool could end a pass one row group early (a race with
     # its ventilator thread): about one read in five here, before dataset's fix.
     config, manifest = tiny_dataset
-    expected = manifest["splits"]["train"]["windows"]
+    expected = manifest.splits["train"].windows
     for _ in range(15):
         assert sum(len(batch) for rank in range(2) for batch in read_all(config.output_url, "train", rank, 2)) == expected
 
@@ -50,7 +52,7 @@ def test_every_pass_over_a_shard_reads_all_of_it(tiny_dataset):
 def test_windows_are_consecutive_text_with_the_configured_overlap(tiny_dataset):
     config, manifest = tiny_dataset
     processor = tokenizer.load(storage.read_bytes(layout.tokenizer_url(config.output_url)))
-    first_file = storage.join(layout.split_url(config.output_url, "val"), manifest["splits"]["val"]["files"][0])
+    first_file = storage.join(layout.split_url(config.output_url, "val"), manifest.splits["val"].files[0])
     rows = np.array(pq.read_table(first_file).column("ids").to_pylist())
     stride = config.data.window_size - config.data.overlap
     # val parts are not shuffled: window i+1 starts `stride` ids after window i
@@ -62,21 +64,21 @@ def test_windows_are_consecutive_text_with_the_configured_overlap(tiny_dataset):
 def test_manifest_counts_and_tokenizer_hash(tiny_dataset):
     config, manifest = tiny_dataset
     model_bytes = storage.read_bytes(layout.tokenizer_url(config.output_url))
-    assert manifest["tokenizer"]["sha256"] == tokenizer.fingerprint(model_bytes)
-    assert manifest["tokenizer"]["special_ids"] == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
-    assert manifest["config"]["data"]["window_size"] == config.data.window_size
+    assert manifest.tokenizer.sha256 == tokenizer.fingerprint(model_bytes)
+    assert manifest.tokenizer.special_ids == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
+    assert manifest.config["data"]["window_size"] == config.data.window_size
     for split in layout.SPLITS:
-        s = manifest["splits"][split]
+        s = manifest.splits[split]
         # tokens include one EOS per document; windows follow from the stride per partition
-        assert s["tokens"] > s["windows"] * (config.data.window_size - config.data.overlap)
-        assert s["partitions"]["windows_min"] <= s["partitions"]["windows_median"] <= s["partitions"]["windows_max"]
-    assert set(manifest["stages"]) >= {"read", "tokenizer", "windows_train", "windows_val", "word2vec"}
+        assert s.tokens > s.windows * (config.data.window_size - config.data.overlap)
+        assert s.partitions["windows_min"] <= s.partitions["windows_median"] <= s.partitions["windows_max"]
+    assert set(manifest.stages) >= {"read", "tokenizer", "windows_train", "windows_val", "word2vec"}
     # Spark's own counters, read through py4j, for a real job (issue 12: they used to
     # fall back to zeros silently)
     for name in ("read", "windows_train", "windows_val"):
-        stage = manifest["stages"][name]
+        stage = manifest.stages[name]
         assert stage["spark_stages"] >= 1 and stage["tasks"] >= 1 and stage["executor_run_seconds"] > 0, (name, stage)
-    assert manifest["stages"]["windows_train"]["shuffle_write_bytes"] > 0  # repartitionByRange shuffles the documents
+    assert manifest.stages["windows_train"]["shuffle_write_bytes"] > 0  # repartitionByRange shuffles the documents
 
 
 def test_rerun_with_same_config_skips_and_force_rebuilds(tiny_dataset, spark):
@@ -88,8 +90,8 @@ def test_rerun_with_same_config_skips_and_force_rebuilds(tiny_dataset, spark):
     rebuilt = run_preprocess(config, spark, force=True)
     for split in layout.SPLITS:  # deterministic: the same counts and files (timings differ)
         for key in ("documents", "tokens", "windows", "row_groups", "files"):
-            assert rebuilt["splits"][split][key] == manifest["splits"][split][key]
-    assert rebuilt["created_at"] >= manifest["created_at"]
+            assert getattr(rebuilt.splits[split], key) == getattr(manifest.splits[split], key)
+    assert rebuilt.created_at >= manifest.created_at
 
 
 def test_an_edited_corpus_of_the_same_size_is_rebuilt(tmp_path, tiny_corpus, spark):
@@ -105,7 +107,7 @@ def test_an_edited_corpus_of_the_same_size_is_rebuilt(tmp_path, tiny_corpus, spa
     assert len(edited) == len(text) and edited != text
     play.write_bytes(edited)
     second = run_preprocess(config, spark)
-    assert second["fingerprint"] != first["fingerprint"] and second["created_at"] >= first["created_at"]
+    assert second.fingerprint != first.fingerprint and second.created_at >= first.created_at
     index = storage.read_json(layout.corpus_index_url(config.output_url))
     assert index["macbeth.md"]["size"] == len(text) and index["macbeth.md"]["digest"].startswith("sha256:")
     assert run_preprocess(config, spark) == second  # unchanged: reused
@@ -114,7 +116,7 @@ def test_an_edited_corpus_of_the_same_size_is_rebuilt(tmp_path, tiny_corpus, spa
 def test_training_refuses_a_dataset_without_manifest(tmp_path):
     (tmp_path / "dataset" / "train").mkdir(parents=True)
     with pytest.raises(UserError, match="run 'horovod-llm preprocess'"):
-        dataset.read_manifest(str(tmp_path))
+        read_manifest(str(tmp_path))
 
 
 def test_corpus_too_small_for_a_window(tmp_path, spark):

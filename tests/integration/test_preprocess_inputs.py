@@ -53,27 +53,27 @@ def test_binary_files_are_skipped_and_reported_gz_is_read(tmp_path, spark):
     (folder / "extra.txt.gz").write_bytes(gzip.compress(("more words for the corpus zq99x.\n" * 50).encode()))
     config = tiny_config(tmp_path / "out", folder, "data.split_on_blank_lines=false", "data.val_fraction=0.25", "tokenizer.vocab_size=120")
     manifest = run_preprocess(config, spark)
-    assert manifest["corpus"]["binary_files_skipped"] == 1 and manifest["corpus"]["binary_files"] == ["photo.txt"]
-    assert manifest["splits"]["train"]["documents"] + manifest["splits"]["val"]["documents"] == 41  # 40 + the .gz
+    assert manifest.corpus.binary_files_skipped == 1 and manifest.corpus.binary_files == ["photo.txt"]
+    assert manifest.splits["train"].documents + manifest.splits["val"].documents == 41  # 40 + the .gz
 
 
 def test_an_existing_tokenizer_is_reused(tiny_dataset, tmp_path, tiny_corpus, spark):
     config, manifest = tiny_dataset
     reuse = tiny_config(tmp_path / "out", tiny_corpus, f"tokenizer.model_url={layout.tokenizer_url(config.output_url)}")
     reused = run_preprocess(reuse, spark)
-    assert reused["tokenizer"]["sha256"] == manifest["tokenizer"]["sha256"]
-    assert reused["tokenizer"]["reused_from"] == layout.tokenizer_url(config.output_url)
-    assert reused["splits"]["train"]["windows"] == manifest["splits"]["train"]["windows"]
+    assert reused.tokenizer.sha256 == manifest.tokenizer.sha256
+    assert reused.tokenizer.reused_from == layout.tokenizer_url(config.output_url)
+    assert reused.splits["train"].windows == manifest.splits["train"].windows
 
 
 def test_word2vec_matrix_is_aligned_and_reported(tiny_dataset):
     config, manifest = tiny_dataset
-    info = manifest["embeddings"]
+    info = manifest.embeddings
     from horovod_llm.embeddings import load_matrix
 
     matrix = load_matrix(layout.embeddings_url(config.output_url))
-    assert matrix.shape == (manifest["tokenizer"]["vocab_size"], config.model.n_embd)
-    assert 0.5 < info["coverage"] <= 1.0 and info["sample_tokens"] > 1000
+    assert matrix.shape == (manifest.tokenizer.vocab_size, config.model.n_embd)
+    assert 0.5 < info.coverage <= 1.0 and info.sample_tokens > 1000
     assert np.isfinite(matrix).all()
 
 
@@ -90,9 +90,9 @@ def test_a_single_100_mb_line(tmp_path, spark):
         tmp_path / "out", folder, "data.split_on_blank_lines=false", "data.val_fraction=0.5", "embedding.word2vec.enabled=false", "tokenizer.vocab_size=120"
     )
     manifest = run_preprocess(config, spark)
-    biggest = max(manifest["splits"].values(), key=lambda s: s["tokens"])
-    assert biggest["tokens"] > 15_000_000 and biggest["windows"] > 900_000
-    first = storage.join(layout.split_url(config.output_url, "train"), manifest["splits"]["train"]["files"][0])
+    biggest = max(manifest.splits.values(), key=lambda s: s.tokens)
+    assert biggest.tokens > 15_000_000 and biggest.windows > 900_000
+    first = storage.join(layout.split_url(config.output_url, "train"), manifest.splits["train"].files[0])
     assert pq.ParquetFile(first).metadata.num_rows > 0
 
 
@@ -112,4 +112,4 @@ def test_the_seed_projects_window_15_overlap_7(tmp_path, spark):
         first = next(iter(batches))
     assert first.shape == (8, 16)
     assert (first[1, :8] == first[0, 8:]).all()  # stride 8: 7 ids of overlap plus the shared target
-    assert manifest["splits"]["train"]["windows"] > 0
+    assert manifest.splits["train"].windows > 0

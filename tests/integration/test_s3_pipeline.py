@@ -44,7 +44,7 @@ def test_preprocess_and_train_write_every_output_to_s3(s3_run):
     s3, config, manifest, summary = s3_run
     stored = keys(s3, "runs", "tiny/")
     assert {"tiny/dataset/manifest.json", "tiny/tokenizer/tokenizer.model", "tiny/embeddings/word2vec.npy", "tiny/model.zip"} <= stored
-    assert len([k for k in stored if k.startswith("tiny/dataset/train/part-")]) == len(manifest["splits"]["train"]["files"])
+    assert len([k for k in stored if k.startswith("tiny/dataset/train/part-")]) == len(manifest.splits["train"].files)
     for step in (2, 4):
         assert f"tiny/checkpoints/step-{step:08d}/COMPLETE" in stored
     assert {"tiny/stats/steps.jsonl", "tiny/stats/summary.json", "tiny/stats/training.png"} <= stored

@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import uvicorn
 
-from horovod_llm.generate import Sampling, TextGenerator
+from horovod_llm.generate import TextGenerator
+from horovod_llm.sampling import Sampling
 from horovod_llm.serve import Limits, create_app
 from tests import tiny_checkpoint
 

@@ -1,5 +1,3 @@
-import os
-
 import pytest
 
 from horovod_llm.config import CONFIG_DIR, from_dict, load_config, to_dict, to_yaml
@@ -89,18 +87,3 @@ def test_nested_spark_settings_are_flattened_to_dotted_keys(tmp_path):
     dumped = tmp_path / "dumped.yaml"
     dumped.write_text(to_yaml(config))
     assert load_config(dumped).spark.conf == {"spark.sql.shuffle.partitions": "7"}
-
-
-def test_horovod_cycle_time_follows_the_config_unless_the_user_set_it(monkeypatch):
-    from horovod_llm.train import set_horovod_environment
-
-    monkeypatch.delenv("HOROVOD_CYCLE_TIME", raising=False)
-    monkeypatch.delenv("HOROVOD_LLM_CYCLE_TIME_FROM_CONFIG", raising=False)
-    set_horovod_environment(load_config(None, ["train.horovod_cycle_time_ms=10"]).train)
-    assert os.environ["HOROVOD_CYCLE_TIME"] == "10.0"
-    # a later run in the same process (or a rank that inherited this environment) follows its own config
-    set_horovod_environment(load_config(None, ["train.horovod_cycle_time_ms=5"]).train)
-    assert os.environ["HOROVOD_CYCLE_TIME"] == "5.0"
-    monkeypatch.setenv("HOROVOD_CYCLE_TIME", "2")  # the user's own setting wins
-    set_horovod_environment(load_config(None, ["train.horovod_cycle_time_ms=10"]).train)
-    assert os.environ["HOROVOD_CYCLE_TIME"] == "2"

@@ -4,21 +4,23 @@ import torch
 from gensim.models import KeyedVectors
 
 from horovod_llm import embeddings
-from horovod_llm.model import EMBEDDING_INIT_STD, GPT, GPTConfig
+from horovod_llm.model import GPT, GPTConfig
+
+STD = 0.02
 
 
 def test_matrix_rows_align_with_ids_and_missing_ids_keep_a_random_init():
     vectors = KeyedVectors(vector_size=4)
     vectors.add_vectors(["5", "7"], np.array([[1, 0, 0, 0], [0, 2, 0, 0]], dtype=np.float32))
-    matrix, coverage = embeddings.aligned_matrix(vectors, vocab_size=10, vector_size=4, seed=0)
+    matrix, coverage = embeddings.aligned_matrix(vectors, vocab_size=10, vector_size=4, seed=0, std=STD)
     assert matrix.shape == (10, 4) and matrix.dtype == np.float32
     assert coverage == pytest.approx(0.2)
     # trained rows keep their direction, rescaled to the embedding init's scale
     assert np.allclose(matrix[5] / np.linalg.norm(matrix[5]), [1, 0, 0, 0])
     assert np.allclose(matrix[7] / np.linalg.norm(matrix[7]), [0, 1, 0, 0])
     trained_rms = np.sqrt(np.mean(matrix[[5, 7]] ** 2))
-    assert trained_rms == pytest.approx(EMBEDDING_INIT_STD, rel=1e-5)
-    assert np.abs(matrix[0]).max() < 6 * EMBEDDING_INIT_STD  # untrained: normal(0, 0.02)
+    assert trained_rms == pytest.approx(STD, rel=1e-5)
+    assert np.abs(matrix[0]).max() < 6 * STD  # untrained: normal(0, 0.02)
 
 
 def test_word2vec_learns_from_id_sequences(tmp_path):

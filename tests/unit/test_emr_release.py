@@ -18,7 +18,7 @@ def test_the_same_inputs_give_the_same_id_and_any_change_a_new_one():
 def test_release_inputs_of_this_checkout():
     root = source_root()
     inputs = release_inputs(root)
-    assert {"emr/bootstrap.sh", "scripts/install-stack.sh", "constraints.txt", "setup.cfg", "horovod_llm/emr/entry.py", "horovod_llm/cli.py"} <= set(inputs)
+    assert {"emr/bootstrap.sh", "scripts/install-stack.sh", "constraints.txt", "setup.cfg", "horovod_llm/__main__.py", "horovod_llm/cli.py"} <= set(inputs)
     assert not [name for name in inputs if "__pycache__" in name or name.endswith(".pyc")]
     assert describe_release(root) == (release_id(inputs), package_version(inputs))
 

@@ -136,7 +136,7 @@ def test_steps(urls):
     assert steps[2]["HadoopJarStep"]["Args"] == [
         "spark-submit", "--deploy-mode", "client", "--master", "yarn", "--name", "horovod-llm-generate",
         f"{REL}/entry.py", "generate", "--checkpoint", "s3://bkt/proj/runs/shakespeare", "--prompt", "ROMEO:\n",
-        "--max-new-tokens", "200", "--temperature", "0.8", "--top-k", "50", "--seed", "42",
+        "--max-new-tokens", "200", "--temperature", "0.8", "--top-k", "50", "--top-p", "1.0", "--seed", "42",
     ]  # fmt: skip
     assert rq.add_job_flow_steps_request("j-1", steps) == {"JobFlowId": "j-1", "Steps": steps}
 

@@ -12,11 +12,12 @@ from horovod_llm.errors import UserError
 from horovod_llm.evaluate import (
     count_words,
     evaluate_text,
-    evaluate_windows,
     piece_texts,
     run_of_checkpoint,
     score_ids,
+    score_windows,
     scoring_windows,
+    summarize,
 )
 from horovod_llm.windows import sliding_windows
 from tests import tiny_checkpoint
@@ -128,13 +129,13 @@ def test_stored_windows_score_each_token_once(model):
     )
     windows = sliding_windows(stream, 16, 8)
     assert len(windows) >= 3
-    result = evaluate_windows(model, tiny_checkpoint.tiny_tokenizer(), [windows[:2], windows[2:]], overlap=8)
+    texts = piece_texts(tokenizer.load(tiny_checkpoint.tiny_tokenizer()))
+    result = summarize(score_windows(model, [windows[:2], windows[2:]], 8, texts))
     ids = torch.from_numpy(windows.astype(np.int64))
     logits, _ = model(ids[:, :-1])
     nll = F.cross_entropy(logits[:, 8:].reshape(-1, 120), ids[:, 9:].reshape(-1), reduction="sum")
     # scored: every id of the stream after its first 9 (8 overlap + the first input), up to the last window's end
     scored_ids = stream[9 : 8 * len(windows) + 9]
-    texts = piece_texts(tokenizer.load(tiny_checkpoint.tiny_tokenizer()))
     assert result["tokens"] == len(scored_ids) == 8 * len(windows)
     assert result["characters"] == sum(len(texts[i]) for i in scored_ids)
     # the model knows these passages: a small NLL, summed in another order

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from horovod_llm import tokenizer
-from horovod_llm.generate import Sampling, TextGenerator, sampling_problems
+from horovod_llm.generate import TextGenerator
+from horovod_llm.sampling import Sampling
 from tests import tiny_checkpoint
 
 QUEEN = "And all the clouds that lour'd upon our house\nIn the deep bosom of the ocean buried.\n"
@@ -107,10 +108,48 @@ def test_a_prompt_longer_than_the_context_is_cropped_to_its_last_block_size_ids(
         ({"top_p": 0.0}, "top_p (0.0)"),
         ({"top_p": 1.5}, "top_p (1.5)"),
         ({"seed": -1}, "seed (-1)"),
-        ({"stop": ("",)}, "stop strings"),
+        ({"stop": ("",)}, "stop ('')"),
     ],
 )
 def test_invalid_sampling_settings_are_named(overrides, fragment):
-    problems = sampling_problems(Sampling(**overrides))
+    problems = Sampling(**overrides).problems()
     assert len(problems) == 1 and problems[0].startswith(fragment)
-    assert sampling_problems(Sampling()) == []
+    assert Sampling().problems() == []
+
+
+def test_the_config_the_flags_and_the_server_take_their_defaults_from_sampling():
+    # issue 13: the settings were declared four times, with two sets of rules
+    from horovod_llm.cli import build_parser
+    from horovod_llm.config import load_config
+    from horovod_llm.sampling import sampling_fields
+    from horovod_llm.serve import Limits, request_model
+
+    defaults = Sampling()
+    assert load_config(None).generate.sampling() == defaults
+    args = build_parser().parse_args(["generate", "--checkpoint", "x"])
+    assert {f.name: getattr(args, f.name) for f in sampling_fields()} | {"stop": ()} == {f.name: getattr(defaults, f.name) for f in sampling_fields()}
+    body = request_model(Limits())()
+    assert (body.max_new_tokens, body.temperature, body.top_k, body.top_p, body.stop) == (200, 0.8, 50, 1.0, [])
+    assert request_model(Limits(max_new_tokens=64))().max_new_tokens == 64  # never over the server's own limit
+
+
+def test_every_bad_setting_is_reported_at_once_by_the_config_and_the_cli():
+    from horovod_llm.cli import main
+    from horovod_llm.config import load_config
+    from horovod_llm.errors import UserError
+
+    with pytest.raises(UserError) as refused:
+        load_config(None, ["generate.temperature=-1", "generate.top_p=2", "generate.max_new_tokens=0"])
+    assert all(f"generate.{name} (" in str(refused.value) for name in ("temperature", "top_p", "max_new_tokens"))
+    assert main(["generate", "--checkpoint", "x", "--temperature", "-1", "--top-p", "2", "--stop", ""]) == 2
+
+
+def test_other_ranks_log_through_a_null_logger(caplog):
+    import logging
+
+    from horovod_llm.log import rank_logger
+
+    with caplog.at_level(logging.INFO, logger="horovod_llm.test"):
+        rank_logger("horovod_llm.test", is_main=False).warning("from rank 1")
+        rank_logger("horovod_llm.test", is_main=True).info("from rank 0")
+    assert [r.message for r in caplog.records] == ["from rank 0"]

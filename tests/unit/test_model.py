@@ -70,7 +70,7 @@ def test_sinusoidal_table_values():
     assert table.shape == (4, 6)
     assert torch.allclose(table[0], torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 1.0]))
     assert torch.isclose(table[1, 0], torch.sin(torch.tensor(1.0)))
-    scaled = sinusoidal_table(64, 32)
+    scaled = sinusoidal_table(64, 32, rms=0.02)
     assert torch.isclose(scaled.pow(2).mean().sqrt(), torch.tensor(0.02), rtol=1e-3)
 
 

@@ -1,0 +1,97 @@
+"""What the driver and every rank decide alike about a training job.
+
+The model's shape (from the run config and the dataset's manifest), the checks that
+refuse a job, torch threads per rank, Horovod's environment, and the step and
+learning-rate arithmetic. The driver calls `check_job` before it starts any rank, and
+every rank calls it again (under `horovodrun` no driver ran it), so both refuse the same
+jobs with the same words. Pure, but for `set_horovod_environment`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from horovod_llm.config import RunConfig, TrainConfig
+from horovod_llm.errors import UserError
+from horovod_llm.manifest import Manifest
+from horovod_llm.model import GPTConfig
+from horovod_llm.tokenizer import PAD_ID
+
+
+def gpt_config(config: RunConfig, vocab_size: int, block_size: int) -> GPTConfig:
+    """The config's model shape for a vocabulary and a context length."""
+    m = config.model
+    return GPTConfig(
+        vocab_size=vocab_size,
+        block_size=block_size,
+        n_layer=m.n_layer,
+        n_head=m.n_head,
+        n_embd=m.n_embd,
+        dropout=m.dropout,
+        bias=m.bias,
+        positional=m.positional,
+        tie_weights=m.tie_weights,
+        pad_id=PAD_ID,
+        init_std=m.init_std,
+    )
+
+
+def model_config(config: RunConfig, manifest: Manifest) -> GPTConfig:
+    """The model for a dataset: its vocabulary and window size, the config's shape."""
+    return gpt_config(config, manifest.tokenizer.vocab_size, manifest.window_size)
+
+
+def check_job(config: RunConfig, manifest: Manifest, mpi_built: bool) -> None:
+    """Refuse what no rank could train: Word2Vec initialisation without vectors, and an
+    allreduce this Horovod build lacks (Adasum on CPU needs MPI; this stack builds Gloo)."""
+    if config.model.init_from_word2vec and manifest.embeddings is None:
+        raise UserError(
+            "model.init_from_word2vec=true but the dataset has no Word2Vec vectors: "
+            "re-run preprocess with embedding.word2vec.enabled=true, or set model.init_from_word2vec=false"
+        )
+    if config.train.allreduce_op == "adasum" and not mpi_built:
+        raise UserError("train.allreduce_op=adasum needs Horovod built with MPI (this build has Gloo only): set train.allreduce_op=average")
+
+
+def threads_for_rank(configured: int, local_size: int) -> int:
+    """Torch threads per rank: as configured, else this host's cores shared by its ranks
+    (more would oversubscribe the cores: 2 ranks x N threads on N cores)."""
+    if configured > 0:
+        return configured
+    return max(1, (os.cpu_count() or 1) // max(local_size, 1))
+
+
+# Marks HOROVOD_CYCLE_TIME as set from a config, not by the user: an earlier run in the
+# same process (the local launcher, a notebook) or in a parent (ranks inherit the
+# driver's environment) must not pin its value on the next run's config.
+_CYCLE_TIME_FROM_CONFIG = "HOROVOD_LLM_CYCLE_TIME_FROM_CONFIG"
+
+
+def set_horovod_environment(train: TrainConfig) -> None:
+    """Horovod's settings read from the environment at hvd.init(); a value the user (or
+    horovodrun's --cycle-time-ms) set wins over the config."""
+    current = os.environ.get("HOROVOD_CYCLE_TIME")
+    if current is None or current == os.environ.get(_CYCLE_TIME_FROM_CONFIG):
+        os.environ["HOROVOD_CYCLE_TIME"] = os.environ[_CYCLE_TIME_FROM_CONFIG] = str(train.horovod_cycle_time_ms)
+
+
+def steps_per_epoch(num_windows: int, windows_per_step: int) -> int:
+    """Optimizer steps per epoch, the same on every rank (lock-step allreduce), with
+    `windows_per_step` = batch size x micro-batches x ranks.
+
+    Counted from the global row count, never from a rank's reader running dry: shards
+    are by row group and can be uneven, and a rank that stops early hangs the others.
+    """
+    return max(1, num_windows // windows_per_step)
+
+
+def total_steps(train: TrainConfig, steps_per_epoch_: int) -> int:
+    """train.max_steps when set, else train.epochs whole epochs."""
+    return train.max_steps or train.epochs * steps_per_epoch_
+
+
+def learning_rates(train: TrainConfig, world_size: int) -> tuple[float, float]:
+    """(peak, floor) of the schedule; Horovod's rule, when asked for, multiplies both by
+    the number of ranks (their batches add up to a larger global batch)."""
+    scale = world_size if train.scale_lr_by_ranks else 1
+    return train.learning_rate * scale, train.min_lr * scale

@@ -1,0 +1,116 @@
+"""What a rank does at each step: the distributed optimizer, the optimizer step over
+micro-batches, the sums behind the logged statistics, and validation.
+
+`hvd` (horovod.torch) and the reduction are arguments, so that the model and the data
+stay free of any launcher.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from horovod_llm.config import TrainConfig
+from horovod_llm.evaluate import score_split, summarize
+from horovod_llm.metrics import batch_metrics
+from horovod_llm.model import GPT
+
+
+def distributed_optimizer(model: GPT, train: TrainConfig, learning_rate: float, hvd):
+    """AdamW with weight-decay groups, wrapped by Horovod with the configured options."""
+    optimizer = torch.optim.AdamW(model.param_groups(train.weight_decay), lr=learning_rate, betas=(0.9, 0.95))
+    # Horovod: average gradients across ranks with ring-allreduce.
+    return hvd.DistributedOptimizer(
+        optimizer,
+        named_parameters=model.named_parameters(),
+        compression=hvd.Compression.fp16 if train.fp16_allreduce else hvd.Compression.none,
+        backward_passes_per_step=train.backward_passes_per_step,
+        op=hvd.Adasum if train.allreduce_op == "adasum" else hvd.Average,
+    )
+
+
+@dataclass
+class StepResult:
+    loss: float  # mean over the step's micro-batches
+    correct: float
+    tokens: float
+    grad_norm: float  # of the averaged gradient, before clipping
+    sync_seconds: float  # waiting for the allreduce after the last backward pass
+
+
+def train_step(model: GPT, optimizer, micro_batches: list[torch.Tensor], grad_clip: float) -> StepResult:
+    """One optimizer step over `backward_passes_per_step` micro-batches of (B, T+1) ids."""
+    optimizer.zero_grad()
+    loss_sum = correct = tokens = 0.0
+    for ids in micro_batches:
+        inputs, targets = ids[:, :-1], ids[:, 1:]
+        logits, loss = model(inputs, targets)
+        # Horovod averages over ranks; dividing by the micro-batch count averages over them.
+        (loss / len(micro_batches)).backward()
+        loss_sum += loss.item()
+        c, t = batch_metrics(logits.detach(), targets)
+        correct, tokens = correct + c, tokens + t
+    # Horovod: finish the allreduce before clipping, so every rank clips the same averaged
+    # gradient, then step without a second synchronisation.
+    sync_started = time.perf_counter()
+    optimizer.synchronize()
+    sync_seconds = time.perf_counter() - sync_started
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf")))
+    with optimizer.skip_synchronize():
+        optimizer.step()
+    return StepResult(loss_sum / len(micro_batches), correct, tokens, grad_norm, sync_seconds)
+
+
+class Interval:
+    """Sums over the steps between two log lines, reduced across ranks when logged."""
+
+    def __init__(self):
+        self.sums = torch.zeros(6, dtype=torch.float64)  # loss*tokens, correct, tokens, steps, seconds, sync seconds
+
+    def add(self, result: StepResult, seconds: float) -> None:
+        values = [result.loss * result.tokens, result.correct, result.tokens, 1.0, seconds, result.sync_seconds]
+        self.sums += torch.tensor(values, dtype=torch.float64)
+
+    def reset(self) -> None:
+        self.sums.zero_()
+
+
+@torch.no_grad()
+def validate(
+    model: GPT,
+    tokenizer_bytes: bytes,
+    output_url: str,
+    overlap: int,
+    rank: int,
+    world_size: int,
+    batch_size: int,
+    max_batches: int,
+    reduce_sum: Callable[[torch.Tensor], torch.Tensor],
+) -> dict:
+    """Validation figures over every rank's shard of the validation split, scored as
+    `horovod-llm evaluate --split val` scores it (`evaluate.score_split`): each window's
+    targets after its first `overlap`, so every token once, with context.
+
+    Each rank reads its own shard once (shards may differ in size); only the final
+    sums cross ranks, so an uneven shard cannot stall a collective.
+    """
+    totals = score_split(
+        model, tokenizer_bytes, output_url, "val", overlap,
+        rank=rank, world_size=world_size, batch_size=batch_size, max_batches=max_batches, reduce_sum=reduce_sum,
+    )  # fmt: skip
+    model.train()
+    if totals.tokens == 0:
+        nan = float("nan")
+        return {"val_loss": nan, "val_perplexity": nan, "val_accuracy": nan, "val_nats_per_character": nan, "val_tokens": 0}
+    figures = summarize(totals)
+    return {
+        "val_loss": figures["nll_per_token"],
+        "val_perplexity": math.exp(min(figures["nll_per_token"], 50.0)),
+        "val_accuracy": figures["token_accuracy"],
+        "val_nats_per_character": figures["nats_per_character"],
+        "val_tokens": totals.tokens,
+    }
