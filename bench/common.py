@@ -59,9 +59,13 @@ def timed(work: Callable[[], object]) -> float:
 
 
 def local_config(overrides: Sequence[str] = ()):
+    """configs/local.yaml with the recipe resolved for the embedded corpus (the bench
+    dataset's), as the demo runs it."""
+    from horovod_llm import recipe
     from horovod_llm.config import load_config
+    from horovod_llm.corpus import embedded_corpus
 
-    return load_config(LOCAL_CONFIG, list(overrides))
+    return recipe.resolve(load_config(LOCAL_CONFIG, list(overrides)), sum(f.size for f in embedded_corpus()))
 
 
 def default_gpt_config(config=None, vocab_size: int | None = None):

@@ -40,15 +40,17 @@ def _rounded(values: dict) -> dict:
 def single_process(config) -> dict:
     """The Spark job's read, split, encode, window and write steps, in this process."""
     from horovod_llm import corpus, layout, storage, tokenizer
-    from horovod_llm.preprocess import encoding_partitions, row_groups_per_part, write_windows_part
+    from horovod_llm.preprocess import encoding_partitions, row_groups_per_part, unit_size, units_of_paragraphs, write_windows_part
 
     data = config.data
     docs: dict[str, list[tuple[str, str]]] = {split: [] for split in layout.SPLITS}
-    for f in corpus.list_corpus(data.input_url):
+    files = corpus.list_corpus(data.input_url)
+    on_blank_lines = units_of_paragraphs(data.split_on_blank_lines, len(files))
+    for f in files:
         text, _ = corpus.decode(storage.read_bytes(f.url), f.url, data.normalization)
         if text is None:
             continue
-        for doc_id, doc_text in corpus.split_documents(f.doc_id, text, data.split_on_blank_lines):
+        for doc_id, doc_text in corpus.split_documents(f.doc_id, text, on_blank_lines, unit_size(data.unit_chars, sum(g.size for g in files))):
             docs[corpus.split_of(doc_id, data.val_fraction)].append((doc_id, doc_text))
     processor = tokenizer.load(storage.read_bytes(config.tokenizer.model_url))
     counts = {}

@@ -10,6 +10,8 @@ from end_to_end import stage_rows
 
 MEASURED = ("<!-- measured:begin (bench/run_all.py rewrites this part) -->", "<!-- measured:end -->")
 HEADLINES = ("<!-- bench-headlines:begin (bench/run_all.py writes this list from bench/results.json) -->", "<!-- bench-headlines:end -->")
+RECIPE = ("<!-- recipe:begin (bench/run_all.py writes this table from horovod_llm/recipe.py) -->", "<!-- recipe:end -->")
+QUALITY = ("<!-- quality:begin (bench/run_all.py writes this table from bench/results.json) -->", "<!-- quality:end -->")
 
 
 def replace_between(text: str, markers: tuple[str, str], body: str) -> str:
@@ -84,9 +86,11 @@ def summary_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
         )
     quality = _get(results, "quality")
     if quality:
-        for run in quality["runs"]:
-            label = f"validation nats/char after {run['budget']:.0f} {run['unit']} of training, {run['init']} init"
-            rows.append((label, f"{run['nats_per_character']:.3f}", _runs(run.get("seeds")), "-", "-"))
+        for row in quality["summary"]:
+            if "recipe_minus_reference" in row:
+                label = f"held-out nats/char, recipe - reference arm, {row['corpus']}, {row['budget_s']:.0f} s of training"
+                verdict = _verdict(row["recipe_minus_reference"], -0.10, at_least=False)
+                rows.append((label, f"{row['recipe_minus_reference']:+.3f}", f"medians of {row['recipe']['seeds']} seeds", "<= -0.10", verdict))
     return rows
 
 
@@ -109,6 +113,7 @@ def render(results: dict) -> str:
     lines += _loader_details(results, _get(results, "loader_throughput"))
     lines += _preprocess_details(results, _get(results, "preprocess_throughput"))
     lines += _quality_details(_get(results, "quality"))
+    lines += _sweep_details([entry["result"] for name, entry in sorted(results["benchmarks"].items()) if name.startswith("sweep") and entry.get("result")])
     lines += _generate_details(results, _get(results, "generate_throughput"))
     lines += _e2e_details(_get(results, "end_to_end"))
     return "\n".join(lines)
@@ -149,10 +154,13 @@ def headlines(results: dict) -> str:
         )
     quality = _get(results, "quality")
     if quality:
-        for key, value in sorted(quality.items()):
-            if key.startswith("word2vec_gain_nats_per_char_"):
-                budget = key.removeprefix("word2vec_gain_nats_per_char_").replace("_", " ")
-                lines.append(f"- Word2Vec initialisation lowers held-out nats per character after {budget} of training by {value:.2f} (1 run per arm);")
+        for row in quality["summary"]:
+            if "recipe_minus_reference" in row:
+                lines.append(
+                    f"- after {row['budget_s']:.0f} s of training on the {row['corpus']} corpus, the recipe's model scores "
+                    f"{row['recipe']['median']:.3f} nats per character on held-out text, against {row['reference']['median']:.3f} for a "
+                    f"character-level nanoGPT-style model trained alike (medians of {row['recipe']['seeds']} seeds);"
+                )
     e2e = _get(results, "end_to_end")
     if e2e:
         lines.append(f"- `{e2e['command']}` took {e2e['wall_s']:.0f} s end to end (1 run).")
@@ -249,20 +257,110 @@ def _quality_details(quality: dict | None) -> list[str]:
         return []
     lines = [
         "",
-        "### Quality per CPU-minute (`bench/quality.py`)",
+        "### Quality per CPU-second (`bench/quality.py`)",
         "",
-        f"Corpus {quality['corpus']}: first 90% ({quality['train_characters'] / 1e6:.2f} M characters, {quality['train_tokens']} tokens) trains, "
-        f"last 10% ({quality['val_characters'] / 1e6:.2f} M characters) validates; {quality['ranks']} rank(s); each row is 1 run.",
+        f"Each run is `horovod-llm run` with `train.max_minutes` = the budget on a {quality['corpus_chars'] / 1e6:.1f} M-character corpus "
+        "(its first 90% trains), then `horovod-llm evaluate --text-file` on the held-out last 10%. Arms: the product's recipe; "
+        "the reference (nanoGPT's character-level CPU example: 4 layers, 4 heads, width 128, context 64, batch 12, dropout 0, "
+        "learning rate 1e-3 decayed to 1e-4), built from this package's model with a character-level tokenizer. Held-out nats per character, "
+        f"medians of {quality['seeds']} seeds (each seed's value in brackets):",
         "",
-        "| budget | init | steps | tokens/s | epochs | val nats/token | val nats/char | val bits/char |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| corpus | budget | recipe | reference | recipe - reference | recipe without Word2Vec |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def cell(row: dict, arm: str) -> str:
+        if arm not in row:
+            return "-"
+        return f"{row[arm]['median']:.3f} ({', '.join(f'{v:.3f}' for v in row[arm]['values'])})"
+
+    for row in quality["summary"]:
+        diff = f"{row['recipe_minus_reference']:+.3f}" if "recipe_minus_reference" in row else "-"
+        lines.append(
+            f"| {row['corpus']} | {row['budget_s']:.0f} s | {cell(row, 'recipe')} | {cell(row, 'reference')} | {diff} | {cell(row, 'recipe_random_init')} |"
+        )
+    lines += [
+        "",
+        "| corpus | budget | arm | settings | parameters | steps | tokens/s | epochs | chars/token | whole run (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in quality["runs"]:
+        if r["seed"] != 1:
+            continue
+        settings = ", ".join(f"{k}={v}" for k, v in r["recipe"].items())
         lines.append(
-            f"| {r['budget']:.0f} {r['unit']} | {r['init']} | {r['steps']} | {r['tokens_per_s']:.0f} | {r['epochs']:.2f} | "
-            f"{r['nll_per_token']:.3f} | {r['nats_per_character']:.3f} | {r['bits_per_character']:.3f} |"
+            f"| {r['corpus']} | {r['budget_s']:.0f} s | {r['arm']} | {settings} | {r['parameters'] / 1e6:.2f}M | {r['steps']} | {r['tokens_per_s']:.0f} | "
+            f"{r['epochs']:.1f} | {r['characters_per_token']:.2f} | {r['run_wall_s']:.0f} |"
         )
+    lines += ["", "(The second table shows seed 1 of each arm: the settings each arm trained with, as the dataset's manifest records them.)"]
     return lines
+
+
+def _sweep_details(sweeps: list[dict]) -> list[str]:
+    lines = []
+    for sweep in sweeps:
+        lines += [
+            "",
+            f"### Recipe sweep: {sweep['corpus']}, {sweep['budget_s']:.0f} s of training (`bench/sweep.py`, 1 seed each)",
+            "",
+            "| variant | overrides of the recipe | held-out nats/char | parameters | steps | tokens/s | epochs |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in sweep["runs"]:
+            changed = " ".join(o for o in r["overrides"]) or "(the rule)"
+            lines.append(
+                f"| {r['variant']} | {changed} | {r['nats_per_character']:.3f} | {r['parameters'] / 1e6:.2f}M | {r['steps']} | {r['tokens_per_s']:.0f} | {r['epochs']:.1f} |"
+            )
+    return lines
+
+
+def quality_table(results: dict) -> str:
+    """The README's quality figures: held-out nats per character per budget, the recipe
+    against the reference arm, and how long the whole job took."""
+    quality = _get(results, "quality")
+    if not quality:
+        return '(not measured yet: `make bench BENCH_ARGS="--only quality"`)'
+    m = results["machine"]
+    lines = [
+        f"Measured by `bench/quality.py` on {m['date']}, {m['nproc']} cores of an {m['cpu_model']}: held-out nats per character "
+        f"(lower is better; medians of {quality['seeds']} seeds), each run `horovod-llm run` with `train.max_minutes` set to the budget, "
+        "2 ranks x 1 thread, on the first 90% of a 1.1 M-character corpus, scored on its last 10%.",
+        "",
+        "| corpus | training budget | recipe | reference (character-level) | difference | whole job, recipe (s) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in quality["summary"]:
+        if "recipe" not in row:
+            continue
+        walls = [r["run_wall_s"] for r in quality["runs"] if (r["corpus"], r["budget_s"], r["arm"]) == (row["corpus"], row["budget_s"], "recipe")]
+        reference = f"{row['reference']['median']:.3f}" if "reference" in row else "-"
+        diff = f"{row['recipe_minus_reference']:+.3f}" if "recipe_minus_reference" in row else "-"
+        lines.append(
+            f"| {row['corpus']} | {row['budget_s']:.0f} s | {row['recipe']['median']:.3f} | {reference} | {diff} | {sorted(walls)[len(walls) // 2]:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def recipe_table() -> str:
+    """The rule of horovod_llm/recipe.py as Markdown, for the README beside the sweeps."""
+    from horovod_llm import recipe
+
+    def upto(limit: float, unit: str, scale: float) -> str:
+        return "beyond" if limit == float("inf") else f"up to {limit / scale:g} {unit}"
+
+    lines = ["| corpus | vocabulary |", "| --- | --- |"]
+    lines += [f"| {upto(limit, 'MB', 1e6)} | {size} |" for limit, size in recipe.VOCABULARY]
+    lines += ["", "| budget | layers | heads | width | learning rate (decays to a tenth) |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {upto(limit, 'minutes', 60)} | {n_layer} | {n_head} | {n_embd} | {lr:g} |" for limit, n_layer, n_head, n_embd, lr in recipe.MODEL]
+    lines += [
+        "",
+        f"Always: context {recipe.choose(1, 1).window_size} tokens (windows overlapping by half), {recipe.choose(1, 1).batch_size} windows per rank "
+        f"per step, {recipe.choose(1, 1).warmup_steps} warm-up steps; dropout {recipe.choose(10**9, 1).dropout:g} unless the budget allows "
+        f"more than {recipe.DROPOUT_FROM_EPOCHS:g} epochs of the corpus (estimated at {recipe.TOKENS_PER_S} tokens/s and "
+        f"{recipe.CHARS_PER_TOKEN:g} characters per token), then {recipe.choose(1, 10**9).dropout:g}. Without `train.max_minutes` the rule "
+        f"assumes {recipe.DEFAULT_BUDGET_S / 60:g} minutes.",
+    ]
+    return "\n".join(lines)
 
 
 def _generate_details(results: dict, gen: dict | None) -> list[str]:

@@ -36,7 +36,32 @@ def commands(args) -> dict[str, list[str]]:
         "train_throughput": ["train_throughput.py", "--repeats", str(args.repeats)],
         "loader_throughput": ["loader_throughput.py", "--repeats", str(args.repeats)],
         "preprocess_throughput": ["preprocess_throughput.py", "--repeats", str(args.repeats), "--rss-sizes-mb", *map(str, args.rss_sizes_mb)],
-        "quality": ["quality.py", "--budgets", *map(str, args.quality_budgets)],
+        "quality": [
+            "quality.py",
+            "--budgets",
+            *map(str, args.quality_budgets),
+            "--seeds",
+            str(args.quality_seeds),
+            "--arms",
+            "recipe",
+            "reference",
+            "recipe_random_init",
+        ],
+        # The sweeps behind the recipe (about 40 minutes each): run with --only.
+        "sweep_shakespeare_90": ["sweep.py", "--budget", "90", "--corpus", "shakespeare"],
+        "sweep_shakespeare_350": [
+            "sweep.py",
+            "--budget",
+            "350",
+            "--corpus",
+            "shakespeare",
+            "--variants",
+            "recipe",
+            "width_192",
+            "width_256",
+            "dropout_0.1",
+            "lr_1e-3",
+        ],
         "generate_throughput": ["generate_throughput.py", "--threads", "1", "--repeats", str(args.repeats)],
         "end_to_end": ["end_to_end.py", "--max-steps", str(args.e2e_max_steps)],
     }
@@ -67,7 +92,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", help="run only these benchmarks (the others keep their last results)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--quality-budgets", type=float, nargs="+", default=[120.0], help="seconds (the issue's second budget, 600, takes 20 more minutes)")
+    parser.add_argument("--quality-budgets", type=float, nargs="+", default=[90.0, 350.0], help="seconds of training per quality run")
+    parser.add_argument("--quality-seeds", type=int, default=3)
     parser.add_argument("--rss-sizes-mb", type=int, nargs="+", default=[20, 200])
     parser.add_argument("--e2e-max-steps", type=int, default=0, help="0: the demo's own steps, so that end_to_end times `make demo`")
     parser.add_argument("--render-only", action="store_true", help="rewrite results.md and the README from results.json; run nothing")
@@ -81,7 +107,7 @@ def main() -> None:
     started = time.perf_counter()
     results = {"machine": machine(), "settings": vars(args), "benchmarks": dict(previous.get("benchmarks", {}))}
     for name, command in commands(args).items():
-        if args.only and name not in args.only and name != "prepare":
+        if (args.only and name not in args.only and name != "prepare") or (not args.only and name.startswith("sweep")):
             continue
         results["benchmarks"][name] = run(name, command, folder)
         RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
@@ -94,10 +120,12 @@ def main() -> None:
 
 def write_reports(results: dict) -> None:
     """The measured section of results.md and the README's headlines, from `results`."""
-    from render import HEADLINES, MEASURED, headlines, render, replace_between
+    from render import HEADLINES, MEASURED, QUALITY, RECIPE, headlines, quality_table, recipe_table, render, replace_between
 
     RESULTS_MD.write_text(replace_between(RESULTS_MD.read_text(), MEASURED, render(results)))
-    README.write_text(replace_between(README.read_text(), HEADLINES, headlines(results)))
+    readme = replace_between(README.read_text(), HEADLINES, headlines(results))
+    readme = replace_between(readme, QUALITY, quality_table(results))
+    README.write_text(replace_between(readme, RECIPE, recipe_table()))
 
 
 if __name__ == "__main__":

@@ -34,12 +34,23 @@ class SparkConfig:
 class DataConfig:
     # A file, folder or glob of .txt/.md/.gz files; empty means the embedded Shakespeare.
     input_url: str | None = None
-    # One document per file, or one per blank-line separated paragraph block.
-    split_on_blank_lines: bool = False
+    # true: files are cut into units of consecutive paragraphs (at most unit_chars
+    # characters each, blank lines kept inside them), which the train/validation split
+    # then assigns; false: a document is a file; null: true only for a one-file corpus.
+    split_on_blank_lines: bool | None = None
+    # null: about 200 units in the corpus, so that a 10% validation share is ~20 of them
+    # (a steady share), each between 2,000 and 64,000 characters.
+    unit_chars: int | None = None
+    # How documents are assigned to validation: "hash" (of the document id, stable as a
+    # corpus grows) or "tail" (the last val_fraction of the corpus, in file and text order:
+    # held out by position, nothing after it ever trains).
+    val_split: str = "hash"
     # Unicode normalisation of the text before tokenisation: "nfkc" or "none".
     normalization: str = "nfkc"
-    window_size: int = 128
-    overlap: int = 64
+    # Tokens of context per window, and tokens that consecutive windows share; null: the
+    # recipe's (recipe.py).
+    window_size: int | None = None
+    overlap: int | None = None
     val_fraction: float = 0.1
     # Row groups are sized so that up to this many ranks each get one per split.
     max_ranks: int = 8
@@ -50,7 +61,10 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    vocab_size: int = 4000
+    # "bpe" (sentencepiece byte-pair encoding) or "char" (one piece per character, for
+    # comparisons with character-level models: vocab_size is then only a ceiling).
+    model_type: str = "bpe"
+    vocab_size: int | None = None  # null: the recipe's (recipe.py)
     # Upper bound on the bytes of text sampled by Spark to train the BPE model.
     sample_bytes: int = 20_000_000
     character_coverage: float = 1.0
@@ -80,10 +94,11 @@ class EmbeddingConfig:
 
 @dataclass
 class ModelConfig:
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 256
-    dropout: float = 0.1
+    # null: the recipe's, from the corpus's size and the budget (recipe.py)
+    n_layer: int | None = None
+    n_head: int | None = None
+    n_embd: int | None = None
+    dropout: float | None = None
     bias: bool = False
     positional: str = "sinusoidal"  # or "learned"
     tie_weights: bool = True
@@ -100,12 +115,19 @@ class TrainConfig:
     num_proc: int = 2
     # Torch threads per rank; 0 means spark.task.cpus under Spark, else cores / ranks.
     threads_per_rank: int = 0
-    batch_size: int = 16  # windows per rank per step
-    epochs: int = 1
+    batch_size: int | None = None  # windows per rank per step; null: the recipe's
+    # Whole passes over the training windows; null: 1, or as many as the budget allows.
+    epochs: int | None = None
     max_steps: int = 0  # > 0 stops after this many steps, whatever `epochs` says
-    learning_rate: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 50
+    # A wall-clock budget for the training loop, in minutes (0: none). Training stops when
+    # it runs out (or at max_steps or epochs, if they come first), writing a final
+    # checkpoint and the statistics; the learning rate decays with the share spent. A
+    # resumed run counts the time its checkpoint had trained.
+    max_minutes: float = 0.0
+    # The schedule's peak and floor and the warm-up steps; null: the recipe's.
+    learning_rate: float | None = None
+    min_lr: float | None = None
+    warmup_steps: int | None = None
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     # Horovod's rule: multiply the learning rate by the number of ranks (or not).
@@ -296,47 +318,67 @@ def validate(config: RunConfig) -> None:
             problems.append(message)
 
     d, t, m, tr, g = config.data, config.tokenizer, config.model, config.train, config.generate
-    need(d.window_size >= 2, f"data.window_size ({d.window_size}) must be at least 2: a window holds inputs and next-token targets")
-    need(d.overlap >= 0, f"data.overlap ({d.overlap}) must be 0 or more")
-    need(
-        d.window_size > d.overlap,
-        f"data.window_size ({d.window_size}) must be larger than data.overlap ({d.overlap}): the stride would be {d.window_size - d.overlap}",
-    )
+
+    def known(*values) -> bool:
+        """Relations between settings are checked once all of them are set (unset ones are
+        the recipe's: recipe.resolve fills them in, and validates again)."""
+        return all(v is not None for v in values)
+
+    if known(d.window_size):
+        need(d.window_size >= 2, f"data.window_size ({d.window_size}) must be at least 2: a window holds inputs and next-token targets")
+    if known(d.overlap):
+        need(d.overlap >= 0, f"data.overlap ({d.overlap}) must be 0 or more")
+    if known(d.window_size, d.overlap):
+        need(
+            d.window_size > d.overlap,
+            f"data.window_size ({d.window_size}) must be larger than data.overlap ({d.overlap}): the stride would be {d.window_size - d.overlap}",
+        )
     need(0.0 < d.val_fraction < 1.0, f"data.val_fraction ({d.val_fraction}) must be between 0 and 1 (exclusive)")
+    need(d.unit_chars is None or d.unit_chars >= 256, f"data.unit_chars ({d.unit_chars}) must be at least 256, or null")
+    need(d.val_split in ("hash", "tail"), f"data.val_split ('{d.val_split}') must be 'hash' or 'tail'")
     need(d.max_ranks >= 1, f"data.max_ranks ({d.max_ranks}) must be at least 1")
     need(d.num_partitions >= 0, f"data.num_partitions ({d.num_partitions}) must be 0 (automatic) or more")
     need(d.normalization in ("nfkc", "none"), f"data.normalization ('{d.normalization}') must be 'nfkc' or 'none'")
     w2v = config.embedding.word2vec
-    need(
-        w2v.vector_size in (0, m.n_embd),
-        f"embedding.word2vec.vector_size ({w2v.vector_size}) must be 0 or model.n_embd ({m.n_embd}): the vectors initialise the token embedding",
-    )
+    if known(m.n_embd):
+        need(
+            w2v.vector_size in (0, m.n_embd),
+            f"embedding.word2vec.vector_size ({w2v.vector_size}) must be 0 or model.n_embd ({m.n_embd}): the vectors initialise the token embedding",
+        )
     for name in ("window", "min_count", "epochs", "workers", "sample_tokens"):
         need(getattr(w2v, name) >= 1, f"embedding.word2vec.{name} ({getattr(w2v, name)}) must be at least 1")
-    need(t.vocab_size >= 16, f"tokenizer.vocab_size ({t.vocab_size}) must be at least 16")
+    if known(t.vocab_size):
+        need(t.vocab_size >= 16, f"tokenizer.vocab_size ({t.vocab_size}) must be at least 16")
+    need(t.model_type in ("bpe", "char"), f"tokenizer.model_type ('{t.model_type}') must be 'bpe' or 'char'")
     need(t.sample_bytes >= 1024, f"tokenizer.sample_bytes ({t.sample_bytes}) must be at least 1024")
     need(0.9 <= t.character_coverage <= 1.0, f"tokenizer.character_coverage ({t.character_coverage}) must be in [0.9, 1]")
-    need(m.n_layer >= 1 and m.n_head >= 1 and m.n_embd >= 1, "model.n_layer, model.n_head and model.n_embd must be positive")
-    need(
-        m.n_head >= 1 and m.n_embd % m.n_head == 0,
-        f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})",
-    )
-    need(0.0 <= m.dropout < 1.0, f"model.dropout ({m.dropout}) must be in [0, 1)")
+    for name in ("n_layer", "n_head", "n_embd"):
+        if known(getattr(m, name)):
+            need(getattr(m, name) >= 1, f"model.{name} ({getattr(m, name)}) must be positive")
+    if known(m.n_embd, m.n_head) and m.n_head >= 1:
+        need(m.n_embd % m.n_head == 0, f"model.n_embd ({m.n_embd}) must be divisible by model.n_head ({m.n_head})")
+    if known(m.dropout):
+        need(0.0 <= m.dropout < 1.0, f"model.dropout ({m.dropout}) must be in [0, 1)")
     need(0.0 < m.init_std < 1.0, f"model.init_std ({m.init_std}) must be in (0, 1)")
     need(m.positional in ("sinusoidal", "learned"), f"model.positional ('{m.positional}') must be 'sinusoidal' or 'learned'")
+    if known(tr.batch_size):
+        need(tr.batch_size >= 1, f"train.batch_size ({tr.batch_size}) must be at least 1")
+    if known(tr.learning_rate):
+        need(tr.learning_rate > 0, f"train.learning_rate ({tr.learning_rate}) must be positive")
+    if known(tr.min_lr, tr.learning_rate):
+        need(0 <= tr.min_lr <= tr.learning_rate, f"train.min_lr ({tr.min_lr}) must be between 0 and train.learning_rate")
+    if known(tr.warmup_steps):
+        need(tr.warmup_steps >= 0, f"train.warmup_steps ({tr.warmup_steps}) must be 0 or more")
     need(tr.launcher in ("spark", "horovodrun", "local"), f"train.launcher ('{tr.launcher}') must be 'spark', 'horovodrun' or 'local'")
     need(tr.num_proc >= 1, f"train.num_proc ({tr.num_proc}) must be at least 1")
     need(tr.threads_per_rank >= 0, f"train.threads_per_rank ({tr.threads_per_rank}) must be 0 (automatic) or more")
-    need(tr.batch_size >= 1, f"train.batch_size ({tr.batch_size}) must be at least 1")
     need(tr.backward_passes_per_step >= 1, f"train.backward_passes_per_step ({tr.backward_passes_per_step}) must be at least 1")
     need(tr.allreduce_op in ("average", "adasum"), f"train.allreduce_op ('{tr.allreduce_op}') must be 'average' or 'adasum'")
     need(tr.horovod_cycle_time_ms > 0, f"train.horovod_cycle_time_ms ({tr.horovod_cycle_time_ms}) must be positive")
     need(tr.peak_flops_per_rank >= 0, f"train.peak_flops_per_rank ({tr.peak_flops_per_rank}) must be 0 (measure) or more")
-    need(tr.epochs >= 1 or tr.max_steps > 0, "train.epochs must be at least 1 unless train.max_steps is set")
+    need(tr.epochs is None or tr.epochs >= 1, f"train.epochs ({tr.epochs}) must be at least 1, or null")
+    need(tr.max_minutes >= 0, f"train.max_minutes ({tr.max_minutes}) must be 0 (no budget) or more")
     need(tr.max_steps >= 0, f"train.max_steps ({tr.max_steps}) must be 0 (use epochs) or more")
-    need(tr.learning_rate > 0, f"train.learning_rate ({tr.learning_rate}) must be positive")
-    need(0 <= tr.min_lr <= tr.learning_rate, f"train.min_lr ({tr.min_lr}) must be between 0 and train.learning_rate")
-    need(tr.warmup_steps >= 0, f"train.warmup_steps ({tr.warmup_steps}) must be 0 or more")
     need(tr.weight_decay >= 0, f"train.weight_decay ({tr.weight_decay}) must be 0 or more")
     need(tr.grad_clip >= 0, f"train.grad_clip ({tr.grad_clip}) must be 0 (off) or more")
     need(tr.log_interval >= 1, f"train.log_interval ({tr.log_interval}) must be at least 1")

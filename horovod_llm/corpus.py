@@ -215,12 +215,50 @@ def chunks(text: str, size: int) -> list[str]:
     return pieces
 
 
-def split_documents(doc_id: str, text: str, on_blank_lines: bool) -> list[tuple[str, str]]:
-    """[(doc_id, text)]: the whole file, or one document per blank-line separated block."""
+_PARAGRAPH_END = re.compile(r"\n[ \t\r\f\v]*\n\s*")  # a blank line (or a run of them) and what follows it
+
+
+def paragraph_units(text: str, max_chars: int) -> list[str]:
+    """`text` cut into runs of consecutive paragraphs of at most `max_chars` characters
+    (a longer paragraph alone, cut at line breaks), blank lines kept inside them: the
+    units join back into `text` exactly, so the model is trained on blank lines too."""
+    ends = [m.end() for m in _PARAGRAPH_END.finditer(text)]
+    paragraphs = [text[start:end] for start, end in zip([0, *ends], [*ends, len(text)], strict=True) if end > start]
+    units: list[str] = []
+    current = ""
+    for paragraph in paragraphs:
+        if current and len(current) + len(paragraph) > max_chars:
+            units.append(current)
+            current = ""
+        if len(paragraph) > max_chars:
+            units.extend(chunks(paragraph, max_chars))
+        else:
+            current += paragraph
+    if current:
+        units.append(current)
+    return units
+
+
+def split_documents(doc_id: str, text: str, on_blank_lines: bool, unit_chars: int) -> list[tuple[str, str]]:
+    """[(doc_id, text)]: the whole file as one document, or its paragraph units (see
+    `paragraph_units`), numbered so that their ids sort in the order of the text."""
+    if not text.strip():
+        return []
     if not on_blank_lines:
-        return [(doc_id, text)] if text.strip() else []
-    blocks = re.split(r"\n\s*\n", text)
-    return [(f"{doc_id}#{i}", block.strip()) for i, block in enumerate(blocks) if block.strip()]
+        return [(doc_id, text)]
+    return [(f"{doc_id}#{i:06d}", unit) for i, unit in enumerate(paragraph_units(text, unit_chars))]
+
+
+def tail_start(sizes: list[tuple[str, int]], val_fraction: float) -> str | None:
+    """The first document of the validation tail: documents in id order (the corpus's
+    order), the ones that start after the first (1 - val_fraction) of its bytes."""
+    total = sum(size for _, size in sizes)
+    seen = 0
+    for doc_id, size in sorted(sizes):
+        if seen >= total * (1 - val_fraction):
+            return doc_id
+        seen += size
+    return None
 
 
 def split_of(doc_id: str, val_fraction: float) -> str:

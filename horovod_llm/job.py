@@ -85,9 +85,14 @@ def steps_per_epoch(num_windows: int, windows_per_step: int) -> int:
     return max(1, num_windows // windows_per_step)
 
 
-def total_steps(train: TrainConfig, steps_per_epoch_: int) -> int:
-    """train.max_steps when set, else train.epochs whole epochs."""
-    return train.max_steps or train.epochs * steps_per_epoch_
+def total_steps(train: TrainConfig, steps_per_epoch_: int) -> int | None:
+    """The last step: train.max_steps when set, else train.epochs whole epochs; with
+    neither, one epoch, or None (no limit but the wall-clock budget) under a budget."""
+    if train.max_steps:
+        return train.max_steps
+    if train.epochs is not None:
+        return train.epochs * steps_per_epoch_
+    return None if train.max_minutes else steps_per_epoch_
 
 
 def learning_rates(train: TrainConfig, world_size: int) -> tuple[float, float]:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from horovod_llm import checkpoint, layout, storage
+from horovod_llm import checkpoint, layout, recipe, storage
 from horovod_llm.config import SECRETS_ENV, RunConfig, redacted_yaml, secret_values, to_dict
 from horovod_llm.errors import JobFailed, UserError
 from horovod_llm.job import check_job, model_config, threads_for_rank
@@ -40,15 +40,18 @@ def horovodrun_command(config_path: str, num_proc: int, start_timeout: int) -> l
     ]  # fmt: skip
 
 
-def preflight(config: RunConfig) -> None:
-    """Refuse, in the driver and before any rank starts, what the ranks would refuse."""
+def preflight(config: RunConfig) -> RunConfig:
+    """The config with the recipe resolved for the dataset; refuse, in the driver and
+    before any rank starts, what the ranks would refuse."""
     import horovod.torch as hvd
 
     manifest = read_manifest(config.output_url)
+    config = recipe.resolve(config, manifest.corpus.bytes)
     check_job(config, manifest, hvd.mpi_built())
     latest = checkpoint.checkpoint_to_resume(config.output_url, config.train.resume)
     if latest is not None:
         checkpoint.check_compatible(latest[1], dataclasses.asdict(model_config(config, manifest)), manifest.tokenizer.sha256)
+    return config
 
 
 @contextmanager
@@ -249,7 +252,7 @@ def launch_training(config: RunConfig, spark=None) -> dict:
     complete checkpoint up to `train.max_restarts` times, as torchrun's --max-restarts
     does, so a lost rank costs at most `train.checkpoint_interval` steps.
     """
-    preflight(config)
+    config = preflight(config)
     restarts = config.train.max_restarts
     for attempt in range(restarts + 1):
         try:

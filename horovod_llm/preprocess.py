@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from horovod_llm import corpus, embeddings, layout, storage, tokenizer
+from horovod_llm import corpus, embeddings, layout, recipe, storage, tokenizer
 from horovod_llm.config import RunConfig, redacted_dict, to_dict
 from horovod_llm.errors import UserError
 from horovod_llm.manifest import FORMAT_VERSION, CorpusInfo, EmbeddingsInfo, Manifest, SplitInfo, TokenizerInfo, read_manifest_if_complete, write_manifest
@@ -62,9 +62,10 @@ MAX_REPORTED_BINARY_FILES = 20
 
 
 def _read_files(
-    batches: Iterator[pd.DataFrame], on_blank_lines: bool, val_fraction: float, normalization: str, storage_settings: dict
+    batches: Iterator[pd.DataFrame], on_blank_lines: bool, unit_chars: int, val_fraction: float, normalization: str, storage_settings: dict
 ) -> Iterator[pd.DataFrame]:
-    """mapInPandas: rows of (url, doc_id) -> documents, read inside the task.
+    """mapInPandas: rows of (url, doc_id) -> documents (files, or their paragraph
+    units), read inside the task, split by hash (`with_tail_split` may redo it).
 
     A binary file becomes one row with `binary_file` set and no text: skipped, and
     reported by the driver.
@@ -78,7 +79,7 @@ def _read_files(
             if text is None:
                 rows.append((doc_id, "", "", 0, 0, doc_id))
                 continue
-            for i, (sub_id, sub_text) in enumerate(corpus.split_documents(doc_id, text, on_blank_lines)):
+            for i, (sub_id, sub_text) in enumerate(corpus.split_documents(doc_id, text, on_blank_lines, unit_chars)):
                 split = corpus.split_of(sub_id, val_fraction)
                 rows.append((sub_id, split, sub_text, len(sub_text.encode("utf-8")), replaced if i == 0 else 0, None))
         yield pd.DataFrame(rows, columns=columns)
@@ -91,12 +92,45 @@ def read_documents(spark, files: list[corpus.CorpusFile], config: RunConfig):
     num_partitions = max(1, min(len(files), spark.sparkContext.defaultParallelism * 4))
     read = partial(
         _read_files,
-        on_blank_lines=data.split_on_blank_lines,
+        on_blank_lines=units_of_paragraphs(data.split_on_blank_lines, len(files)),
+        unit_chars=unit_size(data.unit_chars, sum(f.size for f in files)),
         val_fraction=data.val_fraction,
         normalization=data.normalization,
         storage_settings=storage.settings(),
     )
     return spark.createDataFrame(listing).repartition(num_partitions).mapInPandas(read, schema=DOC_SCHEMA)
+
+
+def units_of_paragraphs(split_on_blank_lines: bool | None, num_files: int) -> bool:
+    """data.split_on_blank_lines, resolved: unset means a one-file corpus is cut into
+    paragraph units (else it would be one document, and nothing could be held out)."""
+    return num_files == 1 if split_on_blank_lines is None else split_on_blank_lines
+
+
+# Paragraph units per corpus when data.unit_chars is unset, and their bounds.
+UNITS_PER_CORPUS = 200
+UNIT_CHARS_BOUNDS = (2_000, 64_000)
+
+
+def unit_size(unit_chars: int | None, corpus_bytes: int) -> int:
+    """data.unit_chars, resolved: unset, about UNITS_PER_CORPUS units in the corpus."""
+    if unit_chars is not None:
+        return unit_chars
+    low, high = UNIT_CHARS_BOUNDS
+    return min(max(corpus_bytes // UNITS_PER_CORPUS, low), high)
+
+
+def with_tail_split(docs, val_fraction: float):
+    """The documents with the validation split moved to the corpus's tail: documents in
+    id order (files by path, their units in text order), the last val_fraction of the
+    bytes. The driver sees one (id, size) row per document, never their text."""
+    from pyspark.sql import functions as F
+
+    text_docs = docs.filter(F.col("binary_file").isNull()).select("doc_id", "num_bytes")
+    start = corpus.tail_start([(row.doc_id, row.num_bytes) for row in text_docs.toLocalIterator()], val_fraction)
+    in_tail = F.col("doc_id") >= F.lit(start) if start is not None else F.lit(False)
+    split = F.when(F.col("binary_file").isNotNull(), F.lit("")).when(in_tail, F.lit("val")).otherwise(F.lit("train"))
+    return docs.withColumn("split", split)
 
 
 # -- tokenizer -------------------------------------------------------------------------
@@ -146,8 +180,10 @@ def build_tokenizer(passages, train_bytes: int, config: RunConfig) -> tuple[byte
         sample_path = Path(tmp) / "sample.txt"
         fraction = min(1.0, tok.sample_bytes / max(train_bytes, 1))
         sample_size = stream_sample(passages, fraction, tok.seed, sample_path, tok.sample_bytes, lambda line: len(line.encode("utf-8")) + 1)
-        model_bytes = tokenizer.train_bpe(sample_path, tok.vocab_size, tok.character_coverage, tok.seed)
-    log.info("tokenizer: BPE, %d pieces, trained on %.1f MB of sampled passages", tok.vocab_size, sample_size / 1e6)
+        model_bytes = tokenizer.train_bpe(sample_path, tok.vocab_size, tok.character_coverage, tok.seed, tok.model_type)
+    log.info(
+        "tokenizer: %s, %d pieces, trained on %.1f MB of sampled passages", tok.model_type, tokenizer.load(model_bytes).get_piece_size(), sample_size / 1e6
+    )
     return model_bytes, {"sample_bytes": sample_size}
 
 
@@ -372,8 +408,9 @@ def _check_splits(per_split: dict, config: RunConfig) -> None:
     for split in layout.SPLITS:
         if not per_split.get(split, {}).get("docs"):
             raise UserError(
-                f"the {split} split is empty: {total_docs} documents were split by hash with data.val_fraction={config.data.val_fraction}; "
-                "add documents, set data.split_on_blank_lines=true, or change data.val_fraction"
+                f"the {split} split is empty: {total_docs} documents were split by {config.data.val_split} with "
+                f"data.val_fraction={config.data.val_fraction}; add documents, set data.split_on_blank_lines=true "
+                "(or a smaller data.unit_chars), or change data.val_fraction"
             )
 
 
@@ -397,6 +434,7 @@ def run_preprocess(config: RunConfig, spark, force: bool = False) -> Manifest:
     files = corpus.list_corpus(config.data.input_url)
     total_input = sum(f.size for f in files)
     log.info("corpus: %d files, %.1f MB", len(files), total_input / 1e6)
+    config = recipe.resolve(config, total_input)
     existing = read_manifest_if_complete(out)
     digests = corpus.content_digests(files, _known_digests(out) if existing else None)
     dataset_fingerprint = fingerprint(config, digests)
@@ -411,7 +449,8 @@ def run_preprocess(config: RunConfig, spark, force: bool = False) -> Manifest:
         storage.remove(url)
 
     stages = _Stages(spark)
-    docs = read_documents(spark, files, config).persist()
+    read = read_documents(spark, files, config).persist()
+    docs = with_tail_split(read, config.data.val_fraction) if config.data.val_split == "tail" else read
     per_split = stages.run("read", lambda: _count_documents(docs))
     binary = sorted(name for s in per_split.values() for name in s["binary"] if name)
     if binary:
@@ -441,7 +480,7 @@ def run_preprocess(config: RunConfig, spark, force: bool = False) -> Manifest:
     word2vec = None
     if config.embedding.word2vec.enabled:
         word2vec = stages.run("word2vec", lambda: build_word2vec(passages, splits["train"].tokens, vocab_size, model_broadcast, config))
-    docs.unpersist()
+    read.unpersist()
     model_broadcast.unpersist()
 
     manifest = Manifest(

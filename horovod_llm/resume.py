@@ -16,6 +16,7 @@ class Resumed:
     step: int = 0
     rng_states: list | None = None  # every rank's torch RNG state at that step
     data: dict | None = None  # the data position: seed, world size, batches consumed
+    trained_seconds: float = 0.0  # of training behind the checkpoint: the budget already spent
 
 
 def restore_latest(output_url: str, model, optimizer, resume: bool, tokenizer_sha256: str, remove_partial: bool = True) -> Resumed:
@@ -33,7 +34,7 @@ def restore_latest(output_url: str, model, optimizer, resume: bool, tokenizer_sh
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
     log.info("resuming from %s (step %d)", url, step)
-    return Resumed(step, state.rng_states, state.meta.get("data"))
+    return Resumed(step, state.rng_states, state.meta.get("data"), float(state.meta.get("trained_seconds", 0.0)))
 
 
 @dataclass(frozen=True)

@@ -44,9 +44,13 @@ def decode(processor: spm.SentencePieceProcessor, ids: list[int]) -> str:
     return processor.decode(ids).replace(NEWLINE, "\n")
 
 
-def train_bpe(sample_path: Path, vocab_size: int, character_coverage: float, seed: int) -> bytes:
-    """Train a BPE model on a local text file, one passage per line with newlines
-    already mapped to NEWLINE; return the serialized model.
+MODEL_TYPES = ("bpe", "char")
+
+
+def train_bpe(sample_path: Path, vocab_size: int, character_coverage: float, seed: int, model_type: str = "bpe") -> bytes:
+    """Train a BPE model (or, with model_type "char", one piece per character, for which
+    vocab_size is only a ceiling) on a local text file, one passage per line with
+    newlines already mapped to NEWLINE; return the serialized model.
 
     Sentences are streamed in and the model written to memory, so the model records no
     temporary paths: the same sample gives the same bytes (and tokenizer hash).
@@ -59,8 +63,10 @@ def train_bpe(sample_path: Path, vocab_size: int, character_coverage: float, see
             spm.SentencePieceTrainer.train(
                 sentence_iterator=sentences,
                 model_writer=model,
-                model_type="bpe",
+                model_type=model_type,
                 vocab_size=vocab_size,
+                # a character model has as many pieces as the sample has characters
+                hard_vocab_limit=model_type != "char",
                 character_coverage=character_coverage,
                 pad_id=PAD_ID,
                 unk_id=UNK_ID,

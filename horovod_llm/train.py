@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from horovod_llm import checkpoint, dataset, embeddings, layout, storage
+from horovod_llm import checkpoint, dataset, embeddings, layout, recipe, storage
 from horovod_llm.config import RunConfig, apply_storage, from_dict
 from horovod_llm.errors import UserError
 from horovod_llm.job import check_job, learning_rates, model_config, set_horovod_environment, steps_per_epoch, threads_for_rank, total_steps
@@ -31,7 +31,7 @@ from horovod_llm.metrics import calibrated_peak_flops, model_flops_utilisation, 
 from horovod_llm.model import GPT
 from horovod_llm.rank_failures import PEER_LOST_STATUS, USER_ERROR_STATUS
 from horovod_llm.resume import Resumed, data_position, restore_latest
-from horovod_llm.schedule import learning_rate_at
+from horovod_llm.schedule import TrainingClock, learning_rate_at
 from horovod_llm.stats import NullStats, StatsWriter, write_run_outputs
 from horovod_llm.step import Interval, distributed_optimizer, train_step, validate
 
@@ -78,7 +78,7 @@ class Job:
     tokenizer_bytes: bytes
     launch_info: dict
     threads: int
-    total_steps: int
+    total_steps: int | None  # None: only the wall-clock budget ends the run
     steps_per_epoch: int
     max_lr: float
     min_lr: float
@@ -116,9 +116,11 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
     is_main = rank == 0
     setup_logging(config.log_level, rank)
     apply_storage(config)
-    train = config.train
     out = config.output_url
     manifest = read_manifest(out)
+    # The same recipe the driver resolved (under horovodrun, no driver did).
+    config = recipe.resolve(config, manifest.corpus.bytes)
+    train = config.train
     check_job(config, manifest, hvd.mpi_built())
     threads = threads_for_rank(train.threads_per_rank, hvd.local_size())
     torch.set_num_threads(threads)  # Horovod: pin each rank to its share of the cores
@@ -153,8 +155,11 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
 
     per_epoch = steps_per_epoch(manifest.splits["train"].windows, train.batch_size * train.backward_passes_per_step * world_size)
     steps = total_steps(train, per_epoch)
-    if resumed.step >= steps:
-        rank_logger(__name__, is_main).info("the checkpoint at step %d already completes the %d steps asked for: nothing to train", resumed.step, steps)
+    budget_seconds = 60.0 * train.max_minutes
+    if (steps is not None and resumed.step >= steps) or (budget_seconds and resumed.trained_seconds >= budget_seconds):
+        rank_logger(__name__, is_main).info(
+            "the checkpoint at step %d (%.0f s of training) already completes the run asked for: nothing to train", resumed.step, resumed.trained_seconds
+        )
         if not train.elastic:
             hvd.barrier()
         summary_url = storage.join(layout.stats_url(out), "summary.json")
@@ -185,7 +190,13 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
         started=time.perf_counter(),
         ranks_ready_at=ranks_ready_at,
     )
-    fields = {"step": resumed.step, "data_seed": position.seed, "consumed": position.consumed, "reader_world": position.world_size}
+    fields = {
+        "step": resumed.step,
+        "trained_seconds": resumed.trained_seconds,
+        "data_seed": position.seed,
+        "consumed": position.consumed,
+        "reader_world": position.world_size,
+    }
     if train.elastic:
         # Horovod elastic: ranks may leave and join; on a change every rank rolls back
         # to the last commit (in memory) and the loop starts again at the new size.
@@ -194,7 +205,7 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
     else:
         summary = train_loop(LoopState(model, optimizer, **fields), job)
     hvd.barrier()  # Horovod: no rank leaves while rank 0 still writes
-    return {"rank": hvd.rank(), "steps": steps, **({"summary": summary} if hvd.rank() == 0 else {})}
+    return {"rank": hvd.rank(), "steps": summary["steps"], **({"summary": summary} if hvd.rank() == 0 else {})}
 
 
 def train_loop(state, job: Job) -> dict:
@@ -218,28 +229,41 @@ def train_loop(state, job: Job) -> dict:
     flops_per_token = model.flops_per_token()
     stats = StatsWriter(out) if is_main else NullStats()
     stats.resume(state.step)
+    budget = 60.0 * train.max_minutes
+    clock = TrainingClock(budget, synced_seconds=state.trained_seconds, synced_step=state.step)
+    ends = f"step {job.total_steps}" if job.total_steps else "the budget"
+    if budget:
+        ends += f" or {train.max_minutes:g} minutes of training" if job.total_steps else f" ({train.max_minutes:g} minutes of training)"
     progress.info(
-        "training %.2fM parameters on %d rank(s) x %d thread(s): steps %d..%d (%d per epoch), %d tokens per step, peak %.0f GFLOP/s",
-        model.num_parameters() / 1e6, world_size, job.threads, state.step + 1, job.total_steps, job.steps_per_epoch, tokens_per_step, peak_flops / 1e9,
+        "training %.2fM parameters on %d rank(s) x %d thread(s): from step %d to %s (%d steps per epoch), %d tokens per step, peak %.0f GFLOP/s",
+        model.num_parameters() / 1e6, world_size, job.threads, state.step + 1, ends, job.steps_per_epoch, tokens_per_step, peak_flops / 1e9,
     )  # fmt: skip
 
     entered = epoch_started = time.perf_counter()
     loop_started_at = time.time()  # wall clock, comparable with the driver's: stage timings
-    entry_step = state.step
+    entry_step, entry_seconds = state.step, state.trained_seconds
     interval, epoch_loss = Interval(), torch.zeros(2, dtype=torch.float64)  # epoch: summed loss, steps
     last_eval: dict = {}
     checkpoint_url = None
     mfu_values: list[float] = []
     model.train()
     batches_args = (out, "train", rank, world_size, train.batch_size)
+    last = False
     with (
         storage.storage_errors_as(out),
         dataset.window_batches(*batches_args, num_epochs=None, seed=state.data_seed, shuffle=True, skip_batches=state.consumed) as batches,
     ):
-        while state.step < job.total_steps:
+        while not last:
             step = state.step + 1
             epoch = (step - 1) // job.steps_per_epoch
-            lr = learning_rate_at(step, max_lr=job.max_lr, min_lr=job.min_lr, warmup_steps=train.warmup_steps, total_steps=job.total_steps)
+            lr = learning_rate_at(
+                step,
+                max_lr=job.max_lr,
+                min_lr=job.min_lr,
+                warmup_steps=train.warmup_steps,
+                total_steps=job.total_steps,
+                elapsed_fraction=clock.fraction(step - 1),
+            )
             for group in optimizer.param_groups:
                 group["lr"] = lr
             step_started = time.perf_counter()
@@ -248,14 +272,17 @@ def train_loop(state, job: Job) -> dict:
             # Step time covers loading, compute and allreduce, not evaluation or checkpoints.
             interval.add(result, time.perf_counter() - step_started)
             epoch_loss += torch.tensor([result.loss, 1.0], dtype=torch.float64)
+            # Every rank decides alike: from the step count and the synced clock.
+            last = step == job.total_steps or clock.spent(step)
 
-            end_of_epoch = step % job.steps_per_epoch == 0 or step == job.total_steps
+            end_of_epoch = step % job.steps_per_epoch == 0 or last
             if step % train.log_interval == 0 or end_of_epoch:
                 loss_x_tokens, correct, tokens, steps_done, _, sync = allreduce_sum(interval.sums).tolist()
-                # The slowest rank sets the pace of a synchronous step.
-                slowest = hvd.allreduce(torch.tensor([float(interval.sums[4]), peak_rss_mb()]), op=hvd.Max, name="max_time_rss")
-                elapsed, rss = float(slowest[0]), float(slowest[1])
+                # The slowest rank sets the pace of a synchronous step, and the clock.
+                mine = [float(interval.sums[4]), peak_rss_mb(), entry_seconds + time.perf_counter() - entered]
+                elapsed, rss, trained = hvd.allreduce(torch.tensor(mine, dtype=torch.float64), op=hvd.Max, name="max_time_rss").tolist()
                 steps_done /= world_size
+                clock.sync(step, trained, elapsed / steps_done)
                 tokens_per_s = tokens_per_step * steps_done / elapsed
                 record = {
                     "step": step,
@@ -273,13 +300,14 @@ def train_loop(state, job: Job) -> dict:
                     "allreduce_share": sync / world_size / elapsed,
                     "peak_rss_mb": rss,
                     "ranks": world_size,
+                    "trained_seconds": trained,
                 }
                 mfu_values.append(record["mfu"])
                 stats.log_step(record)
-                eta = (time.perf_counter() - entered) / (step - entry_step) * (job.total_steps - step)
                 progress.info(
-                    "step %d/%d | epoch %d | loss %.4f | acc %.3f | grad %.2f | lr %.2e | %.0f tok/s | mfu %.0f%% | eta %s",
-                    step, job.total_steps, epoch, record["loss"], record["accuracy"], result.grad_norm, lr, tokens_per_s, 100 * record["mfu"], _format_eta(eta),
+                    "step %d%s | epoch %d | loss %.4f | acc %.3f | grad %.2f | lr %.2e | %.0f tok/s | mfu %.0f%% | %s",
+                    step, f"/{job.total_steps}" if job.total_steps else "", epoch, record["loss"], record["accuracy"], result.grad_norm, lr,
+                    tokens_per_s, 100 * record["mfu"], _remaining(clock, step, job.total_steps, (time.perf_counter() - entered) / (step - entry_step)),
                 )  # fmt: skip
                 interval.reset()
 
@@ -299,25 +327,30 @@ def train_loop(state, job: Job) -> dict:
                 epoch_loss.zero_()
                 epoch_started = time.perf_counter()
 
-            if (train.checkpoint_interval and step % train.checkpoint_interval == 0) or step == job.total_steps:
+            if (train.checkpoint_interval and step % train.checkpoint_interval == 0) or last:
                 # Horovod: a collective, so every rank takes part; rank 0 writes.
                 rng_states = hvd.allgather_object(torch.get_rng_state(), name="rng_states")
                 if is_main:
                     data = {"seed": state.data_seed, "world_size": world_size, "batches_consumed": state.consumed}
-                    meta = {"epoch": epoch, "metrics": last_eval, "dataset": manifest.fingerprint, "data": data}
+                    meta = {"epoch": epoch, "metrics": last_eval, "dataset": manifest.fingerprint, "data": data, "trained_seconds": clock.seconds_at(step)}
                     checkpoint_url = checkpoint.save_checkpoint(out, step, model, optimizer, config, job.tokenizer_bytes, meta, rng_states)
                     checkpoint.prune_checkpoints(out, train.keep_last)
                     progress.info("checkpoint written: %s", checkpoint_url)
-            if train.elastic and (step % train.elastic_commit_interval == 0 or step == job.total_steps):
+            if train.elastic and (step % train.elastic_commit_interval == 0 or last):
+                state.trained_seconds = clock.seconds_at(step)
                 stats.flush()  # a new rank 0 after a reset continues from these records
                 state.commit()  # Horovod elastic: the point a reset rolls back to
 
     total_seconds = time.perf_counter() - job.started
+    steps_run = state.step - job.resumed_step
     timeline = {"ranks_ready_at": job.ranks_ready_at, "loop_started_at": loop_started_at, "loop_ended_at": time.time()}
     summary = {
-        "steps": job.total_steps,
+        "steps": state.step,
+        "stopped_by": "steps" if state.step == job.total_steps else "budget",
+        "trained_seconds": clock.seconds_at(state.step),
+        "budget_seconds": budget,
         "resumed_from_step": job.resumed_step,
-        "epochs": math.ceil(job.total_steps / job.steps_per_epoch),
+        "epochs": math.ceil(state.step / job.steps_per_epoch),
         "steps_per_epoch": job.steps_per_epoch,
         "ranks": world_size,
         "threads_per_rank": job.threads,
@@ -333,10 +366,10 @@ def train_loop(state, job: Job) -> dict:
         "global_batch_windows": train.batch_size * micro * world_size,
         "tokens_per_step": tokens_per_step,
         "total_seconds": total_seconds,
-        "tokens_per_s": tokens_per_step * (job.total_steps - job.resumed_step) / total_seconds,
+        "tokens_per_s": tokens_per_step * steps_run / total_seconds,
         "peak_flops": peak_flops,
         "peak_source": job.peak_source,
-        "model_flops_per_s": flops_per_token * tokens_per_step * (job.total_steps - job.resumed_step) / total_seconds,
+        "model_flops_per_s": flops_per_token * tokens_per_step * steps_run / total_seconds,
         "mfu_mean": float(np.nanmean(mfu_values)) if mfu_values else float("nan"),
         "parameters": model.num_parameters(),
         "flops_per_token": flops_per_token,
@@ -347,3 +380,10 @@ def train_loop(state, job: Job) -> dict:
     if is_main:
         write_run_outputs(stats, summary, checkpoint_url, out)
     return summary
+
+
+def _remaining(clock: TrainingClock, step: int, total_steps: int | None, seconds_per_step: float) -> str:
+    """The log's countdown: the budget left, or an estimate from the steps left."""
+    if clock.budget_seconds:
+        return f"{_format_eta(max(clock.budget_seconds - clock.seconds_at(step), 0.0))} of budget left"
+    return f"eta {_format_eta(seconds_per_step * (total_steps - step))}"

@@ -74,7 +74,7 @@ def test_bootstrap_installs_the_stack_into_a_fresh_venv_and_is_idempotent(tmp_pa
     assert f"ready in {venv}" in first.stderr
 
     check = subprocess.run(
-        [str(venv / "bin/python"), "-c", "import horovod.torch as hvd, horovod_llm, horovod_llm.emr.entry, pyspark, petastorm; "
+        [str(venv / "bin/python"), "-c", "import horovod.torch as hvd, horovod_llm, horovod_llm.cli, pyspark, petastorm, pyarrow_hotfix; "
          "assert hvd.gloo_built(); print(horovod_llm.__file__)"],
         capture_output=True, text=True, env=env, cwd=tmp_path,
     )  # fmt: skip

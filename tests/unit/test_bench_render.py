@@ -32,3 +32,9 @@ def test_every_measured_figure_says_how_many_runs_it_is_the_median_of():
 def test_figures_from_elsewhere_stay_out_of_the_measured_table():
     assert not any("nanoGPT" in cell for row in render.summary_rows(RESULTS) for cell in row)
     assert "nanoGPT" not in render.render(RESULTS)
+
+
+def test_the_readme_quality_table_and_recipe_rule_are_generated():
+    text = (REPO_ROOT / "README.md").read_text()
+    assert render.between(text, render.QUALITY) == render.quality_table(RESULTS)
+    assert render.between(text, render.RECIPE) == render.recipe_table()

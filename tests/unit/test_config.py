@@ -12,7 +12,7 @@ def test_configs_are_shipped():
 
 def test_word2vec_vector_size_must_match_the_model():
     with pytest.raises(UserError, match=r"embedding.word2vec.vector_size \(64\) must be 0 or model.n_embd \(256\)"):
-        load_config(None, ["embedding.word2vec.vector_size=64"])
+        load_config(None, ["embedding.word2vec.vector_size=64", "model.n_embd=256"])
     with pytest.raises(UserError, match="data.normalization"):
         load_config(None, ["data.normalization=nfd"])
 
@@ -28,7 +28,8 @@ def test_overrides_win_over_file_and_are_typed():
     config = load_config(CONFIG_DIR / "local.yaml", ["train.max_steps=20", "data.window_size=64", "data.overlap=32"])
     assert config.train.max_steps == 20 and isinstance(config.train.max_steps, int)
     assert config.data.window_size == 64
-    assert config.model.n_embd == 256  # from the file
+    assert config.train.max_minutes == 4  # from the file
+    assert config.model.n_embd is None  # the recipe's, resolved for the corpus (recipe.py)
 
 
 def test_unknown_key_is_named():
@@ -55,7 +56,7 @@ def test_window_not_larger_than_overlap_gives_the_reason():
 
 def test_every_problem_is_reported_at_once():
     with pytest.raises(UserError) as info:
-        load_config(None, ["data.window_size=1", "train.num_proc=0", "model.n_head=3", "train.horovod_cycle_time_ms=0"])
+        load_config(None, ["data.window_size=1", "train.num_proc=0", "model.n_head=3", "model.n_embd=256", "train.horovod_cycle_time_ms=0"])
     message = str(info.value)
     assert "data.window_size (1)" in message and "train.num_proc (0)" in message and "model.n_embd (256)" in message
     assert "train.horovod_cycle_time_ms (0.0) must be positive" in message

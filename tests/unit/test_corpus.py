@@ -33,10 +33,22 @@ def test_split_is_stable_and_roughly_proportional():
     assert 150 < splits.count("val") < 250
 
 
-def test_blank_line_documents():
-    docs = corpus.split_documents("f.txt", "a\nb\n\n\nc\n  \nd", on_blank_lines=True)
-    assert docs == [("f.txt#0", "a\nb"), ("f.txt#1", "c"), ("f.txt#2", "d")]
-    assert corpus.split_documents("f.txt", "  \n", on_blank_lines=False) == []
+def test_paragraph_units_keep_their_blank_lines_and_join_back_into_the_text():
+    # issue 14: blank lines were separators, dropped; the model never saw one
+    text = "a\nb\n\n\nc\n  \nd\n" + "e" * 25 + "\n\nf\n"
+    units = corpus.paragraph_units(text, max_chars=12)
+    assert "".join(units) == text
+    assert units[0] == "a\nb\n\n\nc\n  \n" and all(len(u) <= 12 for u in units)  # blank lines inside units
+    docs = corpus.split_documents("f.txt", text, on_blank_lines=True, unit_chars=12)
+    assert [doc_id for doc_id, _ in docs] == [f"f.txt#{i:06d}" for i in range(len(units))]  # ids sort in text order
+    assert corpus.split_documents("f.txt", text, on_blank_lines=False, unit_chars=12) == [("f.txt", text)]
+    assert corpus.split_documents("f.txt", "  \n", on_blank_lines=True, unit_chars=12) == []
+
+
+def test_the_tail_split_starts_after_the_first_90_percent_of_bytes():
+    sizes = [(f"f.txt#{i:06d}", 100) for i in range(20)]
+    assert corpus.tail_start(sizes, 0.1) == "f.txt#000018"
+    assert corpus.tail_start([("a", 5), ("b", 5)], 0.1) is None  # nothing starts in the tail
 
 
 def test_list_folder_recursively_and_skip_other_files(tmp_path):
@@ -112,3 +124,11 @@ def test_an_s3_etag_is_the_digest_and_a_store_without_versions_is_always_hashed(
     unversioned = corpus.CorpusFile(url="memory://corpus-digests/b.txt", doc_id="b.txt", size=3)
     known = {"b.txt": {"size": 3, "version": "", "digest": "sha256:stale"}}
     assert corpus.content_digests([unversioned], known)["b.txt"]["digest"] != "sha256:stale"
+
+
+def test_unit_size_aims_at_a_steady_validation_share():
+    from horovod_llm.preprocess import unit_size
+
+    assert unit_size(None, 1_100_000) == 5_500  # ~200 units: a 10% share is ~20 of them
+    assert unit_size(None, 10_000) == 2_000 and unit_size(None, 10**9) == 64_000  # bounded
+    assert unit_size(3_000, 10**9) == 3_000  # as configured

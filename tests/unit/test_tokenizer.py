@@ -44,3 +44,14 @@ def test_vocabulary_too_large_for_corpus(tmp_path):
     path.write_text("a tiny corpus\n")
     with pytest.raises(UserError, match="tokenizer.vocab_size \\(5000\\) is too large"):
         tokenizer.train_bpe(path, 5000, 1.0, 1)
+
+
+def test_a_character_model_has_one_piece_per_character(tmp_path):
+    path = tmp_path / "sample.txt"
+    path.write_text("\n".join(tokenizer.to_model_text(t) for t in ["the cat sat\non the mat", "a rat!"]) + "\n")
+    processor = tokenizer.load(tokenizer.train_bpe(path, 512, 1.0, 1, model_type="char"))
+    text = "the mat\nsat"
+    ids = tokenizer.encode(processor, [text])[0]
+    assert tokenizer.decode(processor, ids) == text
+    assert len(ids) == len(text) + 1  # one piece per character, and sentencepiece's leading space
+    assert processor.get_piece_size() < 30  # the sample's characters, not the ceiling of 512

@@ -1,0 +1,63 @@
+"""The sweeps behind the recipe (horovod_llm/recipe.py): held-out nats per character of
+the recipe arm of bench/quality.py with one or two settings changed at a time, for a
+budget and a corpus.
+
+    .venv/bin/python bench/sweep.py [--budget 90] [--corpus shakespeare] [--variants NAME ...] [--json PATH]
+
+Each variant is `bench/quality.py`'s recipe arm (`horovod-llm run` then `horovod-llm
+evaluate` on the held-out 10%) with the overrides below; one seed each, so a difference
+smaller than the seeds' spread (bench/quality.py reports it) says little.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from common import report, write_result
+from quality import QUALITY_RUNS, prepare_corpus, run_arm
+
+# name -> overrides of the recipe arm. "recipe" is the rule as it stands.
+VARIANTS = {
+    "recipe": [],
+    "vocab_512": ["tokenizer.vocab_size=512"],
+    "vocab_2048": ["tokenizer.vocab_size=2048"],
+    "vocab_4000": ["tokenizer.vocab_size=4000"],
+    "width_96": ["model.n_embd=96", "model.n_head=4"],
+    "width_192": ["model.n_embd=192", "model.n_head=6"],
+    "width_256": ["model.n_embd=256", "model.n_head=8"],
+    "layers_2": ["model.n_layer=2"],
+    "layers_6": ["model.n_layer=6"],
+    "context_64": ["data.window_size=64", "data.overlap=32"],
+    "context_256": ["data.window_size=256", "data.overlap=128"],
+    "batch_8": ["train.batch_size=8"],
+    "batch_32": ["train.batch_size=32"],
+    "lr_1e-3": ["train.learning_rate=0.001"],
+    "lr_4e-3": ["train.learning_rate=0.004"],
+    "dropout_0.1": ["model.dropout=0.1"],
+    "no_word2vec": ["model.init_from_word2vec=false", "embedding.word2vec.enabled=false"],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=90.0, help="seconds of training per run")
+    parser.add_argument("--corpus", default="shakespeare")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", help="write the results to this file")
+    args = parser.parse_args()
+    corpus_dir = prepare_corpus(args.corpus)
+    runs = []
+    for name in args.variants:
+        out = QUALITY_RUNS / "sweep" / f"{args.corpus}-{int(args.budget)}-{name}"
+        result = {"variant": name, "corpus": args.corpus, **run_arm(corpus_dir, "recipe", args.budget, args.seed, VARIANTS[name], out)}
+        runs.append(result)
+        report(
+            f"{args.corpus} {int(args.budget)} s {name:12s}: {result['nats_per_character']:.3f} nats/char ({result['steps']} steps, "
+            f"{result['tokens_per_s']:.0f} tok/s, {result['epochs']:.1f} epochs, {result['parameters'] / 1e6:.2f}M parameters)"
+        )
+    write_result(args.json, {"budget_s": args.budget, "corpus": args.corpus, "seed": args.seed, "runs": runs})
+
+
+if __name__ == "__main__":
+    main()

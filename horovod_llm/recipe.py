@@ -1,0 +1,120 @@
+"""The recipe: the settings a user leaves unset, chosen from the corpus's size and the
+training budget by a rule measured on these machines.
+
+The rule's numbers come from sweeps with `bench/quality.py` (2 ranks x 1 thread of a
+2-core machine, held-out text; the README's quality section shows the rule beside the
+figures). Its shape: the vocabulary grows with the corpus (more text supports more
+pieces); the model with the budget (a larger model needs more steps to pay off); dropout
+comes in once the budget would show the model the same text several times. Explicit
+settings always win, and one resolved config is what preprocessing and training record.
+
+Preprocessing and training resolve alike, from the same two numbers (the corpus's bytes,
+which the dataset's manifest keeps, and train.max_minutes), so they agree without talking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+from horovod_llm.config import RunConfig, validate
+
+log = logging.getLogger(__name__)
+
+# The budget the rule assumes when train.max_minutes is 0 (a run bounded by steps).
+DEFAULT_BUDGET_S = 300.0
+
+
+@dataclass(frozen=True)
+class Recipe:
+    vocab_size: int
+    window_size: int
+    overlap: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    dropout: float
+    batch_size: int  # windows per rank per step
+    learning_rate: float
+    min_lr: float
+    warmup_steps: int
+
+
+# (largest corpus in bytes, vocabulary): a BPE vocabulary the corpus can fill.
+VOCABULARY = [(2_000_000, 1024), (20_000_000, 2048), (200_000_000, 4096), (float("inf"), 8192)]
+# (largest budget in seconds, n_layer, n_head, n_embd, learning rate)
+MODEL = [(600.0, 4, 4, 128, 2e-3), (3_600.0, 4, 6, 192, 1.5e-3), (6 * 3_600.0, 6, 8, 256, 1e-3), (float("inf"), 8, 8, 384, 6e-4)]
+# Epochs of the corpus the budget allows, beyond which dropout pays off.
+DROPOUT_FROM_EPOCHS = 4.0
+# Tokens per second one 2-core machine trains of the smallest model: the rule's estimate of
+# the epochs a budget allows (measured: bench/quality.py).
+TOKENS_PER_S = 20_000
+CHARS_PER_TOKEN = 3.0
+
+
+def choose(corpus_bytes: int, budget_s: float) -> Recipe:
+    """The rule (pure): every setting the recipe fills, for a corpus and a budget."""
+    vocab_size = next(size for limit, size in VOCABULARY if corpus_bytes <= limit)
+    n_layer, n_head, n_embd, learning_rate = next(shape for limit, *shape in MODEL if budget_s <= limit)
+    epochs = budget_s * TOKENS_PER_S / max(corpus_bytes / CHARS_PER_TOKEN, 1.0)
+    return Recipe(
+        vocab_size=vocab_size,
+        window_size=128,
+        overlap=64,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        dropout=0.1 if epochs > DROPOUT_FROM_EPOCHS else 0.0,
+        batch_size=16,
+        learning_rate=learning_rate,
+        min_lr=learning_rate / 10,
+        warmup_steps=30,
+    )
+
+
+# Where each setting of the recipe lives in the config.
+_FIELDS = {
+    "vocab_size": "tokenizer",
+    "window_size": "data",
+    "overlap": "data",
+    "n_layer": "model",
+    "n_head": "model",
+    "n_embd": "model",
+    "dropout": "model",
+    "batch_size": "train",
+    "learning_rate": "train",
+    "min_lr": "train",
+    "warmup_steps": "train",
+}
+# A character-level tokenizer's vocabulary is only a ceiling on the characters it keeps.
+CHAR_VOCABULARY = 1024
+
+
+def resolve(config: RunConfig, corpus_bytes: int) -> RunConfig:
+    """The config with every unset setting of the recipe filled in by the rule, validated.
+    A config with none unset comes back unchanged."""
+    unset = [name for name, section in _FIELDS.items() if getattr(getattr(config, section), name) is None]
+    if not unset:
+        return config
+    budget_s = 60.0 * config.train.max_minutes or DEFAULT_BUDGET_S
+    chosen = dataclasses.asdict(choose(corpus_bytes, budget_s))
+    if config.tokenizer.model_type == "char":
+        chosen["vocab_size"] = CHAR_VOCABULARY
+    if config.model.n_embd is not None and config.model.n_head is None:
+        chosen["n_head"] = next(h for h in (chosen["n_head"], 8, 6, 4, 2, 1) if config.model.n_embd % h == 0)
+    if config.data.window_size is not None and config.data.overlap is None:
+        chosen["overlap"] = config.data.window_size // 2
+    if config.train.learning_rate is not None and config.train.min_lr is None:
+        chosen["min_lr"] = config.train.learning_rate / 10
+    sections = {}
+    for section in ("tokenizer", "data", "model", "train"):
+        values = {name: chosen[name] for name in unset if _FIELDS[name] == section}
+        sections[section] = dataclasses.replace(getattr(config, section), **values)
+    resolved = dataclasses.replace(config, **sections)
+    validate(resolved)
+    log.info(
+        "recipe for %.1f MB of text and %.0f s of training: %s",
+        corpus_bytes / 1e6, budget_s, " ".join(f"{_FIELDS[name]}.{name}={chosen[name]}" for name in unset),
+    )  # fmt: skip
+    return resolved

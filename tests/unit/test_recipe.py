@@ -1,0 +1,42 @@
+"""The recipe: unset settings chosen from the corpus's size and the budget; explicit ones win."""
+
+import pytest
+
+from horovod_llm import recipe
+from horovod_llm.config import CONFIG_DIR, load_config
+from horovod_llm.errors import UserError
+
+LOCAL = CONFIG_DIR / "local.yaml"
+
+
+def test_every_unset_setting_is_filled_and_validated():
+    config = recipe.resolve(load_config(LOCAL), corpus_bytes=5_300_000)
+    chosen = recipe.choose(5_300_000, 60 * config.train.max_minutes)
+    assert config.tokenizer.vocab_size == chosen.vocab_size and config.model.n_embd == chosen.n_embd
+    assert config.train.min_lr == pytest.approx(chosen.learning_rate / 10)
+    assert recipe.resolve(config, corpus_bytes=5) is config  # resolved once, the same after
+
+
+def test_explicit_settings_win_and_what_depends_on_them_follows():
+    config = recipe.resolve(load_config(LOCAL, ["model.n_embd=96", "train.learning_rate=0.003", "tokenizer.vocab_size=700"]), 1_000_000)
+    assert (config.model.n_embd, config.tokenizer.vocab_size, config.train.learning_rate) == (96, 700, 0.003)
+    assert 96 % config.model.n_head == 0  # a head count that divides the width given
+    assert config.train.min_lr == pytest.approx(0.0003)
+
+
+def test_the_vocabulary_grows_with_the_corpus_and_the_model_with_the_budget():
+    assert recipe.choose(1_000_000, 300).vocab_size < recipe.choose(50_000_000, 300).vocab_size
+    assert recipe.choose(1_000_000, 300).n_embd <= recipe.choose(1_000_000, 4 * 3600).n_embd
+    small = recipe.choose(1_000_000, 3 * 3600)
+    assert small.dropout > 0  # many epochs of a small corpus: dropout pays off
+
+
+def test_a_character_tokenizer_gets_a_ceiling_not_a_bpe_size():
+    config = recipe.resolve(load_config(LOCAL, ["tokenizer.model_type=char"]), 1_000_000)
+    assert config.tokenizer.vocab_size == recipe.CHAR_VOCABULARY
+
+
+def test_explicit_settings_that_contradict_the_recipe_are_named():
+    assert recipe.resolve(load_config(LOCAL, ["data.window_size=16"]), 1_000_000).data.overlap == 8  # half a window
+    with pytest.raises(UserError, match=r"data.window_size \(\d+\) must be larger than data.overlap \(4000\)"):
+        recipe.resolve(load_config(LOCAL, ["data.overlap=4000"]), 1_000_000)
