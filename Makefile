@@ -16,7 +16,8 @@ demo: setup
 test: setup lint
 	SPARK_LOCAL_IP=127.0.0.1 $(BIN)/python -m pytest tests -q -p no:cacheprovider
 
-# Every benchmark (bench/run_all.py): about 20 minutes on 2 cores; writes bench/results.json
+# Every benchmark (bench/run_all.py): about 2.5 hours on 2 cores, 2 of them the quality
+# bench (BENCH_ARGS="--only NAME ..." runs a part); writes bench/results.json
 # and the measured part of bench/results.md. BENCH_ARGS passes options (see --help).
 bench: setup
 	SPARK_LOCAL_IP=127.0.0.1 $(BIN)/python bench/run_all.py $(BENCH_ARGS)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -108,7 +109,9 @@ def prepare_corpus(name: str) -> Path:
 
 
 def run_arm(corpus_dir: Path, arm: str, budget_s: float, seed: int, overrides: list[str], out: Path) -> dict:
-    """One `horovod-llm run`, then `horovod-llm evaluate` on the held-out text."""
+    """One `horovod-llm run`, then `horovod-llm evaluate` on the held-out text, from an
+    empty folder: a run left there would be resumed, and its dataset reused."""
+    shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
     args = [
         f"output_url={out}",
@@ -133,6 +136,7 @@ def run_arm(corpus_dir: Path, arm: str, budget_s: float, seed: int, overrides: l
     summary = json.loads((out / "stats" / "summary.json").read_text())
     pipeline = json.loads((out / "stats" / "pipeline.json").read_text())
     manifest = json.loads((out / "dataset" / "manifest.json").read_text())
+    trained_with = trained_settings(Path(summary["checkpoint_url"]) / "config.yaml")
     return {
         "arm": arm,
         "budget_s": budget_s,
@@ -146,14 +150,24 @@ def run_arm(corpus_dir: Path, arm: str, budget_s: float, seed: int, overrides: l
         "tokens_per_s": summary["tokens_per_s"],
         "parameters": summary["parameters"],
         "epochs": summary["steps"] * summary["global_batch_windows"] / manifest["splits"]["train"]["windows"],
-        "recipe": {key: manifest["config"][section][key] for section, key in RECIPE_KEYS},
+        "recipe": trained_with,
         "run_wall_s": wall,
         "stages_s": pipeline["stages"],
         "train_stage_s": pipeline["train_stage"],
     }
 
 
-# Settings reported with each run (the manifest's resolved config).
+def trained_settings(config_yaml: Path) -> dict:
+    """The recipe's settings a run trained with, from its final checkpoint's config (the
+    dataset's manifest would do for the data's settings, but a reused dataset keeps the
+    model settings of the run that built it)."""
+    import yaml
+
+    config = yaml.safe_load(config_yaml.read_text())
+    return {key: config[section][key] for section, key in RECIPE_KEYS}
+
+
+# Settings reported with each run (the resolved config).
 RECIPE_KEYS = [
     ("tokenizer", "model_type"),
     ("tokenizer", "vocab_size"),
@@ -163,6 +177,8 @@ RECIPE_KEYS = [
     ("model", "n_head"),
     ("model", "n_embd"),
     ("model", "dropout"),
+    ("train", "batch_size"),
+    ("train", "learning_rate"),
 ]
 
 
@@ -189,16 +205,21 @@ def main() -> None:
     parser.add_argument("--corpora", nargs="+", default=list(CORPORA), choices=list(CORPORA))
     parser.add_argument("--arms", nargs="+", default=["recipe", "reference"], choices=list(ARMS))
     parser.add_argument("--recipe", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for the recipe arm (sweeps)")
-    parser.add_argument("--json", help="write the results to this file")
+    parser.add_argument("--json", help="write the results to this file (after every run, so that a stopped bench keeps what it measured)")
+    parser.add_argument("--resume", action="store_true", help="keep every run already in --json and add only the missing ones (another arm, more seeds)")
     args = parser.parse_args()
-    runs = []
-    for name in args.corpora:
-        corpus_dir = prepare_corpus(name)
-        for budget in args.budgets:
-            for seed in range(1, args.seeds + 1):
+    runs = json.loads(Path(args.json).read_text())["runs"] if args.resume and args.json and Path(args.json).exists() else []
+    # Seeds outermost: a bench stopped early still has every corpus and budget, with fewer seeds.
+    for seed in range(1, args.seeds + 1):
+        for name in args.corpora:
+            corpus_dir = prepare_corpus(name)
+            for budget in args.budgets:
                 for arm in args.arms:  # arms alternate, so that load on the machine hits them alike
+                    if any((r["corpus"], r["arm"], r["budget_s"], r["seed"]) == (name, arm, budget, seed) for r in runs):
+                        continue
                     overrides = args.recipe if arm.startswith("recipe") else []
-                    out = QUALITY_RUNS / "runs" / f"{name}-{arm}-{int(budget)}-{seed}"
+                    # a folder per results file: two benchmarks' runs never share one
+                    out = QUALITY_RUNS / "runs" / Path(args.json or "quality").stem / f"{name}-{arm}-{int(budget)}-{seed}"
                     result = {"corpus": name, **run_arm(corpus_dir, arm, budget, seed, overrides, out)}
                     runs.append(result)
                     report(
@@ -206,14 +227,26 @@ def main() -> None:
                         f"({result['steps']} steps, {result['tokens_per_s']:.0f} tok/s, {result['epochs']:.1f} epochs, "
                         f"{result['parameters'] / 1e6:.2f}M parameters; whole run {result['run_wall_s']:.0f} s)"
                     )
-    rows = summarize(runs, args.corpora, args.budgets)
-    for row in rows:
+                    write_result(args.json, _results(runs))
+    for row in _results(runs)["summary"]:
         if "recipe_minus_reference" in row:
             report(
                 f"{row['corpus']:11s} {int(row['budget_s']):4d} s: recipe {row['recipe']['median']:.3f}, reference {row['reference']['median']:.3f} "
                 f"(medians of {row['recipe']['seeds']} seeds): {row['recipe_minus_reference']:+.3f} nats/char"
             )
-    write_result(args.json, {"budgets_s": args.budgets, "seeds": args.seeds, "corpus_chars": CORPUS_CHARS, "runs": runs, "summary": rows})
+    write_result(args.json, _results(runs))
+
+
+def _results(runs: list[dict]) -> dict:
+    corpora = [name for name in CORPORA if any(r["corpus"] == name for r in runs)]
+    budgets = sorted({r["budget_s"] for r in runs})
+    return {
+        "budgets_s": budgets,
+        "seeds": max((r["seed"] for r in runs), default=0),
+        "corpus_chars": CORPUS_CHARS,
+        "runs": runs,
+        "summary": summarize(runs, corpora, budgets),
+    }
 
 
 if __name__ == "__main__":

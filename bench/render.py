@@ -6,6 +6,8 @@ tests/unit/test_bench_render.py checks that both files hold what this renders.
 
 from __future__ import annotations
 
+import statistics
+
 from end_to_end import stage_rows
 
 MEASURED = ("<!-- measured:begin (bench/run_all.py rewrites this part) -->", "<!-- measured:end -->")
@@ -90,7 +92,9 @@ def summary_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
             if "recipe_minus_reference" in row:
                 label = f"held-out nats/char, recipe - reference arm, {row['corpus']}, {row['budget_s']:.0f} s of training"
                 verdict = _verdict(row["recipe_minus_reference"], -0.10, at_least=False)
-                rows.append((label, f"{row['recipe_minus_reference']:+.3f}", f"medians of {row['recipe']['seeds']} seeds", "<= -0.10", verdict))
+                rows.append(
+                    (label, f"{row['recipe_minus_reference']:+.3f}", f"median of {row['recipe']['seeds']} runs (one per seed) per arm", "<= -0.10", verdict)
+                )
     return rows
 
 
@@ -108,11 +112,15 @@ def render(results: dict) -> str:
     lines += ["", "Per benchmark (seconds, 1-minute load average before and after):", ""]
     for name, entry in results["benchmarks"].items():
         status = "" if entry.get("status") == 0 else f", **failed ({entry.get('status')})**"
+        if "gathered_from" in entry:
+            lines.append(f"- `{name}`: run on its own (its results taken from `{entry['gathered_from']}`, measured {entry['result']['machine']['date']})")
+            continue
         lines.append(f"- `{name}`: {entry['seconds']:.0f} s, load {entry['load_before'][0]} -> {entry['load_after'][0]}{status}")
     lines += _train_details(_get(results, "train_throughput"))
     lines += _loader_details(results, _get(results, "loader_throughput"))
     lines += _preprocess_details(results, _get(results, "preprocess_throughput"))
     lines += _quality_details(_get(results, "quality"))
+    lines += _word2vec_details(_get(results, "quality_word2vec"))
     lines += _sweep_details([entry["result"] for name, entry in sorted(results["benchmarks"].items()) if name.startswith("sweep") and entry.get("result")])
     lines += _generate_details(results, _get(results, "generate_throughput"))
     lines += _e2e_details(_get(results, "end_to_end"))
@@ -122,7 +130,12 @@ def render(results: dict) -> str:
 def headlines(results: dict) -> str:
     """The README's summary of the last `make bench`, as a Markdown list."""
     m = results["machine"]
-    lines = [f"Measured by `make bench` on {m['date']}, {m['nproc']} cores of an {m['cpu_model']}, torch {m['torch']}:", ""]
+    dates = sorted({entry["result"]["machine"]["date"] for entry in results["benchmarks"].values() if "machine" in (entry.get("result") or {})})
+    when = f"between {dates[0]} and {dates[-1]}" if len(dates) > 1 else f"on {m['date']}"
+    lines = [
+        f"Measured by `make bench` {when} (benchmarks rerun one at a time keep their own dates, in `bench/results.md`), {m['nproc']} cores of an {m['cpu_model']}, torch {m['torch']}:",
+        "",
+    ]
     train = _get(results, "train_throughput")
     if train:
         runs = _runs(train["repeats"])
@@ -159,7 +172,7 @@ def headlines(results: dict) -> str:
                 lines.append(
                     f"- after {row['budget_s']:.0f} s of training on the {row['corpus']} corpus, the recipe's model scores "
                     f"{row['recipe']['median']:.3f} nats per character on held-out text, against {row['reference']['median']:.3f} for a "
-                    f"character-level nanoGPT-style model trained alike (medians of {row['recipe']['seeds']} seeds);"
+                    f"character-level model of the reference configuration trained alike (medians of {row['recipe']['seeds']} runs, one per seed);"
                 )
     e2e = _get(results, "end_to_end")
     if e2e:
@@ -261,12 +274,12 @@ def _quality_details(quality: dict | None) -> list[str]:
         "",
         f"Each run is `horovod-llm run` with `train.max_minutes` = the budget on a {quality['corpus_chars'] / 1e6:.1f} M-character corpus "
         "(its first 90% trains), then `horovod-llm evaluate --text-file` on the held-out last 10%. Arms: the product's recipe; "
-        "the reference (nanoGPT's character-level CPU example: 4 layers, 4 heads, width 128, context 64, batch 12, dropout 0, "
+        "the reference (the character-level CPU configuration cited under Figures from elsewhere: 4 layers, 4 heads, width 128, context 64, batch 12, dropout 0, "
         "learning rate 1e-3 decayed to 1e-4), built from this package's model with a character-level tokenizer. Held-out nats per character, "
-        f"medians of {quality['seeds']} seeds (each seed's value in brackets):",
+        f"medians of {_seeds(quality)} seeds (each seed's value in brackets):",
         "",
-        "| corpus | budget | recipe | reference | recipe - reference | recipe without Word2Vec |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| corpus | budget | recipe | reference | recipe - reference |",
+        "| --- | --- | --- | --- | --- |",
     ]
 
     def cell(row: dict, arm: str) -> str:
@@ -276,9 +289,7 @@ def _quality_details(quality: dict | None) -> list[str]:
 
     for row in quality["summary"]:
         diff = f"{row['recipe_minus_reference']:+.3f}" if "recipe_minus_reference" in row else "-"
-        lines.append(
-            f"| {row['corpus']} | {row['budget_s']:.0f} s | {cell(row, 'recipe')} | {cell(row, 'reference')} | {diff} | {cell(row, 'recipe_random_init')} |"
-        )
+        lines.append(f"| {row['corpus']} | {row['budget_s']:.0f} s | {cell(row, 'recipe')} | {cell(row, 'reference')} | {diff} |")
     lines += [
         "",
         "| corpus | budget | arm | settings | parameters | steps | tokens/s | epochs | chars/token | whole run (s) |",
@@ -292,7 +303,54 @@ def _quality_details(quality: dict | None) -> list[str]:
             f"| {r['corpus']} | {r['budget_s']:.0f} s | {r['arm']} | {settings} | {r['parameters'] / 1e6:.2f}M | {r['steps']} | {r['tokens_per_s']:.0f} | "
             f"{r['epochs']:.1f} | {r['characters_per_token']:.2f} | {r['run_wall_s']:.0f} |"
         )
-    lines += ["", "(The second table shows seed 1 of each arm: the settings each arm trained with, as the dataset's manifest records them.)"]
+    lines += ["", "(The second table shows seed 1 of each arm: the settings each arm trained with, from its final checkpoint's config.)"]
+    lines += _wait_details(quality)
+    return lines
+
+
+def _word2vec_details(paired: dict | None) -> list[str]:
+    """Word2Vec initialisation's effect under the recipe: both arms in the same run."""
+    if not paired:
+        return []
+    lines = [
+        "",
+        "Word2Vec initialisation under the recipe (`bench/quality.py --arms recipe recipe_random_init`, held-out nats/char, "
+        f"medians of {paired['seeds']} seed(s), measured {paired['machine']['date']}):",
+        "",
+        "| corpus | budget | with Word2Vec | random initialisation | Word2Vec's gain |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in paired["summary"]:
+        if "recipe" in row and "recipe_random_init" in row:
+            with_, without = row["recipe"]["median"], row["recipe_random_init"]["median"]
+            lines.append(f"| {row['corpus']} | {row['budget_s']:.0f} s | {with_:.3f} | {without:.3f} | {without - with_:.3f} |")
+    return lines
+
+
+def _seeds(quality: dict) -> str:
+    """How many seeds the medians are of: one number, or a range when a row has fewer."""
+    counts = sorted({row[arm]["seeds"] for row in quality["summary"] for arm in ("recipe", "reference") if arm in row})
+    return str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+
+
+def _wait_details(quality: dict) -> list[str]:
+    """Where the whole job's time goes besides the training budget: the recipe arm's runs,
+    medians over seeds, per budget."""
+    lines = ["", "The wait for a first model (recipe arm, seconds, medians over seeds and corpora):", ""]
+    lines += ["| budget | Spark start | preprocess | Horovod start | rank set-up | training loop | wrap-up | generation | whole job |"]
+    lines += ["| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for budget in sorted({r["budget_s"] for r in quality["runs"]}):
+        runs = [r for r in quality["runs"] if r["arm"] == "recipe" and r["budget_s"] == budget]
+        if not runs:
+            continue
+
+        def med(values: list[float]) -> str:
+            return f"{sorted(values)[len(values) // 2]:.1f}"
+
+        cells = [med([r["stages_s"]["spark_start"] for r in runs]), med([r["stages_s"]["preprocess"] for r in runs])]
+        cells += [med([r["train_stage_s"][k] for r in runs]) for k in ("horovod_start", "rank_setup", "training_loop", "wrap_up")]
+        cells += [med([r["stages_s"]["generate"] for r in runs]), med([r["run_wall_s"] for r in runs])]
+        lines.append(f"| {budget:.0f} s | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -301,15 +359,20 @@ def _sweep_details(sweeps: list[dict]) -> list[str]:
     for sweep in sweeps:
         lines += [
             "",
-            f"### Recipe sweep: {sweep['corpus']}, {sweep['budget_s']:.0f} s of training (`bench/sweep.py`, 1 seed each)",
+            f"### Recipe sweep: {sweep['corpus']}, {sweep['budget_s']:.0f} s of training (`bench/sweep.py`, 1 seed each, measured {sweep['machine']['date']})",
             "",
-            "| variant | overrides of the recipe | held-out nats/char | parameters | steps | tokens/s | epochs |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "Each variant changes the rule as it stood when the sweep ran (the `recipe` row); the settings column is what each run "
+            "trained with, as its dataset's manifest records it.",
+            "",
+            "| variant | overrides | settings | held-out nats/char | parameters | steps | tokens/s | epochs |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in sweep["runs"]:
             changed = " ".join(o for o in r["overrides"]) or "(the rule)"
+            settings = ", ".join(f"{k}={v}" for k, v in r["recipe"].items() if k != "model_type")
             lines.append(
-                f"| {r['variant']} | {changed} | {r['nats_per_character']:.3f} | {r['parameters'] / 1e6:.2f}M | {r['steps']} | {r['tokens_per_s']:.0f} | {r['epochs']:.1f} |"
+                f"| {r['variant']} | {changed} | {settings} | {r['nats_per_character']:.3f} | {r['parameters'] / 1e6:.2f}M | {r['steps']} | "
+                f"{r['tokens_per_s']:.0f} | {r['epochs']:.1f} |"
             )
     return lines
 
@@ -320,10 +383,10 @@ def quality_table(results: dict) -> str:
     quality = _get(results, "quality")
     if not quality:
         return '(not measured yet: `make bench BENCH_ARGS="--only quality"`)'
-    m = results["machine"]
+    m = quality["machine"]
     lines = [
         f"Measured by `bench/quality.py` on {m['date']}, {m['nproc']} cores of an {m['cpu_model']}: held-out nats per character "
-        f"(lower is better; medians of {quality['seeds']} seeds), each run `horovod-llm run` with `train.max_minutes` set to the budget, "
+        f"(lower is better; medians of {_seeds(quality)} seeds), each run `horovod-llm run` with `train.max_minutes` set to the budget, "
         "2 ranks x 1 thread, on the first 90% of a 1.1 M-character corpus, scored on its last 10%.",
         "",
         "| corpus | training budget | recipe | reference (character-level) | difference | whole job, recipe (s) |",
@@ -338,7 +401,26 @@ def quality_table(results: dict) -> str:
         lines.append(
             f"| {row['corpus']} | {row['budget_s']:.0f} s | {row['recipe']['median']:.3f} | {reference} | {diff} | {sorted(walls)[len(walls) // 2]:.0f} |"
         )
+    lines += ["", *_pace(quality)]
     return "\n".join(lines)
+
+
+def _pace(quality: dict) -> list[str]:
+    """What a minute of training buys each arm on each corpus: medians over the arm's runs."""
+    lines = []
+    corpora = sorted({r["corpus"] for r in quality["runs"]}, key=[r["corpus"] for r in quality["runs"]].index)
+    for corpus in corpora:
+        for arm, label in (("recipe", "the recipe"), ("reference", "the reference arm")):
+            runs = [r for r in quality["runs"] if (r["corpus"], r["arm"]) == (corpus, arm)]
+            if runs:
+                steps_per_minute = statistics.median([60 * r["steps"] / r["trained_seconds"] for r in runs])
+                tokens_per_s = statistics.median([r["tokens_per_s"] for r in runs])
+                chars = statistics.median([r["characters_per_token"] for r in runs])
+                lines.append(
+                    f"- {corpus}, {label}: {steps_per_minute:.0f} steps and {60 * tokens_per_s * chars / 1e6:.2f} M characters of text "
+                    f"per minute of training ({tokens_per_s:.0f} tokens/s x {chars:.2f} characters per token; medians of {len(runs)} runs)."
+                )
+    return lines
 
 
 def recipe_table() -> str:
@@ -350,11 +432,13 @@ def recipe_table() -> str:
 
     lines = ["| corpus | vocabulary |", "| --- | --- |"]
     lines += [f"| {upto(limit, 'MB', 1e6)} | {size} |" for limit, size in recipe.VOCABULARY]
-    lines += ["", "| budget | layers | heads | width | learning rate (decays to a tenth) |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {upto(limit, 'minutes', 60)} | {n_layer} | {n_head} | {n_embd} | {lr:g} |" for limit, n_layer, n_head, n_embd, lr in recipe.MODEL]
+    lines += ["", "| budget | layers | heads | width | context (tokens) | learning rate (decays to a tenth) |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        f"| {upto(limit, 'minutes', 60)} | {n_layer} | {n_head} | {n_embd} | {window} | {lr:g} |" for limit, n_layer, n_head, n_embd, window, lr in recipe.MODEL
+    ]
     lines += [
         "",
-        f"Always: context {recipe.choose(1, 1).window_size} tokens (windows overlapping by half), {recipe.choose(1, 1).batch_size} windows per rank "
+        f"Always: windows overlapping by half their length, {recipe.choose(1, 1).batch_size} windows per rank "
         f"per step, {recipe.choose(1, 1).warmup_steps} warm-up steps; dropout {recipe.choose(10**9, 1).dropout:g} unless the budget allows "
         f"more than {recipe.DROPOUT_FROM_EPOCHS:g} epochs of the corpus (estimated at {recipe.TOKENS_PER_S} tokens/s and "
         f"{recipe.CHARS_PER_TOKEN:g} characters per token), then {recipe.choose(1, 10**9).dropout:g}. Without `train.max_minutes` the rule "

@@ -36,19 +36,23 @@ def commands(args) -> dict[str, list[str]]:
         "train_throughput": ["train_throughput.py", "--repeats", str(args.repeats)],
         "loader_throughput": ["loader_throughput.py", "--repeats", str(args.repeats)],
         "preprocess_throughput": ["preprocess_throughput.py", "--repeats", str(args.repeats), "--rss-sizes-mb", *map(str, args.rss_sizes_mb)],
-        "quality": [
-            "quality.py",
-            "--budgets",
-            *map(str, args.quality_budgets),
-            "--seeds",
-            str(args.quality_seeds),
-            "--arms",
-            "recipe",
-            "reference",
-            "recipe_random_init",
-        ],
+        "quality": ["quality.py", "--budgets", *map(str, args.quality_budgets), "--seeds", str(args.quality_seeds)],
+        # Word2Vec's effect under the recipe: the recipe with and without it, paired in one run.
+        "quality_word2vec": ["quality.py", "--budgets", "90", "--seeds", "1", "--arms", "recipe", "recipe_random_init"],
         # The sweeps behind the recipe (about 40 minutes each): run with --only.
         "sweep_shakespeare_90": ["sweep.py", "--budget", "90", "--corpus", "shakespeare"],
+        "sweep_shakespeare_90_combined": [
+            "sweep.py",
+            "--budget",
+            "90",
+            "--corpus",
+            "shakespeare",
+            "--variants",
+            "ctx64_l2",
+            "ctx64_l2_lr4",
+            "ctx64_l2_v2048",
+            "ctx64_l3_v2048",
+        ],
         "sweep_shakespeare_350": [
             "sweep.py",
             "--budget",
@@ -97,9 +101,23 @@ def main() -> None:
     parser.add_argument("--rss-sizes-mb", type=int, nargs="+", default=[20, 200])
     parser.add_argument("--e2e-max-steps", type=int, default=0, help="0: the demo's own steps, so that end_to_end times `make demo`")
     parser.add_argument("--render-only", action="store_true", help="rewrite results.md and the README from results.json; run nothing")
+    parser.add_argument(
+        "--gather",
+        nargs="+",
+        metavar="NAME",
+        help="take these benchmarks' results as their own scripts wrote them under runs/bench/results/NAME.json, "
+        "without running them again (for a long benchmark run on its own, or one resumed after a stop), then render",
+    )
     args = parser.parse_args()
     if args.render_only:
         write_reports(json.loads(RESULTS_JSON.read_text()))
+        return
+    if args.gather:
+        results = json.loads(RESULTS_JSON.read_text())
+        for name in args.gather:
+            results["benchmarks"][name] = gathered(name, BENCH_RUNS / "results" / f"{name}.json")
+        RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
+        write_reports(results)
         return
     folder = BENCH_RUNS / "results"
     folder.mkdir(parents=True, exist_ok=True)
@@ -116,6 +134,15 @@ def main() -> None:
     RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
     write_reports(results)
     report(f"== all done in {results['wall_seconds'] / 60:.1f} minutes: {RESULTS_JSON.relative_to(REPO_ROOT)}, {RESULTS_MD.relative_to(REPO_ROOT)}, README.md")
+
+
+def gathered(name: str, path: Path) -> dict:
+    """A benchmark's entry from the JSON its script wrote when run on its own."""
+    if name not in commands(argparse.Namespace(repeats=0, quality_budgets=[], quality_seeds=0, rss_sizes_mb=[], e2e_max_steps=0)):
+        raise SystemExit(f"unknown benchmark {name!r}: pick one of bench/run_all.py's names")
+    if not path.exists():
+        raise SystemExit(f"no results for {name} at {path}: run its script with --json {path} first")
+    return {"gathered_from": str(path.relative_to(REPO_ROOT)), "status": 0, "result": json.loads(path.read_text())}
 
 
 def write_reports(results: dict) -> None:

@@ -35,6 +35,11 @@ VARIANTS = {
     "lr_4e-3": ["train.learning_rate=0.004"],
     "dropout_0.1": ["model.dropout=0.1"],
     "no_word2vec": ["model.init_from_word2vec=false", "embedding.word2vec.enabled=false"],
+    # combinations, after the single changes above (dropout 0: at 90 s a run sees the text about once)
+    "ctx64_l2": ["data.window_size=64", "data.overlap=32", "model.n_layer=2", "model.dropout=0"],
+    "ctx64_l2_lr4": ["data.window_size=64", "data.overlap=32", "model.n_layer=2", "model.dropout=0", "train.learning_rate=0.004"],
+    "ctx64_l2_v2048": ["data.window_size=64", "data.overlap=32", "model.n_layer=2", "model.dropout=0", "tokenizer.vocab_size=2048"],
+    "ctx64_l3_v2048": ["data.window_size=64", "data.overlap=32", "model.n_layer=3", "model.dropout=0", "tokenizer.vocab_size=2048"],
 }
 
 

@@ -427,6 +427,26 @@ def _check_windows(splits: dict[str, SplitInfo], config: RunConfig) -> None:
         )
 
 
+def _refuse_to_orphan_checkpoints(out: str, dataset_fingerprint: str) -> None:
+    """Refuse, before anything is removed, to build another dataset (another corpus, or
+    settings that change the windows) beside checkpoints trained on the old one: training
+    would then resume another corpus's weights, or refuse only after the old dataset is
+    gone. The same corpus and settings rebuilt (`--force`) keep the same fingerprint."""
+    if not storage.exists(layout.checkpoints_url(out)):
+        return
+    from horovod_llm import checkpoint  # only here: it imports torch, which preprocessing never needs
+
+    complete = checkpoint.complete_checkpoints(out)
+    if not complete:
+        return
+    trained_on = storage.read_json(storage.join(complete[-1][1], "meta.json")).get("dataset")
+    if trained_on is not None and trained_on != dataset_fingerprint:
+        raise UserError(
+            f"{out} holds checkpoints trained on another dataset (another corpus, or data settings that the recipe "
+            f"derives from train.max_minutes when unset): pass a new output_url, or move {layout.checkpoints_url(out)} away to start again"
+        )
+
+
 def run_preprocess(config: RunConfig, spark, force: bool = False) -> Manifest:
     """Build (or reuse) the dataset under `config.output_url`; return its manifest."""
     out = config.output_url
@@ -441,6 +461,7 @@ def run_preprocess(config: RunConfig, spark, force: bool = False) -> Manifest:
     if existing and existing.fingerprint == dataset_fingerprint and not force:
         log.info("dataset at %s is complete for this config and corpus: skipping (use --force to rebuild)", layout.dataset_url(out))
         return existing
+    _refuse_to_orphan_checkpoints(out, dataset_fingerprint)
 
     # Invalidate the old dataset before anything else: from here until the new manifest
     # lands, a crash leaves a folder that training refuses, never a stale mix.

@@ -41,27 +41,41 @@ class Recipe:
     warmup_steps: int
 
 
-# (largest corpus in bytes, vocabulary): a BPE vocabulary the corpus can fill.
+# (largest corpus in bytes, vocabulary): a BPE vocabulary the corpus can fill. Measured at
+# 1.1 MB and 90 s: 1024 beat 512 (fewer characters per token) and 2048 (a larger output
+# layer costs steps). The larger rows keep the pieces-per-corpus ratio (not swept).
 VOCABULARY = [(2_000_000, 1024), (20_000_000, 2048), (200_000_000, 4096), (float("inf"), 8192)]
-# (largest budget in seconds, n_layer, n_head, n_embd, learning rate)
-MODEL = [(600.0, 4, 4, 128, 2e-3), (3_600.0, 4, 6, 192, 1.5e-3), (6 * 3_600.0, 6, 8, 256, 1e-3), (float("inf"), 8, 8, 384, 6e-4)]
-# Epochs of the corpus the budget allows, beyond which dropout pays off.
-DROPOUT_FROM_EPOCHS = 4.0
-# Tokens per second one 2-core machine trains of the smallest model: the rule's estimate of
-# the epochs a budget allows (measured: bench/quality.py).
-TOKENS_PER_S = 20_000
-CHARS_PER_TOKEN = 3.0
+# (largest budget in seconds, n_layer, n_head, n_embd, context, learning rate). A short
+# budget is limited by the steps it can take, not by the text: at 90 s on 2 cores, 2
+# layers and a context of 64 (about 150 characters) beat 4 or 6 layers and contexts of
+# 128 or 256 by 0.1 to 0.2 nats/char; a learning rate of 4e-3 did as well as 2e-3 (0.01
+# better, within the noise of one seed) and 1e-3 was worse (bench/results.md, the sweeps). The rows beyond 10 minutes grow the model with the tokens the budget
+# buys, as compute-optimal scaling suggests; they are not swept here.
+MODEL = [
+    (600.0, 2, 4, 128, 64, 4e-3),
+    (3_600.0, 4, 4, 128, 128, 2e-3),
+    (6 * 3_600.0, 6, 8, 256, 128, 1e-3),
+    (float("inf"), 8, 8, 384, 256, 6e-4),
+]
+# Epochs of the corpus the budget allows, beyond which dropout pays off: below it, every
+# step sees nearly fresh text (nanoGPT's CPU example trains 7 epochs without dropout).
+DROPOUT_FROM_EPOCHS = 10.0
+# Tokens per second one 2-core machine trains of the smallest model, and characters per
+# token of a 1024-piece vocabulary on English: the rule's estimate of the epochs a budget
+# allows (measured: bench/sweep.py, 12.8k tokens/s and 2.33 characters per token).
+TOKENS_PER_S = 12_000
+CHARS_PER_TOKEN = 2.3
 
 
 def choose(corpus_bytes: int, budget_s: float) -> Recipe:
     """The rule (pure): every setting the recipe fills, for a corpus and a budget."""
     vocab_size = next(size for limit, size in VOCABULARY if corpus_bytes <= limit)
-    n_layer, n_head, n_embd, learning_rate = next(shape for limit, *shape in MODEL if budget_s <= limit)
+    n_layer, n_head, n_embd, window_size, learning_rate = next(shape for limit, *shape in MODEL if budget_s <= limit)
     epochs = budget_s * TOKENS_PER_S / max(corpus_bytes / CHARS_PER_TOKEN, 1.0)
     return Recipe(
         vocab_size=vocab_size,
-        window_size=128,
-        overlap=64,
+        window_size=window_size,
+        overlap=window_size // 2,
         n_layer=n_layer,
         n_head=n_head,
         n_embd=n_embd,

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from horovod_llm import checkpoint, layout, storage
+from horovod_llm.checkpoint import load_checkpoint
 from horovod_llm.errors import UserError
+from horovod_llm.evaluate import evaluate_split
 from horovod_llm.launch import launch_training
 from tests.e2e.test_train import with_output
 
@@ -135,7 +137,7 @@ def test_statistics_curves_and_horovod_options(fresh_run, tiny_dataset):
 
     config, _ = tiny_dataset
     options = {"fp16_allreduce": True, "backward_passes_per_step": 2, "horovod_cycle_time_ms": 5.0}
-    run = with_output(config, fresh_run, launcher="horovodrun", max_steps=8, eval_interval=4, **options)
+    run = with_output(config, fresh_run, launcher="horovodrun", max_steps=8, eval_interval=4, eval_max_batches=0, **options)
     summary = launch_training(run)["summary"]
     expected = {"compression": "fp16", "op": "average", "backward_passes_per_step": 2, "lr_scaled_by_ranks": False, "elastic": False, "cycle_time_ms": 5.0}
     assert summary["horovod"] == expected
@@ -152,6 +154,13 @@ def test_statistics_curves_and_horovod_options(fresh_run, tiny_dataset):
     assert all(math.isclose(e["val_perplexity"], math.exp(e["val_loss"]), rel_tol=1e-9) for e in evals)
     epochs = read_jsonl(fresh_run, "epochs.jsonl")
     assert epochs[-1]["val_loss"] == evals[-1]["val_loss"] and epochs[-1]["seconds"] > 0
+    # One meaning of "validation loss": training's (2 ranks, each its shard, summed) is what
+    # `horovod-llm evaluate --split val` prints for the same checkpoint (1 process, all of it).
+    final = load_checkpoint(fresh_run)
+    scored = evaluate_split(final.model, final.tokenizer_bytes, fresh_run, "val")
+    assert final.step == evals[-1]["step"] and scored["tokens"] == evals[-1]["val_tokens"]
+    assert math.isclose(scored["nll_per_token"], evals[-1]["val_loss"], rel_tol=1e-6)
+    assert math.isclose(scored["nats_per_character"], evals[-1]["val_nats_per_character"], rel_tol=1e-6)
 
     stats = layout.stats_url(fresh_run)
     png = storage.read_bytes(storage.join(stats, "training.png"))

@@ -1,6 +1,7 @@
 """The Spark job on a tiny real corpus, read back through Petastorm."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -136,3 +137,22 @@ def test_empty_corpus(tmp_path, spark):
     (corpus / "empty.txt").write_text("   \n\n")
     with pytest.raises(UserError, match="holds no text"):
         run_preprocess(tiny_config(tmp_path / "out", corpus), spark)
+
+
+def test_another_corpus_is_refused_beside_checkpoints_of_the_old_one(fresh_run, tiny_corpus, spark, tmp_path):
+    """A user's corpus pointed at an output_url that holds another dataset's checkpoints
+    (the demo's, say) must not train from them: refused before anything is removed."""
+    out = fresh_run
+    trained_on = read_manifest(out).fingerprint
+    step = layout.checkpoints_url(out) + "/step-00000004"
+    storage.write_json(storage.join(step, "meta.json"), {"step": 4, "dataset": trained_on})
+    storage.write_bytes(storage.join(step, "COMPLETE"), b"")
+    # the same corpus and settings: the dataset is reused, the checkpoints fit it
+    assert run_preprocess(tiny_config(out, tiny_corpus), spark).fingerprint == trained_on
+
+    other = tmp_path / "mine.txt"
+    other.write_text("A corpus of my own.\n\nNothing of the plays in it.\n" * 200, encoding="utf-8")
+    kept = {p.relative_to(out): p.stat().st_mtime_ns for p in Path(out).rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match=r"holds checkpoints trained on another dataset .*pass a new output_url"):
+        run_preprocess(tiny_config(out, other), spark)
+    assert {p.relative_to(out): p.stat().st_mtime_ns for p in Path(out).rglob("*") if p.is_file()} == kept  # nothing touched

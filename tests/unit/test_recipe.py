@@ -40,3 +40,11 @@ def test_explicit_settings_that_contradict_the_recipe_are_named():
     assert recipe.resolve(load_config(LOCAL, ["data.window_size=16"]), 1_000_000).data.overlap == 8  # half a window
     with pytest.raises(UserError, match=r"data.window_size \(\d+\) must be larger than data.overlap \(4000\)"):
         recipe.resolve(load_config(LOCAL, ["data.overlap=4000"]), 1_000_000)
+
+
+def test_a_short_budget_buys_steps_with_a_shallow_model_and_a_short_context():
+    """The sweeps' finding (bench/results.md): minutes of training are limited by steps, so
+    the rule trades depth and context for them; hours get the deeper, longer model."""
+    short, long = recipe.choose(1_100_000, 90), recipe.choose(1_100_000, 2 * 3600)
+    assert short.n_layer < long.n_layer and short.window_size < long.window_size
+    assert short.overlap == short.window_size // 2 and short.dropout == 0.0
