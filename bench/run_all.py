@@ -115,7 +115,7 @@ def main() -> None:
     if args.gather:
         results = json.loads(RESULTS_JSON.read_text())
         for name in args.gather:
-            results["benchmarks"][name] = gathered(name, BENCH_RUNS / "results" / f"{name}.json")
+            results["benchmarks"][name] = gathered(name, BENCH_RUNS / "results" / f"{name}.json", known=commands(args))
         RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")
         write_reports(results)
         return
@@ -136,9 +136,9 @@ def main() -> None:
     report(f"== all done in {results['wall_seconds'] / 60:.1f} minutes: {RESULTS_JSON.relative_to(REPO_ROOT)}, {RESULTS_MD.relative_to(REPO_ROOT)}, README.md")
 
 
-def gathered(name: str, path: Path) -> dict:
+def gathered(name: str, path: Path, known: dict) -> dict:
     """A benchmark's entry from the JSON its script wrote when run on its own."""
-    if name not in commands(argparse.Namespace(repeats=0, quality_budgets=[], quality_seeds=0, rss_sizes_mb=[], e2e_max_steps=0)):
+    if name not in known:
         raise SystemExit(f"unknown benchmark {name!r}: pick one of bench/run_all.py's names")
     if not path.exists():
         raise SystemExit(f"no results for {name} at {path}: run its script with --json {path} first")
