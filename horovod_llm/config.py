@@ -161,6 +161,10 @@ class TrainConfig:
     elastic_timeout: int = 120  # seconds to wait for enough ranks after a change
     seed: int = 1337
     start_timeout: int = 120  # seconds Horovod waits for all ranks to start
+    # Network interfaces for Horovod's services and Gloo on a cluster (e.g. [eth0]): the
+    # same name must exist on every host. Empty: Horovod picks the interfaces every host
+    # can route to. Local mode always uses loopback.
+    nics: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -191,10 +195,13 @@ class EmrConfig:
     region: str = "us-east-1"
     release_label: str = "emr-7.5.0"  # 7.x: Spark 3.5, Java 17, Amazon Linux 2023 (bootstrap.sh needs AL2023)
     cluster_name: str = "horovod-llm"
+    # x86_64 types only: horovod 0.28.1 does not build on aarch64 (Graviton).
     master_instance_type: str = "m5.xlarge"
     core_instance_type: str = "m5.2xlarge"
     core_instance_count: int = 2
-    market: str = "ON_DEMAND"  # or SPOT (capped at the on-demand price)
+    # ON_DEMAND or SPOT (capped at the on-demand price) for the core nodes; the primary
+    # node is always on demand: a reclaimed primary would end the cluster.
+    market: str = "ON_DEMAND"
     root_volume_gb: int = 32  # the venv (torch, horovod) lives on the root volume
     subnet_id: str = ""  # empty: the region's default VPC
     key_name: str = ""  # an EC2 key pair for `ssh hadoop@<primary node>`; empty: none
@@ -209,6 +216,10 @@ class EmrConfig:
     # PyPI's torch for Linux x86_64 is a CUDA build (GBs); this index has the CPU build.
     torch_index_url: str = "https://download.pytorch.org/whl/cpu"
     step_action_on_failure: str = "CANCEL_AND_WAIT"  # or CONTINUE, TERMINATE_CLUSTER
+    # spark.driver.memoryOverhead of the cluster-mode steps: their driver is a YARN
+    # container whose Python process (torch, Horovod's driver service, sentencepiece
+    # training on up to tokenizer.sample_bytes of text) YARN counts as overhead.
+    driver_memory_overhead: str = "2g"
     # `--conf` settings of the training step's spark-submit only (preprocessing keeps
     # EMR's dynamic allocation): fixed executors, spark.task.cpus per rank, no retries.
     train_conf: dict[str, str] = field(default_factory=dict)
@@ -387,6 +398,10 @@ def validate(config: RunConfig) -> None:
     need(1 <= tr.min_proc <= tr.num_proc, f"train.min_proc ({tr.min_proc}) must be between 1 and train.num_proc ({tr.num_proc})")
     need(tr.elastic_commit_interval >= 1, f"train.elastic_commit_interval ({tr.elastic_commit_interval}) must be at least 1")
     need(not tr.elastic or tr.launcher == "spark", f"train.elastic=true needs train.launcher=spark (not '{tr.launcher}')")
+    need(
+        all(nic and nic.strip() == nic and "," not in nic for nic in tr.nics),
+        f"train.nics ({list(tr.nics)}) must list interface names present on every host, e.g. [eth0]",
+    )
     need(tr.max_restarts >= 0, f"train.max_restarts ({tr.max_restarts}) must be 0 or more")
     need(tr.keep_last >= 1, f"train.keep_last ({tr.keep_last}) must be at least 1")
     need(tr.start_timeout >= 10, f"train.start_timeout ({tr.start_timeout}) must be at least 10 seconds")
@@ -426,6 +441,11 @@ def emr_problems(config: RunConfig) -> list[str]:
         e.step_action_on_failure in _EMR_STEP_ACTIONS,
         f"emr.step_action_on_failure ('{e.step_action_on_failure}') must be one of {', '.join(_EMR_STEP_ACTIONS)}",
     )
+    overhead = e.driver_memory_overhead.lower()
+    need(
+        (overhead[:-1] if overhead[-1:] in ("k", "m", "g", "t") else overhead).isdigit(),
+        f"emr.driver_memory_overhead ('{e.driver_memory_overhead}') must be a Spark memory size such as 2g or 2048m",
+    )
     if problems:
         return problems
     conf = e.train_conf
@@ -450,6 +470,12 @@ def emr_problems(config: RunConfig) -> list[str]:
         need(
             conf.get("spark.dynamicAllocation.enabled", "").lower() == "false",
             "emr.train_conf must set spark.dynamicAllocation.enabled: 'false': Horovod needs all its executors for the whole run",
+        )
+        # EMR 5.32+/6.2+ resizes executors to each node by default (heterogeneous
+        # executors): the task slots counted above would not be the ones YARN grants.
+        need(
+            conf.get("spark.yarn.heterogeneousExecutors.enabled", "").lower() == "false",
+            "emr.train_conf must set spark.yarn.heterogeneousExecutors.enabled: 'false': EMR would resize the executors the ranks are counted on",
         )
     return problems
 

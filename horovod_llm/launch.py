@@ -14,17 +14,19 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from horovod_llm import checkpoint, layout, recipe, storage
+from horovod_llm.cluster import check_for_ranks, executors, task_cpus
 from horovod_llm.config import SECRETS_ENV, RunConfig, redacted_yaml, secret_values, to_dict
 from horovod_llm.errors import JobFailed, UserError
 from horovod_llm.job import check_job, model_config, threads_for_rank
 from horovod_llm.manifest import read_manifest
-from horovod_llm.rank_failures import RankExit, horovodrun_exit, job_failure
-from horovod_llm.spark import is_local, spark_session, task_slots
+from horovod_llm.rank_failures import SILENT_STATUS, RankExit, horovodrun_exit, job_failure
+from horovod_llm.spark import is_local, spark_session
 from horovod_llm.train import rank_entry, train_worker
 
 log = logging.getLogger(__name__)
@@ -54,34 +56,94 @@ def preflight(config: RunConfig) -> RunConfig:
     return config
 
 
+# After one rank fails, every other rank's collectives fail within seconds (Gloo's
+# timeout, 30 s, when a host vanishes without closing its connections), and its exit
+# status comes back. A rank still silent this long after the first failure is taken
+# for lost with its host.
+SILENT_AFTER_S = 15.0
+# What Horovod's rsh returns when its connection to the rank's task service broke: None
+# (the long poll swallowed the error) or -1 (it printed it). No rank stops on SIGHUP here.
+LOST_CONNECTION = (None, -1)
+
+
 @contextmanager
-def rank_exits_recorded() -> Iterator[list[RankExit]]:
-    """Every rank's exit status while `horovod.spark.run` runs.
+def rank_exits_recorded(context=None, silent_after_s: float = SILENT_AFTER_S) -> Iterator[list[RankExit]]:
+    """Every rank's exit status while `horovod.spark.run` (or `run_elastic`) runs.
 
     Horovod's error names only the first rank to *exit*, often a rank that merely lost
     its peer (rank_failures.py). Its launcher waits for every rank and times each exit;
     wrapping the function it runs each rank with records them all. A narrow override of
-    horovod 0.28.1 (pinned; its spark.gloo_run calls launch_gloo by this module-level
-    name), undone on the way out; tests/reliability/test_rank_failure.py guards it.
+    horovod 0.28.1 (pinned; its spark.gloo_run calls launch_gloo and launch_gloo_elastic
+    by these module-level names), undone on the way out; tests/reliability/
+    test_rank_failure.py and tests/cluster/test_host_loss.py guard it.
+
+    Horovod waits for a rank's exit on a long poll to the task service of its host,
+    which may never end when the host is gone without a word (a lost node, a cut link).
+    Such a rank is recorded as SILENT_STATUS, with its host, as soon as Spark (given as
+    `context`) has lost every executor on that host, or (not elastic) `silent_after_s`
+    after another rank failed; the job then fails (or, elastic, goes on without it)
+    instead of hanging. The poll's thread is left behind, blocked on its socket.
     """
     from horovod.spark import gloo_run as spark_gloo
 
-    original = spark_gloo.launch_gloo
+    originals = spark_gloo.launch_gloo, spark_gloo.launch_gloo_elastic
     exits: list[RankExit] = []
+    first_failed_at: list[float] = []
+    hosts_at_start = executor_hosts(context) if context is not None else set()
 
-    def launch_gloo(command, exec_command, settings, nics, env, server_ip):
+    def host_lost(host: str) -> bool:
+        # Only a host Spark named at the start counts: a cluster whose executor host
+        # names differ from the ranks' own never marks a rank lost this way.
+        return host in hosts_at_start and host not in executor_hosts(context)
+
+    def watched(exec_command, elastic: bool):
         def exec_recorded(rank_command, slot_info, events):
-            status, at = exec_command(rank_command, slot_info, events)
-            exits.append(RankExit(slot_info.rank, status, at))
+            host = spark_host(slot_info.hostname)
+            outcome: list[tuple[int | None, float]] = []
+            waiter = threading.Thread(target=lambda: outcome.append(exec_command(rank_command, slot_info, events)), daemon=True)
+            waiter.start()
+            checked = time.monotonic()
+            while waiter.is_alive():
+                waiter.join(0.5)
+                now = time.monotonic()
+                # Elastic ranks outlive a failed peer (they reset and go on): only
+                # Spark's loss of their host marks them lost.
+                silent = not elastic and first_failed_at and now - first_failed_at[0] > silent_after_s
+                if waiter.is_alive() and not silent and now - checked > 2.0:
+                    silent, checked = host_lost(host), now
+                if waiter.is_alive() and silent:
+                    outcome.append((SILENT_STATUS, time.time()))
+                    break
+            status, at = outcome[0] if outcome else (None, time.time())
+            if status in LOST_CONNECTION:
+                status = SILENT_STATUS
+            exits.append(RankExit(slot_info.rank, status, at, host))
+            if status != 0 and not first_failed_at:
+                first_failed_at.append(time.monotonic())
             return status, at
 
-        return original(command, exec_recorded, settings, nics, env, server_ip)
+        return exec_recorded
 
-    spark_gloo.launch_gloo = launch_gloo
+    def launch_gloo(command, exec_command, *args):
+        return originals[0](command, watched(exec_command, elastic=False), *args)
+
+    def launch_gloo_elastic(command, exec_command, *args):
+        return originals[1](command, watched(exec_command, elastic=True), *args)
+
+    spark_gloo.launch_gloo, spark_gloo.launch_gloo_elastic = launch_gloo, launch_gloo_elastic
     try:
         yield exits
     finally:
-        spark_gloo.launch_gloo = original
+        spark_gloo.launch_gloo, spark_gloo.launch_gloo_elastic = originals
+
+
+def executor_hosts(context) -> set[str]:
+    return {e.host for e in executors(context)}
+
+
+def spark_host(host_hash: str) -> str:
+    """The host name in Horovod on Spark's host hash ('<host name>-<md5 hex>')."""
+    return re.sub(r"-[0-9a-f]{32}$", "", host_hash)
 
 
 # Read by the find_port of the Horovod that scripts/install-stack.sh builds: its servers
@@ -144,35 +206,30 @@ def run_with_spark(config: RunConfig, spark=None) -> dict:
     import horovod.spark
 
     session = spark or spark_session(config.spark)
-    tc = config.train
-    slots = task_slots(session)
-    # Each rank is one Spark task and all must run at once; Horovod would otherwise
-    # wait out its whole start timeout before failing.
-    if slots < tc.num_proc:
-        raise UserError(
-            f"train.num_proc={tc.num_proc} ranks need {tc.num_proc} Spark task slots at once, but only {slots} are available "
-            f"(default parallelism {session.sparkContext.defaultParallelism} / spark.task.cpus): lower train.num_proc or give Spark more cores"
-        )
-    local = is_local(session.sparkContext.master)
+    tc, context = config.train, session.sparkContext
+    local = is_local(context.master)
+    # Each rank is one Spark task and all must run at once (Horovod would otherwise wait
+    # out its whole start timeout), and ranks on other hosts must reach each other.
+    check_for_ranks(context, tc)
     if not tc.threads_per_rank:
         # A cluster gives each rank spark.task.cpus cores. Locally all ranks share this
         # machine (elastic ranks each look like a host of their own to Horovod, so its
         # local size cannot tell).
-        cpus = threads_for_rank(0, tc.num_proc) if local else int(session.sparkContext.getConf().get("spark.task.cpus", "1"))
+        cpus = threads_for_rank(0, tc.num_proc) if local else task_cpus(context)
         config = dataclasses.replace(config, train=dataclasses.replace(tc, threads_per_rank=cpus))
-    context = session.sparkContext
     launch_info = {
         "launcher": "spark",
         "spark_master": context.master,
         # the driver is listed among the block managers; in local mode it is the executor
         "executors": max(1, context._jsc.sc().getExecutorMemoryStatus().size() - (0 if local else 1)),
-        "task_cpus": int(context.getConf().get("spark.task.cpus", "1")),
+        "task_cpus": task_cpus(context),
         "default_parallelism": context.defaultParallelism,
     }
     common = {
         "args": (to_dict(config), launch_info),
         "start_timeout": tc.start_timeout,
-        "nics": {"lo"} if local else None,
+        # A cluster: train.nics, or (empty) the interfaces Horovod finds every host reaches.
+        "nics": {"lo"} if local else set(tc.nics) or None,
         # Local mode: ranks inherit the driver's terminal, so their progress shows live
         # (Horovod's capture forwards output in 64 KiB chunks). On a cluster their logs
         # are collected by the driver.
@@ -183,7 +240,7 @@ def run_with_spark(config: RunConfig, spark=None) -> dict:
     try:
         # horovod.spark.run joins its Spark thread before returning or raising.
         loopback = horovod_bound_to_loopback(context) if local else nullcontext()
-        with loopback, horovod_job_cancellation_logged(), rank_exits_recorded() as exits:
+        with loopback, horovod_job_cancellation_logged(), rank_exits_recorded(None if local else context) as exits:
             if tc.elastic:
                 check_task_retries(context)
                 log.info(

@@ -7,6 +7,7 @@ import time
 
 from horovod_llm import layout, storage
 from horovod_llm.checkpoint import load_checkpoint
+from horovod_llm.cluster import check_for_ranks
 from horovod_llm.config import RunConfig
 from horovod_llm.generate import generate_text
 from horovod_llm.launch import launch_training
@@ -37,6 +38,9 @@ def run_pipeline(config: RunConfig, force: bool = False) -> str:
     # The Horovod launcher needs the session too; the local launchers do not.
     spark = spark_session(config.spark)
     timings["spark_start"] = time.perf_counter() - started
+    if config.train.launcher == "spark":
+        # A cluster that cannot run the ranks is refused before preprocessing, not after.
+        check_for_ranks(spark.sparkContext, config.train)
 
     started = time.perf_counter()
     run_preprocess(config, spark, force=force)

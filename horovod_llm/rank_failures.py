@@ -22,6 +22,9 @@ from horovod_llm.errors import JobFailed
 # status of a rank that reported a user error itself (`error: ...`).
 USER_ERROR_STATUS = 2
 PEER_LOST_STATUS = 3
+# Not a process status: the launcher's mark for a rank whose exit never came back after
+# the others had stopped, because its host is gone or unreachable (launch.py).
+SILENT_STATUS = -1000
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class RankExit:
     rank: int
     status: int  # negative: killed by that signal (as subprocess reports it)
     at: float  # when the launcher saw it end (seconds; only the order matters)
+    host: str | None = None  # where it ran, when the launcher knows
 
 
 def describe_status(status: int) -> str:
@@ -62,6 +66,11 @@ def job_failure(exits: list[RankExit], launcher: str = "Horovod") -> JobFailed |
         consequence = f" and {launcher} stopped the others"
     if culprit.status == USER_ERROR_STATUS:
         return JobFailed(f"training rank {culprit.rank} stopped on an error (its 'error:' line above says which){consequence}", retryable=False)
+    if culprit.status == SILENT_STATUS:
+        return JobFailed(
+            f"training rank {culprit.rank} on host {culprit.host} stopped answering (the host is lost or unreachable){consequence}: "
+            f"see the cluster manager's view of {culprit.host}"
+        )
     if culprit.status == PEER_LOST_STATUS:
         return JobFailed(f"training rank {culprit.rank} lost contact with the other ranks and {launcher} stopped the job: see the rank logs above")
     return JobFailed(f"training rank {culprit.rank} exited with {describe_status(culprit.status)}{consequence}: see rank {culprit.rank}'s log above")

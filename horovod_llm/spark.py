@@ -43,13 +43,6 @@ def spark_session(config: SparkConfig, extra_conf: dict[str, str] | None = None)
     return session
 
 
-def task_slots(session) -> int:
-    """How many tasks can run at once: the ceiling on Horovod ranks (one per task)."""
-    context = session.sparkContext
-    cpus_per_task = int(context.getConf().get("spark.task.cpus", "1"))
-    return context.defaultParallelism // max(cpus_per_task, 1)
-
-
 def last_stage_id(session) -> int:
     """The highest stage id so far: stages after it belong to the work that follows."""
     return max((s["stage_id"] for s in stage_metrics(session) or []), default=-1)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -343,6 +344,9 @@ def train_loop(state, job: Job) -> dict:
 
     total_seconds = time.perf_counter() - job.started
     steps_run = state.step - job.resumed_step
+    # Where the ranks ran: host names, and the interface Horovod gave Gloo ("lo" locally).
+    mine = {"host": socket.gethostname(), "gloo_iface": os.environ.get("HOROVOD_GLOO_IFACE")}
+    placement = [{"rank": r, **p} for r, p in enumerate(hvd.allgather_object(mine, name="placement"))]
     timeline = {"ranks_ready_at": job.ranks_ready_at, "loop_started_at": loop_started_at, "loop_ended_at": time.time()}
     summary = {
         "steps": state.step,
@@ -355,6 +359,7 @@ def train_loop(state, job: Job) -> dict:
         "ranks": world_size,
         "threads_per_rank": job.threads,
         "launch": job.launch_info,
+        "placement": placement,
         "horovod": {
             "compression": "fp16" if train.fp16_allreduce else "none",
             "op": train.allreduce_op,

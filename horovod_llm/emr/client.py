@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import gzip
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 from horovod_llm.emr.requests import split_s3
 from horovod_llm.errors import UserError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DENIED = ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "403")
+
+
+class NotFound(Exception):
+    """AWS answered that what a precheck asked about does not exist."""
 
 
 def _one_line(text: str) -> str:
@@ -43,7 +52,7 @@ def aws_errors(what: str, region: str) -> Iterator[None]:
         if code == "NoSuchBucket":
             bucket = error.get("BucketName", "")
             raise UserError(f"{what}: bucket {bucket} does not exist: create it with 'aws s3 mb s3://{bucket} --region {region}'") from None
-        if code in ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "403"):
+        if code in DENIED:
             raise UserError(f"{what}: access denied ({message}): grant your IAM identity the permissions listed in docs/emr.md") from None
         if "role" in message.lower():
             raise UserError(f"{what}: {code}: {message}: create EMR's default roles with 'aws emr create-default-roles'") from None
@@ -51,18 +60,84 @@ def aws_errors(what: str, region: str) -> Iterator[None]:
 
 
 class Aws:
-    """EMR and S3 clients for one region."""
+    """EMR and S3 clients for one region, and the read-only ones `emr up` checks with."""
 
     def __init__(self, region: str):
         import boto3
 
         self.region = region
-        session = boto3.session.Session(region_name=region)
-        self.emr = session.client("emr")
-        self.s3 = session.client("s3")
+        self._session = boto3.session.Session(region_name=region)
+        self.emr = self._session.client("emr")
+        self.s3 = self._session.client("s3")
+
+    @cached_property
+    def iam(self):
+        return self._session.client("iam")
+
+    @cached_property
+    def ec2(self):
+        return self._session.client("ec2")
+
+    @cached_property
+    def quotas(self):
+        return self._session.client("service-quotas")
 
     def _errors(self, what: str):
         return aws_errors(what, self.region)
+
+    def _precheck(self, what: str, permission: str, call: Callable[[], T], missing: str) -> T | None:
+        """call()'s answer; NotFound for the error code `missing`; None, with a warning,
+        when IAM denies the call.
+
+        A denied precheck does not block: the checks are read-only conveniences, and an
+        identity trusted to create clusters may lack them (service quotas especially).
+        Whatever they would have caught still fails later, in the call that needs it.
+        """
+        from botocore.exceptions import ClientError
+
+        with self._errors(what):
+            try:
+                return call()
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code == missing:
+                    raise NotFound(code) from None
+                if code in DENIED:
+                    log.warning("%s: access denied, not checked (grant %s to have it checked before anything is created)", what, permission)
+                    return None
+                raise
+
+    # --- prechecks (preflight.py)
+
+    def bucket_location(self, bucket: str) -> dict | None:
+        return self._precheck(f"checking bucket {bucket}", "s3:GetBucketLocation", lambda: self.s3.get_bucket_location(Bucket=bucket), "NoSuchBucket")
+
+    def role(self, name: str) -> dict | None:
+        return self._precheck(f"checking IAM role {name}", "iam:GetRole", lambda: self.iam.get_role(RoleName=name)["Role"], "NoSuchEntity")
+
+    def instance_profile(self, name: str) -> dict | None:
+        return self._precheck(
+            f"checking instance profile {name}",
+            "iam:GetInstanceProfile",
+            lambda: self.iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"],
+            "NoSuchEntity",
+        )
+
+    def instance_type(self, name: str) -> dict | None:
+        return self._precheck(
+            f"checking instance type {name}",
+            "ec2:DescribeInstanceTypes",
+            lambda: self.ec2.describe_instance_types(InstanceTypes=[name])["InstanceTypes"][0],
+            "InvalidInstanceType",
+        )
+
+    def ec2_quota(self, code: str) -> float | None:
+        return self._precheck(
+            f"reading EC2 quota {code}",
+            "servicequotas:GetServiceQuota",
+            lambda: self.quotas.get_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"],
+            "NoSuchResourceException",
+        )
 
     # --- S3
 

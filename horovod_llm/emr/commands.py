@@ -17,6 +17,7 @@ from pathlib import Path
 
 from horovod_llm.config import CONFIG_DIR, RunConfig, from_dict, redacted_dict, redacted_yaml, to_yaml
 from horovod_llm.emr import requests as rq
+from horovod_llm.emr.preflight import check_before_up
 from horovod_llm.emr.release import BOOTSTRAP, ENTRY, STACK_FILES, build_release, describe_release, source_root, wheel_name
 from horovod_llm.emr.watch import CLUSTER_ENDED, format_status, wait_for_cluster, wait_for_steps
 from horovod_llm.errors import UserError
@@ -82,7 +83,11 @@ def shown(config: RunConfig) -> RunConfig:
 
 
 def cmd_up(args: argparse.Namespace, config: RunConfig) -> int:
-    """Start a cluster whose every node installs the stack (bootstrap action); print its id."""
+    """Start a cluster whose every node installs the stack (bootstrap action); print its id.
+
+    First it checks what a new account most often lacks (docs/emr.md): the bucket and its
+    region, EMR's default roles, the instance types and the EC2 vCPU quota.
+    """
     rq.check_launchable(config)
     root = source_root()
     release_id, version = describe_release(root)
@@ -95,6 +100,7 @@ def cmd_up(args: argparse.Namespace, config: RunConfig) -> int:
         _write(_plan("up", release_id, version, urls, requests, cli))
         return 0
     aws = _aws(config)
+    check_before_up(aws, config.emr)  # before anything is uploaded or created
     _upload_release(aws, root, release_id, urls, version)
     cluster_id = aws.run_job_flow(request)
     _write(cluster_id)

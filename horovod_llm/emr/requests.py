@@ -26,6 +26,10 @@ BOOTSTRAP_ACTION = "horovod-llm stack"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _RELEASE_PATH = re.compile(r"/artifacts/([0-9a-f]{12})/bootstrap\.sh$")
 _APPLICATION = re.compile(r"\bapplication_\d+_\d+\b")
+# Graviton (arm64) families: a "g" right after the generation digit (m6g, c7gn, r6gd,
+# t4g, im4gn, x2gd, g5g), and a1; g4dn, g5, m6i, m6a are x86_64. tests/integration/
+# test_emr_aws.py holds the rule against the architectures EC2 gives for every type.
+_GRAVITON = re.compile(r"^(a1|[a-z]+\d+g[a-z]*)\.", re.IGNORECASE)
 
 
 def split_s3(url: str) -> tuple[str, str]:
@@ -50,7 +54,17 @@ def launch_problems(config: RunConfig) -> list[str]:
         problems.append(f"train.launcher ('{config.train.launcher}') must be 'spark' on EMR: the ranks run as Spark tasks on the core nodes")
     if not config.spark.master.startswith("yarn"):
         problems.append(f"spark.master ('{config.spark.master}') must be 'yarn' on EMR")
+    for key in ("master_instance_type", "core_instance_type"):
+        if is_graviton(getattr(e, key)):
+            problems.append(
+                f"emr.{key} ({getattr(e, key)}) is a Graviton (arm64) type, and horovod 0.28.1 does not build on aarch64: "
+                "pick an x86_64 type such as m5.2xlarge or m6i.2xlarge"
+            )
     return problems
+
+
+def is_graviton(instance_type: str) -> bool:
+    return bool(_GRAVITON.match(instance_type))
 
 
 def check_launchable(config: RunConfig) -> None:
@@ -123,15 +137,19 @@ def bootstrap_action(emr: EmrConfig, urls: ReleaseUrls) -> dict:
 
 
 def instance_groups(emr: EmrConfig) -> list[dict]:
-    def group(name: str, role: str, instance_type: str, count: int) -> dict:
-        entry = {"Name": name, "InstanceRole": role, "Market": emr.market, "InstanceType": instance_type, "InstanceCount": count}
-        if emr.market == "SPOT":
+    """The primary node is always on demand: with instance groups it is a single
+    instance, and a reclaimed spot primary ends the whole cluster. Core nodes follow
+    emr.market; a reclaimed spot core node fails only the running step."""
+
+    def group(name: str, role: str, market: str, instance_type: str, count: int) -> dict:
+        entry = {"Name": name, "InstanceRole": role, "Market": market, "InstanceType": instance_type, "InstanceCount": count}
+        if market == "SPOT":
             entry["BidPrice"] = "OnDemandPrice"  # pay at most the on-demand price
         return entry
 
     return [
-        group("primary", "MASTER", emr.master_instance_type, 1),
-        group("core", "CORE", emr.core_instance_type, emr.core_instance_count),
+        group("primary", "MASTER", "ON_DEMAND", emr.master_instance_type, 1),
+        group("core", "CORE", emr.market, emr.core_instance_type, emr.core_instance_count),
     ]
 
 
@@ -189,7 +207,11 @@ def spark_submit_args(config: RunConfig, stage: str, urls: ReleaseUrls, config_u
     if stage == "generate":
         g = config.generate
         return args + [urls.entry, "generate", "--checkpoint", config.output_url, "--prompt", g.prompt, *as_flags(g.sampling())]
-    args += ["--driver-memory", config.spark.driver_memory]
+    # In cluster mode the driver is YARN's application master, and its Python process
+    # (torch, Horovod's driver service, sentencepiece training) lives outside the JVM
+    # heap: YARN counts it as overhead, and kills the container past Spark's default
+    # (10% of the heap, at least 384 MiB).
+    args += ["--driver-memory", config.spark.driver_memory, "--conf", f"spark.driver.memoryOverhead={config.emr.driver_memory_overhead}"]
     if stage == "train":
         # EMR shows step arguments to anyone who may describe the cluster: credentials
         # travel in the shipped config instead (`cluster_config`).

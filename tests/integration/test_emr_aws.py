@@ -1,19 +1,27 @@
-"""`horovod-llm emr` against moto's EMR and S3 APIs, served over HTTP on loopback.
+"""`horovod-llm emr` against moto's EMR, S3, IAM, EC2 and Service Quotas APIs, served
+over HTTP on loopback.
 
 The CLI runs in this process with fake credentials and AWS_ENDPOINT_URL pointing at the
 server; the tests read back what EMR and S3 hold with boto3.
+
+moto's Service Quotas knows only VPC quotas: GetServiceQuota for EC2's vCPU quotas
+answers NoSuchResource, so here `emr up` always takes its "not available" branch; the
+quota arithmetic is tested by hand in tests/unit/test_emr_preflight.py.
 """
 
+import contextlib
 import gzip
 import io
 import json
 import logging
+import re
 import tarfile
 import uuid
 import zipfile
 
 import boto3
 import pytest
+import requests
 from moto.server import ThreadedMotoServer
 
 from horovod_llm.cli import main
@@ -46,11 +54,25 @@ def fake_credentials(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
 
 
+def create_default_roles():
+    """What 'aws emr create-default-roles' makes, as far as `emr up` checks it (IAM is
+    account-wide, so every test of the module server shares them)."""
+    iam = boto3.client("iam", region_name=REGION)
+    for name in ("EMR_DefaultRole", "EMR_EC2_DefaultRole"):
+        with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
+            iam.create_role(RoleName=name, AssumeRolePolicyDocument="{}")
+    with contextlib.suppress(iam.exceptions.EntityAlreadyExistsException):
+        iam.create_instance_profile(InstanceProfileName="EMR_EC2_DefaultRole")
+    if not iam.get_instance_profile(InstanceProfileName="EMR_EC2_DefaultRole")["InstanceProfile"]["Roles"]:
+        iam.add_role_to_instance_profile(InstanceProfileName="EMR_EC2_DefaultRole", RoleName="EMR_EC2_DefaultRole")
+
+
 @pytest.fixture
 def aws(endpoint, monkeypatch, tmp_path):
     """(emr, s3, bucket): clients of the moto server and a fresh bucket for this test."""
     fake_credentials(monkeypatch, tmp_path)
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    create_default_roles()
     s3 = boto3.client("s3", region_name=REGION)
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=bucket)
@@ -93,6 +115,9 @@ def test_up_starts_a_cluster_that_carries_the_bootstrap_and_the_configurations(a
     cluster_id = out.strip()
     assert cluster_id.startswith("j-") and "\n" not in cluster_id
     assert f"cluster {cluster_id}: WAITING" in err
+    # The prechecks ran (moto has no EC2 quotas: that one is skipped, saying so).
+    assert "EC2 quota L-1216C47A is not available from Service Quotas in us-east-1: not checked" in err
+    assert "prechecks done" in err and "access denied" not in err
 
     release_id, version = release()
     prefix = f"s3://{bucket}/proj/artifacts/{release_id}"
@@ -170,12 +195,20 @@ def test_submit_adds_the_steps_in_order_after_uploading_what_they_run(aws, capsy
     config_url = f"{prefix}/configs/{rq.config_name(to_yaml(config))}"
     preprocess, train, generate = (s["Config"]["Args"] for s in steps)
     assert preprocess == [
-        "spark-submit", "--deploy-mode", "cluster", "--master", "yarn", "--name", "horovod-llm-preprocess", "--driver-memory", "4g",
+        "spark-submit", "--deploy-mode", "cluster", "--master", "yarn", "--name", "horovod-llm-preprocess",
+        "--driver-memory", "4g", "--conf", "spark.driver.memoryOverhead=2g",
         "--files", config_url, f"{prefix}/entry.py", "preprocess", "--config", config_url.rsplit("/", 1)[1],
     ]  # fmt: skip
     assert train[:3] == ["spark-submit", "--deploy-mode", "cluster"] and train[-3:] == ["train", "--config", config_url.rsplit("/", 1)[1]]
     confs = [train[i + 1] for i, word in enumerate(train) if word == "--conf"]
-    assert {"spark.dynamicAllocation.enabled=false", "spark.task.cpus=4", "spark.task.maxFailures=1", "spark.yarn.maxAppAttempts=1"} <= set(confs)
+    assert {
+        "spark.driver.memoryOverhead=2g",
+        "spark.dynamicAllocation.enabled=false",
+        "spark.yarn.heterogeneousExecutors.enabled=false",
+        "spark.task.cpus=4",
+        "spark.task.maxFailures=1",
+        "spark.yarn.maxAppAttempts=1",
+    } <= set(confs)
     assert generate[generate.index("--checkpoint") + 1] == f"s3://{bucket}/proj/runs/shakespeare"
     assert generate[generate.index("--prompt") + 1] == "Where is"
 
@@ -266,9 +299,86 @@ def test_a_missing_bucket_is_one_line_with_the_fix(aws, capsys):
     status, _, err = emr(capsys, "up", f"emr.s3_url=s3://{bucket}-missing/proj")
     assert status == 2
     assert err.strip().splitlines()[-1] == (
-        f"error: uploading bootstrap.sh to s3://{bucket}-missing/proj/artifacts/{release()[0]}/bootstrap.sh: "
-        f"bucket {bucket}-missing does not exist: create it with 'aws s3 mb s3://{bucket}-missing --region us-east-1'"
+        f"error: cannot start the cluster: bucket {bucket}-missing does not exist: create it with 'aws s3 mb s3://{bucket}-missing --region us-east-1'"
     )
+
+
+def test_up_checks_the_account_before_it_creates_anything(aws, capsys):
+    emr_client, s3, _ = aws
+    # A bucket in another region, roles nobody created, a misspelt instance type, a
+    # log bucket that does not exist: every problem in one line, and nothing created.
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    clusters_before = emr_client.list_clusters()["Clusters"]
+    status, out, err = emr(
+        capsys, "up", s3_url(bucket), f"emr.log_uri=s3://{bucket}-logs/emr/",
+        "emr.service_role=Missing_ServiceRole", "emr.instance_profile=Missing_Profile", "emr.core_instance_type=m5.2xlage",
+    )  # fmt: skip
+    assert status == 2 and out == ""
+    last = err.strip().splitlines()[-1]
+    assert last == (
+        "error: cannot start the cluster: "
+        f"bucket {bucket} is in eu-west-1 but emr.region is us-east-1: set emr.region=eu-west-1, or use a bucket in us-east-1; "
+        f"bucket {bucket}-logs does not exist: create it with 'aws s3 mb s3://{bucket}-logs --region us-east-1'; "
+        "emr.service_role Missing_ServiceRole does not exist: create EMR's default roles with 'aws emr create-default-roles'; "
+        "emr.instance_profile Missing_Profile does not exist: create EMR's default roles with 'aws emr create-default-roles'; "
+        "emr.core_instance_type (m5.2xlage) is not an instance type EC2 offers in us-east-1: check its spelling and region"
+    )
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+    assert emr_client.list_clusters()["Clusters"] == clusters_before
+
+
+def test_an_instance_profile_without_a_role_is_refused(aws, capsys):
+    _, s3, bucket = aws
+    iam = boto3.client("iam", region_name=REGION)
+    profile = f"empty-{uuid.uuid4().hex[:8]}"
+    iam.create_instance_profile(InstanceProfileName=profile)
+    status, _, err = emr(capsys, "up", s3_url(bucket), f"emr.instance_profile={profile}")
+    assert status == 2
+    assert err.strip().splitlines()[-1] == (
+        f"error: cannot start the cluster: instance profile {profile} holds no role, so the nodes could not reach S3: add one with "
+        f"'aws iam add-role-to-instance-profile --instance-profile-name {profile} --role-name EMR_EC2_DefaultRole'"
+    )
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+
+
+def test_a_family_with_its_own_quota_is_not_counted_against_the_standard_one(aws, capsys):
+    _, _, bucket = aws
+    status, _, err = emr(capsys, "up", s3_url(bucket), "emr.core_instance_type=g4dn.2xlarge")
+    assert status == 0, err
+    assert "g4dn.2xlarge counts against an EC2 quota of its own family, not checked here" in err
+    assert "EC2 quota L-1216C47A is not available" in err  # the primary still counts
+
+
+def test_spot_keeps_the_primary_on_demand_and_checks_both_quotas(aws, capsys):
+    emr_client, _, bucket = aws
+    status, out, err = emr(capsys, "up", s3_url(bucket), "emr.market=SPOT")
+    assert status == 0, err
+    groups = {g["InstanceGroupType"]: g for g in emr_client.list_instance_groups(ClusterId=out.strip())["InstanceGroups"]}
+    assert (groups["MASTER"]["Market"], groups["CORE"]["Market"]) == ("ON_DEMAND", "SPOT")
+    assert "EC2 quota L-1216C47A is not available" in err and "EC2 quota L-34B43A08 is not available" in err
+
+
+def test_the_graviton_name_rule_agrees_with_ec2_on_every_instance_type(aws):
+    # requests.is_graviton reads the family name; EC2 says each type's architectures.
+    ec2 = boto3.client("ec2", region_name=REGION)
+    types = [t for page in ec2.get_paginator("describe_instance_types").paginate() for t in page["InstanceTypes"]]
+    assert len(types) > 500  # every type EC2 (moto's copy of its list) knows
+    disagree = [t["InstanceType"] for t in types if rq.is_graviton(t["InstanceType"]) != ("arm64" in t["ProcessorInfo"]["SupportedArchitectures"])]
+    assert disagree == []
+
+
+def test_graviton_types_are_refused_in_one_line(aws, capsys):
+    emr_client, s3, bucket = aws
+    clusters_before = emr_client.list_clusters()["Clusters"]
+    status, _, err = emr(capsys, "up", s3_url(bucket), "emr.core_instance_type=m6g.2xlarge")
+    assert status == 2
+    assert err.strip().splitlines()[-1] == (
+        "error: cannot run on EMR: emr.core_instance_type (m6g.2xlarge) is a Graviton (arm64) type, "
+        "and horovod 0.28.1 does not build on aarch64: pick an x86_64 type such as m5.2xlarge or m6i.2xlarge"
+    )
+    assert s3.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+    assert emr_client.list_clusters()["Clusters"] == clusters_before
 
 
 def test_dry_run_sends_nothing_and_prints_the_documented_json(monkeypatch, tmp_path, capsys):
@@ -315,3 +425,102 @@ def load_config_text(text, tmp_path):
     path = tmp_path / "uploaded.yaml"
     path.write_text(text)
     return load_config(path)
+
+
+# --- the documented IAM policy, under moto's IAM enforcement
+#
+# moto then checks each request's action against the caller's policies. It matches
+# resources for S3 and for IAM calls that name an existing role; other calls it checks
+# against "*", which a statement scoped to an ARN never matches: iam:GetInstanceProfile
+# (scoped to the instance profile in docs/emr.md) is denied here though AWS allows it.
+# It does not check iam:PassRole or conditions of calls EMR makes for the caller.
+
+MOTO_DENIES_SCOPED = "checking instance profile EMR_EC2_DefaultRole"
+PRECHECK_ACTIONS = {"iam:GetRole", "iam:GetInstanceProfile", "ec2:DescribeInstanceTypes", "servicequotas:GetServiceQuota", "s3:GetBucketLocation"}
+
+
+def documented_policy(bucket, without=()):
+    doc = (source_root() / "docs/emr.md").read_text()
+    (block,) = [b for b in re.findall(r"```json\n(.*?)```", doc, re.DOTALL) if '"2012-10-17"' in b]
+    policy = json.loads(block.replace("YOUR-BUCKET", bucket))
+    for statement in policy["Statement"]:
+        actions = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+        statement["Action"] = [a for a in actions if a not in without]
+    policy["Statement"] = [statement for statement in policy["Statement"] if statement["Action"]]
+    return policy
+
+
+def new_user(policy):
+    """The access key of a new IAM user that holds only `policy`."""
+    iam = boto3.client("iam", region_name=REGION)
+    name = f"user-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=name)
+    iam.put_user_policy(UserName=name, PolicyName="horovod-llm-emr", PolicyDocument=json.dumps(policy))
+    return iam.create_access_key(UserName=name)["AccessKey"]
+
+
+@contextlib.contextmanager
+def acting_as(key, endpoint, monkeypatch):
+    """Inside: requests carry the user's key and moto checks them against its policies."""
+    with monkeypatch.context() as env:
+        env.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        env.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        env.delenv("AWS_SESSION_TOKEN")
+        previous = requests.post(f"{endpoint}/moto-api/reset-auth", data=b"0", timeout=10).json()["PREVIOUS_INITIAL_NO_AUTH_ACTION_COUNT"]
+        try:
+            yield
+        finally:
+            requests.post(f"{endpoint}/moto-api/reset-auth", data=previous.encode(), timeout=10)
+
+
+def test_the_documented_policy_runs_every_emr_command(aws, endpoint, monkeypatch, capsys):
+    emr_client, s3, bucket = aws
+    key = new_user(documented_policy(bucket))
+    with acting_as(key, endpoint, monkeypatch):
+        status, out, err = emr(capsys, "up", s3_url(bucket))
+        assert status == 0, err
+        assert [line for line in err.splitlines() if "access denied" in line] == [line for line in err.splitlines() if MOTO_DENIES_SCOPED in line]
+        cluster_id = out.strip()
+        status, out, err = emr(capsys, "submit", "--cluster-id", cluster_id, s3_url(bucket))
+        assert status == 0, err
+        train = dict(line.split("\t")[::-1] for line in out.splitlines())["horovod-llm train"]
+        status, out, err = emr(capsys, "status", "--cluster-id", cluster_id, s3_url(bucket))
+        assert status == 0, err
+
+    logs = f"s3://{bucket}/proj/logs/{cluster_id}"
+    put_log(s3, f"{logs}/steps/{train}/stderr.gz", "INFO Client: Submitted application application_1732_0007\n")
+    put_log(s3, f"{logs}/containers/application_1732_0007/container_1732_0007_01_000001/stderr.gz", "driver says hello\n")
+    with acting_as(key, endpoint, monkeypatch):
+        status, out, err = emr(capsys, "logs", "--cluster-id", cluster_id, "--step", "train", "--driver", "--stream", "stderr", s3_url(bucket))
+        assert status == 0, err
+        assert out == "driver says hello\n"
+        status, _, err = emr(capsys, "down", "--cluster-id", cluster_id, s3_url(bucket))
+        assert status == 0, err
+    assert emr_client.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"] == "TERMINATED"
+
+
+@pytest.mark.parametrize(
+    ("without", "skipped"),
+    [
+        (
+            PRECHECK_ACTIONS,
+            [
+                "checking bucket {bucket}",
+                "checking IAM role EMR_DefaultRole",
+                "checking instance profile EMR_EC2_DefaultRole",
+                # the quota check needs the vCPUs, so it is skipped with this one
+                "checking instance type m5.xlarge",
+            ],
+        ),
+        # moto denies the instance profile's check whatever the policy (see above)
+        ({"servicequotas:GetServiceQuota"}, ["checking instance profile EMR_EC2_DefaultRole", "reading EC2 quota L-1216C47A"]),
+    ],
+)
+def test_a_denied_precheck_warns_and_the_cluster_still_starts(aws, endpoint, monkeypatch, capsys, without, skipped):
+    emr_client, _, bucket = aws
+    with acting_as(new_user(documented_policy(bucket, without=without)), endpoint, monkeypatch):
+        status, out, err = emr(capsys, "up", s3_url(bucket))
+    assert status == 0, err
+    denied = [line.split(" horovod_llm.emr.client: ", 1)[1] for line in err.splitlines() if "access denied" in line]
+    assert [line.split(": access denied, not checked (grant ")[0] for line in denied] == [check.format(bucket=bucket) for check in skipped]
+    assert emr_client.describe_cluster(ClusterId=out.strip())["Cluster"]["Status"]["State"] in ("STARTING", "WAITING", "RUNNING")

@@ -99,6 +99,9 @@ def test_max_restarts_resumes_from_the_latest_checkpoint_and_completes(fresh_run
 def test_not_enough_task_slots_fails_in_seconds_with_the_numbers(fresh_run, tiny_dataset, spark):
     config, _ = tiny_dataset
     started = time.monotonic()
-    with pytest.raises(UserError, match=r"train.num_proc=3 ranks need 3 Spark task slots at once, but only 2 are available"):
+    with pytest.raises(
+        UserError,
+        match=r"train.num_proc=3 ranks need 3 task slots of spark.task.cpus=1 cores at once, but the executors give 2 \(executor driver on .*: 2 cores, 2 slots\)",
+    ):
         launch_training(with_output(config, fresh_run, launcher="spark", num_proc=3), spark)
     assert time.monotonic() - started < 30  # instead of Horovod's start timeout

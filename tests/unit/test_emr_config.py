@@ -39,12 +39,21 @@ def test_dynamic_allocation_must_be_off_for_training():
         load_config(EMR_YAML, ["emr.train_conf[spark.dynamicAllocation.enabled]=true"])
 
 
+def test_emr_heterogeneous_executors_must_be_off_for_training():
+    assert load_config(EMR_YAML).emr.train_conf["spark.yarn.heterogeneousExecutors.enabled"] == "false"
+    with pytest.raises(UserError, match="spark.yarn.heterogeneousExecutors.enabled: 'false': EMR would resize the executors"):
+        load_config(EMR_YAML, ["emr.train_conf[spark.yarn.heterogeneousExecutors.enabled]=true"])
+
+
 def test_every_emr_problem_at_once():
     with pytest.raises(UserError) as info:
         load_config(
             EMR_YAML,
-            ["emr.release_label=emr-6.15.0", "emr.market=CHEAP", "emr.core_instance_count=0", "emr.venv=venv", "emr.idle_timeout_s=5", "emr.log_uri=/tmp/logs"],
-        )
+            [
+                "emr.release_label=emr-6.15.0", "emr.market=CHEAP", "emr.core_instance_count=0", "emr.venv=venv", "emr.idle_timeout_s=5",
+                "emr.log_uri=/tmp/logs", "emr.driver_memory_overhead=2 GB",
+            ],
+        )  # fmt: skip
     message = str(info.value)
     for fragment in (
         "emr.release_label ('emr-6.15.0')",
@@ -53,6 +62,7 @@ def test_every_emr_problem_at_once():
         "emr.venv ('venv')",
         "emr.idle_timeout_s (5)",
         "emr.log_uri ('/tmp/logs')",
+        "emr.driver_memory_overhead ('2 GB') must be a Spark memory size such as 2g or 2048m",
     ):
         assert fragment in message
     assert "\n" not in message

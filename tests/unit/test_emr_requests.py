@@ -90,7 +90,11 @@ def test_run_job_flow_request(urls):
 
 def test_spot_market_is_capped_at_the_on_demand_price_and_no_idle_timeout(urls):
     request = rq.run_job_flow_request(emr_config("emr.market=SPOT", "emr.idle_timeout_s=0", "emr.log_uri=s3://logs-bucket/emr/"), urls)
-    assert [(g["Market"], g["BidPrice"]) for g in request["Instances"]["InstanceGroups"]] == [("SPOT", "OnDemandPrice")] * 2
+    # Spot core nodes only: a reclaimed primary (a single instance) would end the cluster.
+    assert [(g["InstanceRole"], g["Market"], g.get("BidPrice")) for g in request["Instances"]["InstanceGroups"]] == [
+        ("MASTER", "ON_DEMAND", None),
+        ("CORE", "SPOT", "OnDemandPrice"),
+    ]
     assert "AutoTerminationPolicy" not in request
     assert request["LogUri"] == "s3://logs-bucket/emr/"
     assert "Ec2SubnetId" not in request["Instances"] and "Ec2KeyName" not in request["Instances"]
@@ -113,13 +117,14 @@ def test_steps(urls):
         "ActionOnFailure": "CANCEL_AND_WAIT",
         "HadoopJarStep": {
             "Jar": "command-runner.jar",
-            "Args": [*cluster_mode, "--name", "horovod-llm-preprocess", "--driver-memory", "4g",
+            "Args": [*cluster_mode, "--name", "horovod-llm-preprocess", "--driver-memory", "4g", "--conf", "spark.driver.memoryOverhead=2g",
                      "--files", conf_url, f"{REL}/entry.py", "preprocess", "--config", "config-1.yaml"],
         },
     }  # fmt: skip
     assert steps[1]["HadoopJarStep"]["Args"] == [
-        *cluster_mode, "--name", "horovod-llm-train", "--driver-memory", "4g",
+        *cluster_mode, "--name", "horovod-llm-train", "--driver-memory", "4g", "--conf", "spark.driver.memoryOverhead=2g",
         "--conf", "spark.dynamicAllocation.enabled=false",
+        "--conf", "spark.yarn.heterogeneousExecutors.enabled=false",
         "--conf", "spark.executor.instances=2",
         "--conf", "spark.executor.cores=8",
         "--conf", "spark.task.cpus=4",
@@ -157,6 +162,11 @@ def test_release_of_bootstrap():
         ([], "emr.s3_url (s3://CHANGE-ME/horovod-llm) names no valid S3 bucket"),
         (["emr.s3_url=s3://bkt/p", "output_url=runs/local"], "output_url (runs/local) must be an s3:// URL"),
         (["emr.s3_url=s3://bkt/p", "spark.master=local[2]"], "spark.master ('local[2]') must be 'yarn'"),
+        (
+            ["emr.s3_url=s3://bkt/p", "emr.master_instance_type=t4g.large"],
+            "emr.master_instance_type (t4g.large) is a Graviton (arm64) type, and horovod 0.28.1 does not build on aarch64: "
+            "pick an x86_64 type such as m5.2xlarge or m6i.2xlarge",
+        ),
     ],
 )
 def test_launch_problems(overrides, fragment):
@@ -176,6 +186,29 @@ def test_launchable_config_passes():
     rq.check_launchable(emr_config())
 
 
+@pytest.mark.parametrize("instance_type", ["m6g.xlarge", "c7gn.large", "r6gd.2xlarge", "t4g.small", "im4gn.large", "x2gd.xlarge", "a1.large", "g5g.xlarge"])
+def test_graviton_types(instance_type):
+    assert rq.is_graviton(instance_type)
+    with pytest.raises(UserError, match=rf"emr.core_instance_type \({instance_type}\) is a Graviton \(arm64\) type"):
+        rq.check_launchable(emr_config(f"emr.core_instance_type={instance_type}"))
+
+
+@pytest.mark.parametrize("instance_type", ["g4dn.xlarge", "g5.xlarge", "m5.xlarge", "m6i.xlarge", "m6a.xlarge", "c5n.large", "m7i-flex.large"])
+def test_x86_types(instance_type):
+    assert not rq.is_graviton(instance_type)
+    rq.check_launchable(emr_config(f"emr.core_instance_type={instance_type}", f"emr.master_instance_type={instance_type}"))
+
+
+def test_the_drivers_memory_overhead_reaches_the_cluster_mode_steps(urls):
+    config = emr_config("emr.driver_memory_overhead=3072m")
+    preprocess, train, generate = (rq.spark_submit_args(config, stage, urls, f"{REL}/configs/c.yaml") for stage in rq.STAGES)
+    for args in (preprocess, train):
+        at = args.index("--driver-memory")
+        assert args[at : at + 4] == ["--driver-memory", "4g", "--conf", "spark.driver.memoryOverhead=3072m"]
+    # generate's driver runs on the primary node, outside YARN.
+    assert "--driver-memory" not in generate and not any("memoryOverhead" in word for word in generate)
+
+
 def test_create_cluster_cli_says_what_the_request_says(urls):
     request = rq.run_job_flow_request(emr_config("emr.subnet_id=subnet-0a1b", "emr.market=SPOT"), urls)
     words = shlex.split(rq.create_cluster_cli(request, "eu-west-1"))
@@ -188,7 +221,7 @@ def test_create_cluster_cli_says_what_the_request_says(urls):
     assert words[words.index("--applications") + 1 : words.index("--applications") + 3] == ["Name=Hadoop", "Name=Spark"]
     assert json.loads(value("--ec2-attributes")) == {"InstanceProfile": "EMR_EC2_DefaultRole", "SubnetId": "subnet-0a1b"}
     assert json.loads(value("--instance-groups")) == [
-        {"Name": "primary", "InstanceGroupType": "MASTER", "InstanceType": "m5.xlarge", "InstanceCount": 1, "BidPrice": "OnDemandPrice"},
+        {"Name": "primary", "InstanceGroupType": "MASTER", "InstanceType": "m5.xlarge", "InstanceCount": 1},
         {"Name": "core", "InstanceGroupType": "CORE", "InstanceType": "m5.2xlarge", "InstanceCount": 2, "BidPrice": "OnDemandPrice"},
     ]
     action = request["BootstrapActions"][0]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from horovod_llm.rank_failures import PEER_LOST_STATUS, RankExit, describe_status, first_failure, horovodrun_exit, job_failure
+from horovod_llm.rank_failures import PEER_LOST_STATUS, SILENT_STATUS, RankExit, describe_status, first_failure, horovodrun_exit, job_failure
 
 
 def test_the_killed_rank_is_named_even_when_its_peer_exits_first():
@@ -28,6 +28,17 @@ def test_the_earliest_of_several_real_failures_wins_and_ties_go_to_the_lower_ran
 def test_when_every_rank_only_lost_a_peer_the_first_is_named():
     failure = job_failure([RankExit(1, PEER_LOST_STATUS, 2.0), RankExit(0, PEER_LOST_STATUS, 1.0)])
     assert "training rank 0 lost contact with the other ranks" in str(failure)
+
+
+def test_a_silent_rank_is_named_with_its_host_and_the_job_may_restart():
+    # issue 15: rank 1's host vanished; rank 0's collective timed out; rank 1 never answered
+    exits = [RankExit(0, PEER_LOST_STATUS, 30.0, "node3"), RankExit(1, SILENT_STATUS, 45.0, "node2")]
+    failure = job_failure(exits)
+    assert str(failure) == (
+        "training rank 1 on host node2 stopped answering (the host is lost or unreachable); rank 0 stopped because of it: "
+        "see the cluster manager's view of node2"
+    )
+    assert failure.retryable
 
 
 def test_a_job_where_every_rank_succeeded_has_no_failure():
