@@ -55,7 +55,7 @@ def lose_rank_host(cluster, rank: int, output_url: str):
 
 def test_elastic_training_goes_on_without_a_lost_host(cluster):
     process, log = start_training(
-        cluster, "elastic", "train.elastic=true", "train.min_proc=1", "train.max_steps=400", "train.batch_size=32",
+        cluster, "elastic", "train.elastic=true", "train.min_proc=1", "train.max_steps=200", "train.batch_size=32",
         "train.log_interval=1", "train.checkpoint_interval=50", "train.elastic_commit_interval=5", "train.keep_last=10",
     )  # fmt: skip
     lost = lose_rank_host(cluster, 1, "s3://runs/elastic")
@@ -64,7 +64,7 @@ def test_elastic_training_goes_on_without_a_lost_host(cluster):
     output = log.read_text(errors="replace")
     assert process.returncode == 0, output[-5000:]
     summary = json.loads(read_s3(cluster, "s3://runs/elastic/stats/summary.json"))
-    assert summary["steps"] == 400 and summary["resumed_from_step"] == 0  # carried on, no restart
+    assert summary["steps"] == 200 and summary["resumed_from_step"] == 0  # carried on, no restart
     ranks = [json.loads(line)["ranks"] for line in read_s3(cluster, "s3://runs/elastic/stats/steps.jsonl").splitlines()]
     assert ranks[0] == 2 and ranks[-1] == 1, ranks  # the statistics show the size change
     assert [p["host"] for p in summary["placement"]] == [h.name for h in cluster.workers if h != lost]
@@ -75,7 +75,7 @@ def test_elastic_training_goes_on_without_a_lost_host(cluster):
 
 def test_a_lost_host_fails_the_job_naming_it_and_a_restart_resumes(cluster):
     process, log = start_training(
-        cluster, "restart", "train.max_restarts=1", "train.start_timeout=180", "train.max_steps=400", "train.batch_size=32",
+        cluster, "restart", "train.max_restarts=1", "train.start_timeout=180", "train.max_steps=200", "train.batch_size=32",
         "train.log_interval=1", "train.checkpoint_interval=50", "train.keep_last=10",
     )  # fmt: skip
     lost = lose_rank_host(cluster, 1, "s3://runs/restart")
@@ -91,6 +91,6 @@ def test_a_lost_host_fails_the_job_naming_it_and_a_restart_resumes(cluster):
     process.wait(timeout=600)
     assert process.returncode == 0, log.read_text(errors="replace")[-5000:]
     summary = json.loads(read_s3(cluster, "s3://runs/restart/stats/summary.json"))
-    assert summary["steps"] == 400 and summary["resumed_from_step"] >= 50
+    assert summary["steps"] == 200 and summary["resumed_from_step"] >= 50
     assert {p["host"] for p in summary["placement"]} == {"node2", "node3"}
     print(f"lost {lost.name}; the job failed {failed_after:.0f} s later and resumed from step {summary['resumed_from_step']}")

@@ -45,7 +45,9 @@ def cluster(tmp_path_factory):
 def pipeline(cluster):
     """`horovod-llm run` from S3 to S3 across the hosts."""
     event_log = cluster.work / "events"
-    done = cli(cluster, "run", event_log=event_log)
+    # train.nics pins the interface Horovod would pick anyway (tests/cluster/test_host_loss.py
+    # leaves the choice to Horovod).
+    done = cli(cluster, "run", "train.nics=[eth0]", event_log=event_log)
     assert done.returncode == 0, done.stderr[-4000:]
     return done, json.loads(read_s3(cluster, f"{RUN_URL}/stats/summary.json")), event_log
 
@@ -78,12 +80,7 @@ def test_the_pipeline_generates_from_the_s3_checkpoint(pipeline, cluster):
     assert generated.stdout.startswith("KING:") and len(generated.stdout.strip()) > len("KING:")
 
 
-def test_train_nics_pins_the_interface_and_a_missing_one_is_refused(pipeline, cluster):
-    pinned = cli(cluster, "train", "train.nics=[eth0]", "train.max_steps=10", "train.checkpoint_interval=10", timeout=600)
-    assert pinned.returncode == 0, pinned.stderr[-3000:]
-    summary = json.loads(read_s3(cluster, f"{RUN_URL}/stats/summary.json"))
-    assert summary["resumed_from_step"] == 8 and summary["steps"] == 10
-    assert {p["gloo_iface"] for p in summary["placement"]} == {"eth0"}
+def test_an_interface_missing_on_a_host_is_refused(pipeline, cluster):
     missing = cli(cluster, "train", "train.nics=[eth9]", "train.max_steps=12", timeout=300)
     assert missing.returncode != 0
     error = missing.stderr.strip().splitlines()[-1]
