@@ -40,6 +40,10 @@ def executors(context) -> list[Executor]:
     return found
 
 
+def executor_hosts(context) -> set[str]:
+    return {e.host for e in executors(context)}
+
+
 def task_cpus(context) -> int:
     return max(int(context.getConf().get("spark.task.cpus", "1")), 1)
 

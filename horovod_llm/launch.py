@@ -20,7 +20,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from horovod_llm import checkpoint, layout, recipe, storage
-from horovod_llm.cluster import check_for_ranks, executors, task_cpus
+from horovod_llm.cluster import check_for_ranks, executor_hosts, task_cpus
 from horovod_llm.config import SECRETS_ENV, RunConfig, redacted_yaml, secret_values, to_dict
 from horovod_llm.errors import JobFailed, UserError
 from horovod_llm.job import check_job, model_config, threads_for_rank
@@ -135,10 +135,6 @@ def rank_exits_recorded(context=None, silent_after_s: float = SILENT_AFTER_S) ->
         yield exits
     finally:
         spark_gloo.launch_gloo, spark_gloo.launch_gloo_elastic = originals
-
-
-def executor_hosts(context) -> set[str]:
-    return {e.host for e in executors(context)}
 
 
 def spark_host(host_hash: str) -> str:

@@ -39,7 +39,8 @@ def run_pipeline(config: RunConfig, force: bool = False) -> str:
     spark = spark_session(config.spark)
     timings["spark_start"] = time.perf_counter() - started
     if config.train.launcher == "spark":
-        # A cluster that cannot run the ranks is refused before preprocessing, not after.
+        # A cluster that cannot run the ranks is refused before preprocessing, not after
+        # (training checks again: executors may come and go while preprocessing runs).
         check_for_ranks(spark.sparkContext, config.train)
 
     started = time.perf_counter()
