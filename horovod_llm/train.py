@@ -88,6 +88,10 @@ class Job:
     resumed_step: int
     started: float
     ranks_ready_at: float  # wall clock after hvd.init(): stage timings
+    # Elastic: this rank's clock (perf_counter) at its last commit. Not part of the
+    # state, so a reset does not roll it back: the time since, lost to the reset and to
+    # the steps it undid, still counts against the budget.
+    committed_at: float | None = None
 
 
 class LoopState:
@@ -226,6 +230,14 @@ def train_loop(state, job: Job) -> dict:
 
     if state.reader_world != world_size:  # elastic: the shards changed, so does the order
         state.data_seed, state.consumed, state.reader_world = train.seed + state.step, 0, world_size
+    if train.elastic:
+        # After a reset, the wall time since the last commit (a rank that just joined has
+        # none: the max across ranks) is spent cluster time: a budget counts it.
+        lost = 0.0 if job.committed_at is None else time.perf_counter() - job.committed_at
+        lost = float(hvd.allreduce(torch.tensor([lost], dtype=torch.float64), op=hvd.Max, name="lost_seconds")[0])
+        if lost:
+            state.trained_seconds += lost
+            progress.warning("resuming at step %d after a reset: the %.1f s since the last commit count against the budget", state.step, lost)
     peak_flops = float(allreduce_sum(torch.tensor([job.peak_per_rank], dtype=torch.float64))[0])
     flops_per_token = model.flops_per_token()
     stats = StatsWriter(out) if is_main else NullStats()
@@ -302,6 +314,7 @@ def train_loop(state, job: Job) -> dict:
                     "peak_rss_mb": rss,
                     "ranks": world_size,
                     "trained_seconds": trained,
+                    "time": time.time(),  # rank 0's wall clock (Unix seconds)
                 }
                 mfu_values.append(record["mfu"])
                 stats.log_step(record)
@@ -339,6 +352,7 @@ def train_loop(state, job: Job) -> dict:
                     progress.info("checkpoint written: %s", checkpoint_url)
             if train.elastic and (step % train.elastic_commit_interval == 0 or last):
                 state.trained_seconds = clock.seconds_at(step)
+                job.committed_at = time.perf_counter()
                 stats.flush()  # a new rank 0 after a reset continues from these records
                 state.commit()  # Horovod elastic: the point a reset rolls back to
 
