@@ -86,6 +86,10 @@ def summary_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
         rows.append(
             ("generation tokens/s, cache / no cache (256 new tokens)", f"{gen['ratio']:.2f}", _runs(_repeats(results, gen)), ">= 3", _verdict(gen["ratio"], 3))
         )
+    serving = _get(results, "serve_batching")
+    if serving:
+        label = f"server tokens/s, {serving['clients']} concurrent clients, batched / one at a time ({serving['size']} model)"
+        rows.append((label, f"{serving['ratio']:.2f}", _runs(_repeats(results, serving)), ">= 4", _verdict(serving["ratio"], 4)))
     quality = _get(results, "quality")
     if quality:
         for row in quality["summary"]:
@@ -123,6 +127,7 @@ def render(results: dict) -> str:
     lines += _word2vec_details(_get(results, "quality_word2vec"))
     lines += _sweep_details([entry["result"] for name, entry in sorted(results["benchmarks"].items()) if name.startswith("sweep") and entry.get("result")])
     lines += _generate_details(results, _get(results, "generate_throughput"))
+    lines += _serving_details(results, _get(results, "serve_batching"))
     lines += _e2e_details(_get(results, "end_to_end"))
     return "\n".join(lines)
 
@@ -164,6 +169,12 @@ def headlines(results: dict) -> str:
         lines.append(
             f"- the key/value cache speeds decoding up {gen['ratio']:.2f}x ({gen['tokens_per_second_with_cache']:.0f} against "
             f"{gen['tokens_per_second_without_cache']:.0f} tokens/s, {_runs(_repeats(results, gen))});"
+        )
+    serving = _get(results, "serve_batching")
+    if serving:
+        lines.append(
+            f"- with {serving['clients']} concurrent clients the server decodes {serving['tokens_per_second_batched']:.0f} tokens/s batched, "
+            f"{serving['ratio']:.2f}x the {serving['tokens_per_second_one_at_a_time']:.0f} of one request at a time ({_runs(_repeats(results, serving))});"
         )
     quality = _get(results, "quality")
     if quality:
@@ -456,6 +467,23 @@ def _generate_details(results: dict, gen: dict | None) -> list[str]:
         f"{gen['new_tokens']} new tokens, {gen['threads']} thread: {gen['tokens_per_second_with_cache']:.0f} tokens/s with the key/value cache, "
         f"{gen['tokens_per_second_without_cache']:.0f} without; ratio {gen['ratio']:.2f} ({_runs(_repeats(results, gen))}); "
         f"same greedy output: {gen['same_greedy_output']}.",
+    ]
+
+
+def _serving_details(results: dict, serving: dict | None) -> list[str]:
+    if not serving:
+        return []
+    m = serving["model"]
+    return [
+        "",
+        "### Serving (`bench/serve_batching.py`)",
+        "",
+        f"{serving['size']} model with {m['weights']}, {m['parameters'] / 1e6:.2f}M parameters, {m['n_layer']} layers x {m['n_embd']}, "
+        f"context {m['block_size']}, vocabulary {m['vocab_size']}; `serve --threads {serving['threads']}`; {serving['clients']} clients x "
+        f"{serving['requests_per_client']} requests x {serving['max_tokens']} tokens on POST /v1/completions: "
+        f"{serving['tokens_per_second_batched']:.0f} tokens/s with `--max-batch {serving['max_batch']}` (mean batch {serving['mean_batch']:.1f}), "
+        f"{serving['tokens_per_second_one_at_a_time']:.0f} with `--max-batch 1`; ratio {serving['ratio']:.2f} ({_runs(_repeats(results, serving))}); "
+        f"same texts from both: {serving['same_texts']}; load average {serving['load_before']} -> {serving['load_after']}.",
     ]
 
 

@@ -68,6 +68,8 @@ def commands(args) -> dict[str, list[str]]:
         ],
         "generate_throughput": ["generate_throughput.py", "--threads", "1", "--repeats", str(args.repeats)],
         "end_to_end": ["end_to_end.py", "--max-steps", str(args.e2e_max_steps)],
+        # after end_to_end: it serves the model that run trained
+        "serve_batching": ["serve_batching.py", "--repeats", str(args.repeats)],
     }
 
 

@@ -2,13 +2,22 @@
 
 A folder holds the weights, the optimizer state, the resolved config, the tokenizer
 and `meta.json` (step, model arguments, metrics); `COMPLETE` is written last, and a
-reader ignores any folder without it. Weights load with `torch.load(weights_only=True)`:
-a checkpoint is data, never code.
+reader ignores any folder without it. A checkpoint is data, never code:
+
+- the weights are in `model.safetensors` (a header and raw tensors: nothing to
+  unpickle), which readers prefer, and in `model.pt` (torch's pickle format), which
+  versions of this package before safetensors read. A tied `lm_head.weight` is
+  `wte.weight` itself: safetensors stores no aliases, so it is saved once and tied
+  again on load.
+- checkpoints written before safetensors, and the optimizer and RNG states, load with
+  `torch.load(weights_only=True)`, whose unpickler builds tensors and plain containers
+  only.
 
 `model.zip` is the shippable form of a checkpoint for inference: a zip holding the
-folder's `model.pt`, `meta.json` and `tokenizer.model` at its top level (no optimizer
+folder's weights, `meta.json` and `tokenizer.model` at its top level (no optimizer
 state, no marker: the archive is written whole, atomically). `export_model_zip` writes
-one and `load_checkpoint` reads one like a folder.
+one (with `model.safetensors` even from a checkpoint written before it) and
+`load_checkpoint` reads one like a folder.
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ import re
 import zipfile
 from dataclasses import dataclass
 
+import safetensors
+import safetensors.torch
 import torch
 
 from horovod_llm import layout, storage
@@ -34,7 +45,11 @@ log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
 MODEL_ZIP = "model.zip"
-ZIP_MEMBERS = ("model.pt", "meta.json", "tokenizer.model")
+WEIGHTS = "model.safetensors"
+PICKLED_WEIGHTS = "model.pt"
+# What export_model_zip writes; a reader needs meta.json, tokenizer.model and either weights file.
+ZIP_MEMBERS = (WEIGHTS, PICKLED_WEIGHTS, "meta.json", "tokenizer.model")
+TIED = "lm_head.weight"  # stored as wte.weight when tie_weights
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
@@ -46,6 +61,14 @@ def _tensor_bytes(value) -> bytes:
     buffer = io.BytesIO()
     torch.save(value, buffer)
     return buffer.getvalue()
+
+
+def _safetensors_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    """A model state dict as safetensors, a tied lm_head.weight left out (see the module's docstring)."""
+    state = dict(state)
+    if TIED in state and state[TIED].data_ptr() == state["wte.weight"].data_ptr():
+        del state[TIED]
+    return safetensors.torch.save({name: tensor.contiguous() for name, tensor in state.items()}, metadata={"format": "pt"})
 
 
 def save_checkpoint(
@@ -64,8 +87,12 @@ def save_checkpoint(
     """
     url = storage.join(layout.checkpoints_url(output_url), step_dir_name(step))
     storage.remove(url)  # a partial folder left by a crashed writer at this step
-    storage.write_bytes(storage.join(url, "model.pt"), _tensor_bytes(model.state_dict()))
+    state = model.state_dict()
+    storage.write_bytes(storage.join(url, WEIGHTS), _safetensors_bytes(state))
+    storage.write_bytes(storage.join(url, PICKLED_WEIGHTS), _tensor_bytes(state))
     if optimizer is not None:
+        # The optimizer state is nested (param groups, step counts, a dict per parameter):
+        # safetensors holds only a flat map of tensors, so it stays in torch's format.
         storage.write_bytes(storage.join(url, "optimizer.pt"), _tensor_bytes(optimizer.state_dict()))
     if rng_states is not None:
         storage.write_bytes(storage.join(url, "rng.pt"), _tensor_bytes(rng_states))
@@ -149,18 +176,45 @@ def resolve_checkpoint_url(url: str) -> str:
             return complete[-1][1]
     if storage.exists(storage.join(url, MODEL_ZIP)):
         return storage.join(url, MODEL_ZIP)
-    if storage.exists(storage.join(url, "model.pt")):
+    if storage.exists(storage.join(url, WEIGHTS)) or storage.exists(storage.join(url, PICKLED_WEIGHTS)):
         raise UserError(f"checkpoint {url} is incomplete (no {MARKER} marker): its writer stopped mid-way; use an earlier checkpoint")
     raise UserError(f"no complete checkpoint at {url}: pass a checkpoints/step-XXXXXXXX folder or a run's output_url")
 
 
+def _corrupt(url: str, exc: Exception) -> UserError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+    return UserError(f"checkpoint file {url} is corrupt or not a weights file ({first[:200]}): use another checkpoint")
+
+
 def _load_tensors(url: str, data: bytes | None = None):
-    """Tensors saved at `url` (or given as `data`, read from `url` inside an archive)."""
+    """Tensors saved by torch.save at `url` (or given as `data`, read from `url` inside an archive)."""
     try:
         return torch.load(io.BytesIO(data) if data is not None else storage.bytes_io(url), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise UserError(f"checkpoint file {url} is corrupt or not a weights file ({first[:200]}): use another checkpoint") from None
+        raise _corrupt(url, exc) from None
+
+
+def _load_weights(url: str, name: str, data: bytes, tie_weights: bool) -> dict[str, torch.Tensor]:
+    """A model state dict from the weights file `name` (WEIGHTS or PICKLED_WEIGHTS) of the checkpoint at `url`."""
+    file_url = storage.join(url, name)
+    if name == PICKLED_WEIGHTS:
+        return _load_tensors(file_url, data)
+    try:
+        state = safetensors.torch.load(data)
+    except safetensors.SafetensorError as exc:
+        raise _corrupt(file_url, exc) from None
+    if tie_weights and TIED not in state and "wte.weight" in state:
+        state[TIED] = state["wte.weight"]
+    return state
+
+
+def _weights_file(names) -> str | None:
+    """The weights file to read among `names`: safetensors when there, else the pickled one."""
+    return next((name for name in (WEIGHTS, PICKLED_WEIGHTS) if name in names), None)
+
+
+def _folder_weights_file(url: str) -> str:
+    return WEIGHTS if storage.exists(storage.join(url, WEIGHTS)) else PICKLED_WEIGHTS
 
 
 def checkpoint_to_resume(output_url: str, resume: bool) -> tuple[int, str] | None:
@@ -211,36 +265,49 @@ def load_training_state(url: str, expected_model_args: dict, tokenizer_sha256: s
         file_url = storage.join(url, name)
         return _load_tensors(file_url) if storage.exists(file_url) else None
 
-    return TrainingState(meta, _load_tensors(storage.join(url, "model.pt")), optional("optimizer.pt"), optional("rng.pt"))
+    weights = _folder_weights_file(url)
+    model = _load_weights(url, weights, storage.read_bytes(storage.join(url, weights)), meta["model_args"].get("tie_weights", True))
+    return TrainingState(meta, model, optional("optimizer.pt"), optional("rng.pt"))
 
 
 def _read_model_zip(url: str) -> dict[str, bytes]:
-    """The members of a model.zip, by name; a UserError when one is missing or it is no zip."""
+    """The members of a model.zip that readers use, by name (one weights file: the
+    preferred one); a UserError when one is missing or it is no zip."""
     try:
         with zipfile.ZipFile(storage.bytes_io(url)) as archive:
             names = set(archive.namelist())
-            missing = [name for name in ZIP_MEMBERS if name not in names]
+            weights = _weights_file(names)
+            missing = [name for name in ("meta.json", "tokenizer.model") if name not in names]
+            if weights is None:
+                missing.insert(0, f"{WEIGHTS} (or {PICKLED_WEIGHTS})")
             if missing:
                 raise UserError(f"model archive {url} lacks {', '.join(missing)}: export it again with export_model_zip")
-            return {name: archive.read(name) for name in ZIP_MEMBERS}
+            return {name: archive.read(name) for name in (weights, "meta.json", "tokenizer.model")}
     except (zipfile.BadZipFile, EOFError) as exc:
         raise UserError(f"model archive {url} is not a readable zip ({exc}): download or export it again") from None
 
 
-def _read_checkpoint_files(url: str) -> dict[str, bytes]:
-    """model.pt, meta.json and tokenizer.model of a resolved checkpoint folder or model.zip."""
+def read_checkpoint_files(url: str) -> dict[str, bytes]:
+    """meta.json, tokenizer.model and one weights file (model.safetensors where there is
+    one, else model.pt) of a resolved checkpoint folder or model.zip, by name."""
     if is_model_zip(url):
         return _read_model_zip(url)
-    return {name: storage.read_bytes(storage.join(url, name)) for name in ZIP_MEMBERS}
+    weights = _folder_weights_file(url)
+    return {name: storage.read_bytes(storage.join(url, name)) for name in (weights, "meta.json", "tokenizer.model")}
 
 
 def load_checkpoint(url: str) -> LoadedCheckpoint:
     """Load a complete checkpoint or model.zip for inference (weights, config, tokenizer)."""
     url = resolve_checkpoint_url(url)
-    files = _read_checkpoint_files(url)
+    return loaded_from_files(url, read_checkpoint_files(url))
+
+
+def loaded_from_files(url: str, files: dict[str, bytes]) -> LoadedCheckpoint:
+    """The checkpoint at the resolved `url`, from its files as read_checkpoint_files gives them."""
     meta = json.loads(files["meta.json"])
     model = GPT(GPTConfig(**meta["model_args"]))
-    state = _load_tensors(storage.join(url, "model.pt"), files["model.pt"])
+    weights = _weights_file(files)
+    state = _load_weights(url, weights, files[weights], model.config.tie_weights)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -260,11 +327,19 @@ def export_model_zip(checkpoint_url: str, zip_url: str) -> str:
     """Write the checkpoint at `checkpoint_url` (a folder, a run's output_url or another
     model.zip) as a model.zip at `zip_url`; return the checkpoint it came from."""
     source = resolve_checkpoint_url(checkpoint_url)
-    files = _read_checkpoint_files(source)
+    files = read_checkpoint_files(source)
+    # The file that is not there is made from the one that is: model.safetensors for a
+    # checkpoint from before it; model.pt for the readers of a model.zip that predate it.
+    weights = _weights_file(files)
+    tie_weights = json.loads(files["meta.json"])["model_args"].get("tie_weights", True)
+    state = _load_weights(source, weights, files[weights], tie_weights)
+    files.setdefault(WEIGHTS, _safetensors_bytes(state))
+    files.setdefault(PICKLED_WEIGHTS, _tensor_bytes(state))
     buffer = io.BytesIO()
-    # model.pt is itself a zip of tensors: storing it as is saves time and loses nothing.
+    # Both weights files are raw floats, which deflate hardly shrinks: stored as they are.
     with zipfile.ZipFile(buffer, "w") as archive:
         for name in ZIP_MEMBERS:
-            archive.writestr(name, files[name], compress_type=zipfile.ZIP_STORED if name == "model.pt" else zipfile.ZIP_DEFLATED)
+            stored = name in (WEIGHTS, PICKLED_WEIGHTS)
+            archive.writestr(name, files[name], compress_type=zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED)
     storage.write_bytes(zip_url, buffer.getvalue())
     return source

@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from horovod_llm import __version__
+from horovod_llm import __version__, progress
 from horovod_llm.config import CONFIG_DIR, RunConfig, apply_storage, load_config
 from horovod_llm.emr.commands import add_subcommands as add_emr_subcommands
 from horovod_llm.errors import JobFailed, UserError, user_error_in
@@ -27,7 +27,10 @@ def _load(args: argparse.Namespace) -> RunConfig:
     if args.log_level:
         overrides.append(f"log_level={args.log_level}")
     config = load_config(args.config, overrides)
-    setup_logging(config.log_level)
+    # Bars only where log records keep off their line (log.TerminalHandler).
+    bars = progress.wants_bars(config.progress, progress.is_terminal(sys.stderr))
+    setup_logging(config.log_level, progress=bars)
+    progress.enable(bars)
     apply_storage(config)
     return config
 
@@ -165,13 +168,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Answer POST /generate and GET /health over HTTP with one checkpoint, loaded once."""
+    """Answer POST /generate, OpenAI's /v1/completions and /v1/models, and GET /health over HTTP with one checkpoint, loaded once.
+
+    Concurrent requests are decoded together (continuous batching, up to --max-batch sequences)."""
     import ipaddress
 
     from horovod_llm.serve import Limits, serve
 
     setup_logging(args.log_level or "INFO")
-    limits = Limits(args.max_body_bytes, args.max_prompt_chars, args.max_new_tokens, args.max_pending)
+    limits = Limits(args.max_body_bytes, args.max_prompt_chars, args.max_new_tokens, args.max_pending, args.max_batch)
     for name, value in vars(limits).items():
         if value < 1:
             raise UserError(f"--{name.replace('_', '-')} ({value}) must be at least 1")
@@ -184,7 +189,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not loopback:
         log.warning("binding %s: the API has no authentication; anyone who can reach this address can use it", args.host)
     _set_threads(args.threads)
-    serve(args.checkpoint, args.host, args.port, limits, log_level=args.log_level or "INFO")
+    serve(args.checkpoint, args.host, args.port, limits, log_level=args.log_level or "INFO", model_name=args.model_name)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a checkpoint in a format other tools load: hf (a folder for Hugging Face transformers) or zip (a model.zip)."""
+    setup_logging(args.log_level or "INFO")
+    if args.format == "hf":
+        from horovod_llm.export import export_hf
+
+        export_hf(args.checkpoint, args.out)
+    else:
+        from horovod_llm.checkpoint import export_model_zip
+
+        if not args.out.endswith(".zip"):
+            raise UserError(f"--out {args.out} must end in .zip for --format zip")
+        log.info("wrote %s from %s", args.out, export_model_zip(args.checkpoint, args.out))
     return 0
 
 
@@ -268,7 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompt-chars", type=int, default=16_000, help="longer prompts get 422")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="requests for more get 422")
     p.add_argument("--max-pending", type=int, default=256, help="requests waiting or running beyond which new ones get 503")
+    p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (1: one at a time); a request's n must fit")
+    p.add_argument("--model-name", help="the model id /v1/models shows and requests may name (default: the run's folder and step)")
     p.add_argument("--threads", type=int, default=1, help=decode_threads_help)
+    p = add("export", cmd_export)
+    p.add_argument("--format", required=True, choices=["hf", "zip"], help="hf: GPT-2 weights, config and a fast tokenizer for transformers; zip: a model.zip")
+    p.add_argument("--checkpoint", required=True, help=checkpoint_help)
+    p.add_argument("--out", required=True, metavar="PATH_OR_URL", help="hf: a new folder; zip: the archive's path; local or s3://")
     p = add("run", cmd_run)
     with_config(p)
     p.add_argument("--force", action="store_true", help="rebuild the dataset even when a complete one exists")

@@ -245,6 +245,10 @@ class StorageConfig:
 class RunConfig:
     output_url: str = "runs/local"
     log_level: str = "INFO"
+    # Progress bars on stderr (progress.py): null, only when stderr is a terminal; true,
+    # always; false, never (plain log lines). A boolean, not on/off words: YAML reads
+    # `on` and `off` as true and false.
+    progress: bool | None = None
     spark: SparkConfig = field(default_factory=SparkConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

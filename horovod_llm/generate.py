@@ -3,7 +3,9 @@
 The prompt is encoded after BOS (so an empty prompt starts from BOS alone); a prompt
 longer than the model's context keeps its last `block_size` ids (the model's
 `generate_tokens` crops it). A completion ends at EOS, at the first `stop` string
-(which is not included), or after `max_new_tokens` ids.
+(which is not included), or after `max_new_tokens` ids. `Continuation` holds those
+rules for one sequence as it grows, for `complete` here and for the server's batches
+(batching.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,55 @@ class Completion:
     prompt_tokens: int  # ids of the prompt text (before cropping, without BOS)
     completion_tokens: int  # ids generated, including a final EOS or the ids of a stop string
     stop_reason: str  # "eos", "stop" or "length"
+
+
+def stop_index(text: str, stop: tuple[str, ...]) -> int:
+    """Where the first stop string starts in text, or -1."""
+    return min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+
+
+def held_back(text: str, stop: tuple[str, ...]) -> int:
+    """Characters at the end of text that may not be sent yet while it grows: the
+    longest tail that could begin a stop string, or an undecodable byte (a character
+    whose other bytes are still to come)."""
+    hold = max((n for s in stop for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+    if text.endswith("\ufffd"):
+        hold = max(hold, len(text) - len(text.rstrip("\ufffd")))
+    return hold
+
+
+class Continuation:
+    """One sequence's completion as it grows id by id: its text and how it ends (EOS,
+    a stop string, or max_new_tokens)."""
+
+    def __init__(self, generator: TextGenerator, prompt_ids: list[int], sampling: Sampling):
+        self.generator = generator
+        self.prompt_ids = prompt_ids
+        self.sampling = sampling
+        self.new_ids: list[int] = []
+
+    def text(self) -> str:
+        return self.generator.continuation(self.prompt_ids, self.new_ids)
+
+    def add(self, next_id: int) -> Completion | None:
+        """Take the next id; the Completion once the sequence has ended, else None."""
+        self.new_ids.append(next_id)
+        done = len(self.new_ids)
+        if next_id == tokenizer.EOS_ID:
+            return Completion(self.generator.continuation(self.prompt_ids, self.new_ids[:-1]), len(self.prompt_ids), done, "eos")
+        if self.sampling.stop:
+            text = self.text()
+            cut = stop_index(text, self.sampling.stop)
+            if cut >= 0:
+                return Completion(text[:cut], len(self.prompt_ids), done, "stop")
+        if done >= self.sampling.max_new_tokens:
+            return Completion(self.text(), len(self.prompt_ids), done, "length")
+        return None
+
+    def sendable_text(self) -> str:
+        """The text so far less what `held_back` keeps: safe to stream before the end."""
+        text = self.text()
+        return text[: len(text) - held_back(text, self.sampling.stop)]
 
 
 class TextGenerator:
@@ -56,23 +107,14 @@ class TextGenerator:
         steps = self.model.generate_tokens(
             idx, temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p, generator=generator, use_cache=self.use_cache
         )
-        new_ids: list[list[int]] = [[] for _ in range(num_samples)]
+        rows = [Continuation(self, prompt_ids, sampling) for _ in range(num_samples)]
         results: list[Completion | None] = [None] * num_samples
-        for step, next_ids in enumerate(steps):
+        for next_ids in steps:
             for row, next_id in enumerate(next_ids[:, 0].tolist()):
-                if results[row] is not None:
-                    continue  # finished: the batch goes on for the other rows
-                new_ids[row].append(next_id)
-                if next_id == tokenizer.EOS_ID:
-                    results[row] = Completion(self.continuation(prompt_ids, new_ids[row][:-1]), len(prompt_ids), len(new_ids[row]), "eos")
-                elif sampling.stop:
-                    text = self.continuation(prompt_ids, new_ids[row])
-                    cut = min((i for i in (text.find(s) for s in sampling.stop) if i >= 0), default=-1)
-                    if cut >= 0:
-                        results[row] = Completion(text[:cut], len(prompt_ids), len(new_ids[row]), "stop")
-            if all(r is not None for r in results) or step + 1 >= sampling.max_new_tokens:
-                break
-        return [r or Completion(self.continuation(prompt_ids, ids), len(prompt_ids), len(ids), "length") for r, ids in zip(results, new_ids, strict=True)]
+                if results[row] is None:  # a finished row's ids are ignored: the batch goes on for the others
+                    results[row] = rows[row].add(next_id)
+            if all(r is not None for r in results):
+                return results
 
 
 def generate_text(loaded: LoadedCheckpoint, prompt: str, sampling: Sampling) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from horovod_llm import checkpoint, layout, recipe, storage
+from horovod_llm import checkpoint, layout, progress, recipe, storage
 from horovod_llm.cluster import check_for_ranks, executor_hosts, task_cpus
 from horovod_llm.config import SECRETS_ENV, RunConfig, redacted_yaml, secret_values, to_dict
 from horovod_llm.errors import JobFailed, UserError
@@ -213,6 +213,9 @@ def run_with_spark(config: RunConfig, spark=None) -> dict:
         # local size cannot tell).
         cpus = threads_for_rank(0, tc.num_proc) if local else task_cpus(context)
         config = dataclasses.replace(config, train=dataclasses.replace(tc, threads_per_rank=cpus))
+    # Rank 0 draws a progress bar where its output reaches this terminal as it is written
+    # (local mode); a cluster's rank output reaches the driver in chunks.
+    config = dataclasses.replace(config, progress=progress.rank_setting(output_is_live=local))
     launch_info = {
         "launcher": "spark",
         "spark_master": context.master,
@@ -279,7 +282,9 @@ def run_with_horovodrun(config: RunConfig) -> dict:
         # The file holds no credentials (a killed launcher leaves it behind): the values
         # redaction hides reach the ranks through their environment (worker.py).
         config_path = Path(tmp) / "resolved.yaml"
-        config_path.write_text(redacted_yaml(config))
+        # No bar on the ranks: this driver reads their output line by line, and a bar's
+        # carriage returns would each end a line.
+        config_path.write_text(redacted_yaml(dataclasses.replace(config, progress=False)))
         env = {**os.environ, SECRETS_ENV: json.dumps(secret_values(config)), BIND_ADDRESS_ENV: LOOPBACK}
         command = horovodrun_command(str(config_path), tc.num_proc, tc.start_timeout)
         log.info("running: %s", " ".join(command))
@@ -327,4 +332,11 @@ def _launch_once(config: RunConfig, spark=None) -> dict:
         return run_with_horovodrun(config)
     if config.train.num_proc != 1:
         raise UserError(f"train.launcher=local runs one rank, but train.num_proc={config.train.num_proc}: set train.num_proc=1")
-    return train_worker(to_dict(config), {"launcher": "local"})
+    # The rank is this process: its bar is drawn where the driver's would be. A rank
+    # points stdout at stderr (stdout carries generated text only); here that process is
+    # the driver, whose stdout must come back for `run` to print its sample there.
+    stdout = sys.stdout
+    try:
+        return train_worker(to_dict(dataclasses.replace(config, progress=progress.rank_setting(output_is_live=True))), {"launcher": "local"})
+    finally:
+        sys.stdout = stdout

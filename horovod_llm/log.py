@@ -23,7 +23,30 @@ class CurrentStderrHandler(logging.StreamHandler):
         pass  # always the current sys.stderr
 
 
-def setup_logging(level: str = "INFO", rank: int | None = None) -> None:
+# Carriage return, then erase to the end of the line (ANSI): on a terminal, the line a
+# record lands on may hold another process's progress bar.
+CLEAR_LINE = "\r\x1b[K"
+
+
+class TerminalHandler(CurrentStderrHandler):
+    """For a terminal with progress bars (progress.py): a record erases the line it lands
+    on and is written with tqdm.write, which takes this process's bars off the screen and
+    draws them again below it, so that bars and records never share a line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(CLEAR_LINE + self.format(record), file=self.stream)
+            self.flush()
+        except Exception:
+            self.handleError(record)
+
+
+def setup_logging(level: str = "INFO", rank: int | None = None, progress: bool = False) -> None:
+    """Records to stderr, this package's at `level`; `progress`: stderr shows bars
+    (progress.py), which the records must not break. Without bars, plain lines: no
+    carriage return or escape ever reaches a log file."""
     prefix = f"[rank {rank}] " if rank is not None else ""
     # The root logger stays at WARNING: Horovod's launcher and py4j log chatty INFO
     # records through it. Only this package logs at the configured level.
@@ -31,7 +54,7 @@ def setup_logging(level: str = "INFO", rank: int | None = None) -> None:
         level=logging.WARNING,
         format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
         datefmt="%H:%M:%S",
-        handlers=[CurrentStderrHandler()],
+        handlers=[TerminalHandler() if progress else CurrentStderrHandler()],
         force=True,
     )
     quiet_library_warnings()

@@ -11,6 +11,13 @@ policy, the same with and without the cache, is therefore: the context holds at 
 `crop_length(block_size)` ids (three quarters) and, with the cache, the cache is
 recomputed from those in one forward pass. Recomputing every `block_size // 4` steps
 costs little, and greedy output with and without the cache is identical.
+
+With the cache, each step feeds one id per sequence through `decode_step`, where every
+row of the batch sits at its own position (a server decodes unrelated requests
+together, each joining and leaving as it starts and ends); the ids before it are
+prefilled in one pass. With rows padded to ROW_MULTIPLE, a row's logits there are the
+same bits whatever else is in the batch, so a seeded sample does not depend on its
+neighbours.
 """
 
 from __future__ import annotations
@@ -52,6 +59,21 @@ def sinusoidal_table(block_size: int, n_embd: int, rms: float) -> torch.Tensor:
     return table * (rms / math.sqrt(0.5))
 
 
+# A batch whose rows must not depend on each other is padded to a multiple of this.
+# The matrix products of this machine's BLAS (MKL on AVX2, 1 to 4 threads) give a row
+# the same bits in any batch of 4, 8, 12 ... rows, but other bits alone (1 row takes a
+# matrix-vector kernel) and in batches of 2, 3, 5 ... (rows left over from its 4-row
+# blocks). test_model.py checks that on the machine it runs on. The price: one row
+# alone computes four, about 1.5x the time of a matrix-vector step, so a caller that
+# decodes one sequence (`generate`) asks for multiple 1.
+ROW_MULTIPLE = 4
+
+
+def padded_rows(num_rows: int, multiple: int = ROW_MULTIPLE) -> int:
+    """The rows `decode_step` computes for num_rows sequences (and a cache must hold)."""
+    return -(-num_rows // multiple) * multiple
+
+
 def crop_length(block_size: int) -> int:
     """Ids kept when generation's context overflows block_size (see the module's docstring)."""
     return max(1, block_size * 3 // 4)
@@ -69,6 +91,17 @@ class KVCache:
 
     def reset(self) -> None:
         self.length = 0
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A cache of rows start .. stop - 1 that shares this one's storage, at length 0:
+        prefilling it writes into this cache."""
+        view = KVCache.__new__(KVCache)
+        view.k, view.v, view.length = self.k[:, start:stop], self.v[:, start:stop], 0
+        return view
+
+    def copy_row(self, source: int, target: int) -> None:
+        self.k[:, target] = self.k[:, source]
+        self.v[:, target] = self.v[:, source]
 
 
 class CausalSelfAttention(nn.Module):
@@ -103,6 +136,33 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
+    def decode(self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """x (B, 1, C): one new id per row, row b at position positions[b]; cache_k and
+        cache_v (B, nh, block_size, hs) this layer's rows of the cache; mask
+        (B, 1, 1, block_size) True where a row's key is valid (positions 0 .. its own),
+        or None for a single row."""
+        B, _, C = x.size()
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, self.n_head, 1, hs)  # (B, nh, 1, hs): with one position, no transpose is needed
+        if mask is None:  # one sequence, unpadded: as `forward` decodes it, over the keys up to it
+            end = int(positions[0]) + 1
+            cache_k[:, :, end - 1 : end] = k.view(B, self.n_head, 1, hs)
+            cache_v[:, :, end - 1 : end] = v.view(B, self.n_head, 1, hs)
+            y = F.scaled_dot_product_attention(q, cache_k[:, :, :end], cache_v[:, :, :end])
+        else:
+            rows = torch.arange(B, device=x.device)
+            cache_k[rows, :, positions] = k.view(B, self.n_head, hs)
+            cache_v[rows, :, positions] = v.view(B, self.n_head, hs)
+            # Written out rather than F.scaled_dot_product_attention: its fused CPU kernel
+            # splits the work by batch size when it has several threads, so a row's result
+            # would depend on the batch; these products and the softmax treat each row
+            # alone. Keys past a row's position (another sequence's, or none yet) weigh 0.
+            att = (q @ cache_k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, 1, block_size)
+            att = att.masked_fill(~mask, float("-inf"))
+            y = F.softmax(att, dim=-1) @ cache_v  # (B, nh, 1, hs)
+        return self.resid_dropout(self.c_proj(y.view(B, 1, C)))
+
 
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
@@ -126,6 +186,10 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor, int] | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), kv)
+        return x + self.mlp(self.ln_2(x))
+
+    def decode(self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attn.decode(self.ln_1(x), cache_k, cache_v, positions, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -181,6 +245,12 @@ class GPT(nn.Module):
             return self.wpe(torch.arange(start, start + T, device=self.wte.weight.device))
         return self.wpe_table[start : start + T]
 
+    def position_rows(self, positions: torch.Tensor) -> torch.Tensor:
+        """(B,) positions -> (B, C) their embeddings."""
+        if self.config.positional == "learned":
+            return self.wpe(positions)
+        return self.wpe_table[positions]
+
     def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """idx (B, T) ids -> final hidden states (B, T, C). With a cache, idx continues the
         cached positions, and its keys and values are added to the cache."""
@@ -216,6 +286,33 @@ class GPT(nn.Module):
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     @torch.no_grad()
+    def decode_step(self, ids: torch.Tensor, cache: KVCache, positions: torch.Tensor, row_multiple: int = ROW_MULTIPLE) -> torch.Tensor:
+        """ids (B,), one per sequence, each at its own position (B,) -> next-id logits
+        (B, vocab). Sequence b is row b of the cache, valid below positions[b]; its new
+        key and value go at positions[b]. The rows are padded to
+        padded_rows(B, row_multiple), which the cache must hold; with the default (see
+        ROW_MULTIPLE), a row's logits are the same bits in any batch. The padding rows'
+        position 0 is overwritten, harmless to a row that a later prefill or step
+        writes before reading."""
+        B, block_size = ids.size(0), self.config.block_size
+        padded = padded_rows(B, row_multiple)
+        if cache.k.size(1) < padded:
+            raise ValueError(f"a cache of {cache.k.size(1)} rows cannot decode {B} sequences: it needs padded_rows({B}) = {padded}")
+        if B and int(positions.max()) >= block_size:
+            raise ValueError(f"position {int(positions.max())} is past block_size {block_size}: crop the context first")
+        if padded > B:
+            ids = torch.cat((ids, ids.new_zeros(padded - B)))
+            positions = torch.cat((positions, positions.new_zeros(padded - B)))
+        # (P, 1, 1, block_size) the keys each row sees; none for one unpadded row
+        mask = None if padded == 1 else (torch.arange(block_size, device=ids.device) <= positions[:, None])[:, None, None, :]
+        x = self.drop(self.wte(ids) + self.position_rows(positions)).unsqueeze(1)  # (P, 1, C)
+        for i, block in enumerate(self.blocks):
+            x = block.decode(x, cache.k[i, :padded], cache.v[i, :padded], positions, mask)
+        # lm_head over every padded row too: sliced before it, B rows would take the
+        # matrix product's other kernels.
+        return self.lm_head(self.ln_f(x[:, 0]))[:B]  # (B, vocab)
+
+    @torch.no_grad()
     def generate_tokens(
         self,
         idx: torch.Tensor,
@@ -230,20 +327,33 @@ class GPT(nn.Module):
         as the caller iterates. Context policy: see the module's docstring."""
         block_size = self.config.block_size
         context = idx[:, -block_size:]  # (B, T) what the model conditions on
-        cache = KVCache(self.config, idx.size(0), self.wte.weight.dtype, idx.device) if use_cache else None
-        unseen = context  # ids whose keys and values are not in the cache yet
+        if not use_cache:
+            while True:
+                next_id = sample_next(self.lm_head(self.hidden(context)[:, -1, :]), temperature, top_k, generator, top_p)
+                yield next_id
+                context = torch.cat((context, next_id), dim=1)
+                if context.size(1) > block_size:
+                    context = context[:, -crop_length(block_size) :]
+        B = idx.size(0)
+        # Unpadded: the rows are one prompt's samples, so no row must be independent of
+        # the batch, and one sequence keeps the matrix-vector speed.
+        cache = KVCache(self.config, B, self.wte.weight.dtype, idx.device)
+        rows = cache.rows(0, B)
+        prefill = True
         while True:
-            x = self.hidden(unseen, cache) if cache is not None else self.hidden(context)
-            # Only the last position's logits are needed: (B, vocab), not (B, T, vocab).
-            next_id = sample_next(self.lm_head(x[:, -1, :]), temperature, top_k, generator, top_p)
+            if prefill:
+                # Every id but the last into the cache in one pass; the last goes through
+                # decode_step like any other step (as a server decodes it).
+                rows.reset()
+                if context.size(1) > 1:
+                    self.hidden(context[:, :-1], rows)
+            positions = torch.full((B,), context.size(1) - 1, dtype=torch.long, device=idx.device)
+            next_id = sample_next(self.decode_step(context[:, -1], cache, positions, row_multiple=1), temperature, top_k, generator, top_p)
             yield next_id
             context = torch.cat((context, next_id), dim=1)
-            unseen = next_id
-            if context.size(1) > block_size:
+            prefill = context.size(1) > block_size
+            if prefill:
                 context = context[:, -crop_length(block_size) :]
-                if cache is not None:
-                    cache.reset()
-                    unseen = context
 
     @torch.no_grad()
     def generate(
@@ -282,17 +392,58 @@ def sample_next(
     probability reaches top_p (nucleus sampling; 1: all)."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
+    probs = sampling_probs(logits, temperature, top_k, top_p)
+    return draw(probs, torch.rand(probs.size(0), 1, generator=generator, device=probs.device))
+
+
+def draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """(B, vocab) probabilities and (B, 1) numbers uniform in [0, 1) -> (B, 1) ids: the
+    first id whose running sum of probabilities exceeds the row's number (of that sum's
+    total, so that rounding never runs past the last id), which is id i with probability
+    probs[i]; an id of probability 0 is never drawn. One random number per row: a server
+    drawing each row with its own generator makes one small call per row, where
+    torch.multinomial's draw takes vocab exponential numbers (68 us per row of 2048)."""
+    cdf = probs.cumsum(dim=-1)  # (B, vocab), row by row
+    return torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True)
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: float = 1.0) -> torch.Tensor:
+    """(B, vocab) logits -> (B, vocab) the probabilities `sample_next` draws from
+    (temperature > 0). Row by row: a row's probabilities are the same bits whatever
+    rows lie beside it, so a server can filter many rows at once and still draw each
+    from exactly what it gets alone."""
     logits = logits / temperature
     if top_k and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k).values[:, [-1]]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        sorted_probs = F.softmax(sorted_logits, dim=-1)
         # An id is dropped when the ids more likely than it already reach top_p; the
-        # most likely id is always kept.
-        before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        drop = before >= top_p
-        drop[:, 0] = False
-        logits = logits.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
-    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
+        # most likely id is always kept. The ids kept are a row's most likely few, so
+        # they are looked for among its top 64, then 4x more for the rows that need it,
+        # rather than by sorting the whole vocabulary (2.5 ms for 16 rows of 2048): the
+        # same ids either way, since a row's running sums over its most likely ids do
+        # not depend on how many are taken.
+        probs = F.softmax(logits, dim=-1)
+        kept, pending = _nucleus(probs, top_p, min(64, probs.size(-1)))
+        k = min(64, probs.size(-1))
+        while pending.numel():  # the rows whose k-th id was still kept
+            k = min(4 * k, probs.size(-1))
+            some, still = _nucleus(probs[pending], top_p, k)
+            kept[pending] = some
+            pending = pending[still]
+        logits = logits.masked_fill(~kept, float("-inf"))
+    return F.softmax(logits, dim=-1)
+
+
+def _nucleus(probs: torch.Tensor, top_p: float, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, vocab) probabilities -> (B, vocab) the ids top_p keeps among each row's k most
+    likely, and the rows whose k-th id is kept too (they may keep more: to redo with a
+    larger k)."""
+    top, order = torch.topk(probs, k)  # (B, k), most likely first
+    before = top.cumsum(dim=-1) - top
+    keep = before < top_p
+    keep[:, 0] = True
+    kept = torch.zeros_like(probs, dtype=torch.bool).scatter(1, order, keep)
+    if k == probs.size(-1):
+        return kept, torch.zeros(0, dtype=torch.long, device=probs.device)
+    return kept, keep[:, -1].nonzero()[:, 0]

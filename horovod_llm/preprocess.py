@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from horovod_llm import corpus, embeddings, layout, recipe, storage, tokenizer
+from horovod_llm import corpus, embeddings, layout, progress, recipe, storage, tokenizer
 from horovod_llm.config import RunConfig, redacted_dict, to_dict
 from horovod_llm.errors import UserError
 from horovod_llm.manifest import FORMAT_VERSION, CorpusInfo, EmbeddingsInfo, Manifest, SplitInfo, TokenizerInfo, read_manifest_if_complete, write_manifest
@@ -377,8 +377,19 @@ def _split_summary(parts: list[dict]) -> SplitInfo:
     )
 
 
+# What each named stage does, as the terminal's progress bar says it (progress.py).
+STAGE_LABELS = {
+    "read": "read and split the corpus",
+    "tokenizer": "train the tokenizer",
+    "windows_train": "encode train windows",
+    "windows_val": "encode validation windows",
+    "word2vec": "train Word2Vec",
+}
+
+
 class _Stages:
-    """Wall time and Spark counters per named stage, for the manifest."""
+    """Wall time and Spark counters per named stage, for the manifest; a progress bar
+    per stage on a terminal."""
 
     def __init__(self, spark):
         self.spark = spark
@@ -387,7 +398,8 @@ class _Stages:
     def run(self, name: str, work):
         first_stage = last_stage_id(self.spark)
         started = time.perf_counter()
-        result = work()
+        with progress.spark_step(self.spark.sparkContext, f"preprocess: {STAGE_LABELS.get(name, name)}"):
+            result = work()
         self.report[name] = {"seconds": round(time.perf_counter() - started, 3), **summarize_stages(stage_metrics(self.spark, first_stage))}
         return result
 

@@ -34,13 +34,24 @@ def spark_session(config: SparkConfig, extra_conf: dict[str, str] | None = None)
     elif config.master:
         builder = builder.master(config.master)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    settings = {"spark.sql.execution.arrow.pyspark.enabled": "true", **config.conf, **(extra_conf or {})}
-    for key, value in settings.items():
+    for key, value in session_settings(config, extra_conf).items():
         builder = builder.config(key, str(value))
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")
     log.info("Spark %s, master %s, default parallelism %d", session.version, session.sparkContext.master, session.sparkContext.defaultParallelism)
     return session
+
+
+def session_settings(config: SparkConfig, extra_conf: dict[str, str] | None = None) -> dict[str, str]:
+    """The settings given to the builder: ours, then the config's, then `extra_conf`.
+
+    Spark's console progress bar is off unless the user turns it on: PySpark starts the
+    JVM as a shell (`pyspark-shell`), for which Spark turns it on, and it then writes
+    `[Stage N:> (0 + 2) / 2]` with carriage returns over the log lines, also into log
+    files. progress.py draws one bar instead, on a terminal only.
+    """
+    ours = {"spark.sql.execution.arrow.pyspark.enabled": "true", "spark.ui.showConsoleProgress": "false"}
+    return {**ours, **config.conf, **(extra_conf or {})}
 
 
 def last_stage_id(session) -> int:

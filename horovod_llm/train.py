@@ -30,6 +30,7 @@ from horovod_llm.log import rank_logger, setup_logging
 from horovod_llm.manifest import Manifest, read_manifest
 from horovod_llm.metrics import calibrated_peak_flops, model_flops_utilisation, peak_rss_mb
 from horovod_llm.model import GPT
+from horovod_llm.progress import is_terminal, training_bar, training_fraction, wants_bars
 from horovod_llm.rank_failures import PEER_LOST_STATUS, USER_ERROR_STATUS
 from horovod_llm.resume import Resumed, data_position, restore_latest
 from horovod_llm.schedule import TrainingClock, learning_rate_at
@@ -119,7 +120,7 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
     ranks_ready_at = time.time()  # wall clock (comparable with the driver's): stage timings
     rank, world_size = hvd.rank(), hvd.size()
     is_main = rank == 0
-    setup_logging(config.log_level, rank)
+    setup_logging(config.log_level, rank, progress=wants_bars(config.progress, is_terminal(sys.stderr)))
     apply_storage(config)
     out = config.output_url
     manifest = read_manifest(out)
@@ -265,6 +266,7 @@ def train_loop(state, job: Job) -> dict:
     with (
         storage.storage_errors_as(out),
         dataset.window_batches(*batches_args, num_epochs=None, seed=state.data_seed, shuffle=True, skip_batches=state.consumed) as batches,
+        training_bar(is_main and wants_bars(config.progress, is_terminal(sys.stderr)), job.total_steps) as bar,
     ):
         while not last:
             step = state.step + 1
@@ -318,12 +320,16 @@ def train_loop(state, job: Job) -> dict:
                 }
                 mfu_values.append(record["mfu"])
                 stats.log_step(record)
+                bar.set_loss(record["loss"])
                 progress.info(
                     "step %d%s | epoch %d | loss %.4f | acc %.3f | grad %.2f | lr %.2e | %.0f tok/s | mfu %.0f%% | %s",
                     step, f"/{job.total_steps}" if job.total_steps else "", epoch, record["loss"], record["accuracy"], result.grad_norm, lr,
                     tokens_per_s, 100 * record["mfu"], _remaining(clock, step, job.total_steps, (time.perf_counter() - entered) / (step - entry_step)),
                 )  # fmt: skip
                 interval.reset()
+            # Between the step lines, rank 0's bar (on a terminal) counts down as they do.
+            remaining = _remaining(clock, step, job.total_steps, (time.perf_counter() - entered) / (step - entry_step))
+            bar.show(step, training_fraction(step, job.total_steps, clock.fraction(step)), remaining, force=last)
 
             if (train.eval_interval and step % train.eval_interval == 0) or end_of_epoch:
                 last_eval = validate(

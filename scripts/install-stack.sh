@@ -8,7 +8,7 @@
 #                            [--torch-index-url URL]
 #
 #   --package SPEC      what to install as horovod-llm: a wheel path or a pip spec;
-#                       default: this checkout, editable, with the dev extra.
+#                       default: this checkout, editable, with the dev and hf extras.
 #   --horovod-wheel P   a prebuilt horovod wheel (skips the build).
 #   --wheel-cache DIR   where built horovod wheels are kept, keyed by Python and torch
 #                       version (default: ${XDG_CACHE_HOME:-~/.cache}/horovod-llm/wheels).
@@ -177,7 +177,8 @@ fi
 "${pip_plain[@]}" --no-deps --force-reinstall "$horovod_wheel"
 
 if [[ -z "$package" ]]; then
-  "${pip[@]}" -e "${REPO_ROOT}[dev]"
+  # hf: transformers, which the export test loads the Hugging Face export with.
+  "${pip[@]}" -e "${REPO_ROOT}[dev,hf]"
 else
   "${pip[@]}" "$package"
   # pip keeps an installed horovod-llm of the same version; a wheel file must win.

@@ -12,8 +12,12 @@ COMMANDS = ["doctor", "preprocess", "train", "generate", "evaluate", "serve", "r
 
 
 def cli(*args, timeout=600):
+    """The command's result, its output decoded as written: text=True would turn each
+    carriage return into a newline, and a log file's `\r` noise would go unseen."""
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
-    return subprocess.run([sys.executable, "-m", "horovod_llm.cli", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    result = subprocess.run([sys.executable, "-m", "horovod_llm.cli", *args], capture_output=True, timeout=timeout, env=env)
+    result.stdout, result.stderr = result.stdout.decode("utf-8", errors="replace"), result.stderr.decode("utf-8", errors="replace")
+    return result
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -29,6 +33,12 @@ def test_run_then_generate_end_to_end(tmp_path, tiny_corpus):
     result = cli("run", "--config", str(TINY_CONFIG), f"output_url={out}", f"data.input_url={tiny_corpus}")
     assert result.returncode == 0, result.stderr[-4000:]
     assert "Traceback" not in result.stderr
+    # Output to a file or pipe (issue 16): plain log lines, no progress bar of Spark's
+    # nor ours, no carriage return or terminal escape.
+    for stream in (result.stdout, result.stderr):
+        assert "\r" not in stream and "\x1b" not in stream, repr(stream[:2000])
+    assert "[Stage " not in result.stderr and "%|" not in result.stderr
+    assert "horovod_llm.train: step 8/8 | epoch 0 | loss " in result.stderr  # the step lines stay
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("--- sample from") and "step 8" in lines[0]
     assert lines[1].startswith("KING:")

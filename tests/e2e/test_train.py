@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import subprocess
+import sys
 
 import pytest
 
@@ -78,7 +79,9 @@ def test_documented_horovodrun_command_runs_the_worker(fresh_run, tiny_dataset, 
 
 def test_one_rank_in_process(fresh_run, tiny_dataset):
     config, _ = tiny_dataset
+    stdout = sys.stdout
     result = launch_training(with_output(config, fresh_run, launcher="local", num_proc=1, max_steps=3, checkpoint_interval=0))
+    assert sys.stdout is stdout  # the rank's stdout-to-stderr swap ends with it: `run` prints its sample on stdout
     assert result["summary"]["ranks"] == 1 and result["summary"]["steps"] == 3
     assert [s for s, _ in checkpoint.complete_checkpoints(fresh_run)] == [3]
 

@@ -7,6 +7,7 @@ request loop here is bounded, and all traffic stays on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import queue
@@ -44,13 +45,10 @@ def post(port: int, payload) -> tuple[int, dict]:
     return call(port, "POST", "/generate", json.dumps(payload).encode())
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """The port of `horovod-llm serve` on the tiny checkpoint, with small limits."""
-    out = tmp_path_factory.mktemp("serve")
-    tiny_checkpoint.save_tiny_checkpoint(str(out), step=3)
-    limits = ["--max-body-bytes", "4096", "--max-prompt-chars", "1000", "--max-new-tokens", "64", "--threads", "2"]
-    command = [sys.executable, "-m", "horovod_llm.cli", "serve", "--checkpoint", str(out), "--port", "0", *limits]
+@contextlib.contextmanager
+def cli_server(checkpoint: str, *args: str):
+    """The port of `horovod-llm serve` on a checkpoint, with these extra flags."""
+    command = [sys.executable, "-m", "horovod_llm.cli", "serve", "--checkpoint", checkpoint, "--port", "0", *args]
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue = queue.Queue()
     log = []
@@ -74,6 +72,16 @@ def server(tmp_path_factory):
     assert process.wait(timeout=60) in (0, -15), "".join(log[-20:])
     assert "Application shutdown complete" in "".join(log)
     assert "Traceback" not in "".join(log)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The port of `horovod-llm serve` on the tiny checkpoint, with small limits."""
+    out = tmp_path_factory.mktemp("serve")
+    tiny_checkpoint.save_tiny_checkpoint(str(out), step=3)
+    limits = ["--max-body-bytes", "4096", "--max-prompt-chars", "1000", "--max-new-tokens", "64", "--threads", "2"]
+    with cli_server(str(out), *limits) as port:
+        yield port
 
 
 def test_health_says_what_is_served(server):
@@ -129,18 +137,19 @@ def test_bad_requests_get_a_4xx_with_a_message_and_the_server_goes_on(server, bo
 
 
 class Flaky(TextGenerator):
-    """Fails on the prompt "boom"; holds the worker on "wait" until released."""
+    """Fails on the prompt "boom"; holds the worker on "wait" until released (the
+    batcher's thread encodes each prompt as it admits it)."""
 
     def __init__(self, *args):
         super().__init__(*args)
         self.release = threading.Event()
 
-    def complete(self, prompt, sampling, num_samples=1):
+    def encode(self, prompt):
         if prompt == "boom":
             raise RuntimeError("a bug")
         if prompt == "wait":
             assert self.release.wait(timeout=120)
-        return super().complete(prompt, sampling, num_samples)
+        return super().encode(prompt)
 
 
 @pytest.fixture

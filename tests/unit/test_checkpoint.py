@@ -5,6 +5,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
 from horovod_llm import checkpoint, storage
@@ -69,11 +70,21 @@ def test_resume_false_beside_old_checkpoints_is_refused(tmp_path):
     assert checkpoint.checkpoint_to_resume(str(tmp_path), resume=True)[0] == 5
 
 
-def test_truncated_weights_file_is_a_clear_error(tmp_path):
+def written_before_safetensors(url: str) -> str:
+    """The checkpoint at url as versions before safetensors wrote it: the same files, less
+    model.safetensors (their model.pt was torch.save(model.state_dict()), as it is now)."""
+    os.remove(os.path.join(url, checkpoint.WEIGHTS))
+    return url
+
+
+@pytest.mark.parametrize("weights", [checkpoint.WEIGHTS, checkpoint.PICKLED_WEIGHTS])
+def test_truncated_weights_file_is_a_clear_error(tmp_path, weights):
     url = save(str(tmp_path), 1)
-    weights = Path(url) / "model.pt"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(UserError, match="corrupt"):
+    if weights == checkpoint.PICKLED_WEIGHTS:
+        written_before_safetensors(url)
+    path = Path(url) / weights
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UserError, match=f"{weights} is corrupt"):
         checkpoint.load_checkpoint(url)
 
 
@@ -83,7 +94,7 @@ class RunsCode:
 
 
 def test_a_pickle_that_runs_code_is_refused(tmp_path):
-    url = save(str(tmp_path), 1)
+    url = written_before_safetensors(save(str(tmp_path), 1))  # else model.pt is never read
     with open(os.path.join(url, "model.pt"), "wb") as handle:
         torch.save({"x": RunsCode()}, handle, pickle_protocol=pickle.HIGHEST_PROTOCOL)
     if os.path.exists("/tmp/horovod-llm-pwned"):
@@ -122,7 +133,7 @@ def test_a_bad_model_zip_is_a_clear_error(tmp_path):
         checkpoint.load_checkpoint(str(tmp_path / "junk.zip"))
     with zipfile.ZipFile(tmp_path / "partial.zip", "w") as archive:
         archive.writestr("meta.json", "{}")
-    with pytest.raises(UserError, match="lacks model.pt, tokenizer.model"):
+    with pytest.raises(UserError, match=r"lacks model.safetensors \(or model.pt\), tokenizer.model"):
         checkpoint.load_checkpoint(str(tmp_path / "partial.zip"))
 
 
@@ -135,3 +146,66 @@ def test_a_checkpoint_of_another_tokenizer_is_refused(tmp_path):
     assert checkpoint.check_compatible(url, dataclasses.asdict(model.config), same)["step"] == 1
     with pytest.raises(UserError, match="another tokenizer"):
         checkpoint.check_compatible(url, dataclasses.asdict(model.config), hashlib.sha256(b"other").hexdigest())
+
+
+def test_weights_load_from_safetensors_without_unpickling(tmp_path, monkeypatch):
+    out = str(tmp_path)
+    model = small_model()
+    url = save(out, 1, model)
+    zip_url = str(tmp_path / "model.zip")
+    checkpoint.export_model_zip(url, zip_url)
+    stored = safetensors.torch.load_file(os.path.join(url, checkpoint.WEIGHTS))
+    # The tied head is stored once, as wte.weight (safetensors refuses shared tensors).
+    assert "lm_head.weight" not in stored and torch.equal(stored["wte.weight"], model.wte.weight)
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("torch.load called: the weights were unpickled")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    for source in (url, zip_url):
+        loaded = checkpoint.load_checkpoint(source)
+        assert loaded.model.lm_head.weight is loaded.model.wte.weight  # tied again
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(loaded.model.state_dict()[name], tensor), name
+    # Resuming unpickles optimizer.pt (nested state) but takes the weights from safetensors too.
+    monkeypatch.undo()
+    Path(url, checkpoint.PICKLED_WEIGHTS).write_bytes(b"never read")
+    weights = checkpoint.load_training_state(url, dataclasses.asdict(model.config)).model
+    assert weights["lm_head.weight"] is weights["wte.weight"] and torch.equal(weights["wte.weight"], model.wte.weight)
+
+
+def test_untied_weights_keep_their_own_head(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, block_size=8, n_layer=1, n_head=2, n_embd=8, tie_weights=False))
+    url = save(str(tmp_path), 1, model)
+    assert "lm_head.weight" in safetensors.torch.load_file(os.path.join(url, checkpoint.WEIGHTS))
+    loaded = checkpoint.load_checkpoint(url).model
+    assert loaded.lm_head.weight is not loaded.wte.weight
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight) and not torch.equal(loaded.lm_head.weight, loaded.wte.weight)
+
+
+def test_a_checkpoint_written_before_safetensors_still_loads(tmp_path):
+    model = small_model()
+    url = written_before_safetensors(save(str(tmp_path / "run"), 4, model))
+    for loaded in (checkpoint.load_checkpoint(url).model.state_dict(), checkpoint.load_training_state(url, dataclasses.asdict(model.config)).model):
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(loaded[name], tensor), name
+    # Its model.zip gains model.safetensors, made from model.pt.
+    zip_url = str(tmp_path / "model.zip")
+    checkpoint.export_model_zip(url, zip_url)
+    with zipfile.ZipFile(zip_url) as archive:
+        assert sorted(archive.namelist()) == sorted(checkpoint.ZIP_MEMBERS)
+        stored = safetensors.torch.load(archive.read(checkpoint.WEIGHTS))
+    assert "lm_head.weight" not in stored and torch.equal(stored["wte.weight"], model.wte.weight)
+    loaded = checkpoint.load_checkpoint(zip_url).model
+    assert loaded.lm_head.weight is loaded.wte.weight and torch.equal(loaded.wte.weight, model.wte.weight)
+
+
+def test_an_old_model_zip_without_safetensors_still_loads(tmp_path):
+    model = small_model()
+    url = save(str(tmp_path / "run"), 2, model)
+    with zipfile.ZipFile(tmp_path / "old.zip", "w") as archive:  # what export_model_zip wrote before safetensors
+        for name in ("model.pt", "meta.json", "tokenizer.model"):
+            archive.write(os.path.join(url, name), name)
+    loaded = checkpoint.load_checkpoint(str(tmp_path / "old.zip"))
+    assert loaded.step == 2 and torch.equal(loaded.model.lm_head.weight, model.lm_head.weight)

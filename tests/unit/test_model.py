@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from horovod_llm.model import GPT, GPTConfig, KVCache, crop_length, sample_next, sinusoidal_table
+from horovod_llm.model import GPT, ROW_MULTIPLE, GPTConfig, KVCache, crop_length, draw, padded_rows, sample_next, sampling_probs, sinusoidal_table
 from tests import tiny_checkpoint
 
 
@@ -150,3 +150,101 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert draws(1.0) == {0, 1, 2, 3}
     assert draws(0.81, top_k=2) == {0, 1}  # top-k first, then top-p among what is left
     assert draws(1e-9) == {0}  # the most likely id always stays
+
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "learned"])
+def test_decode_step_puts_each_row_at_its_own_position(positional):
+    model = spread(tiny(positional=positional))
+    idx = torch.randint(4, 50, (3, 16))
+    full, _ = model(idx)  # (3, 16, vocab)
+    lengths = [3, 9, 16]  # row b decodes its id at position lengths[b] - 1
+    cache = KVCache(model.config, padded_rows(3))
+    for b, length in enumerate(lengths):
+        if length > 1:
+            model.hidden(idx[b : b + 1, : length - 1], cache.rows(b, b + 1))
+    positions = torch.tensor(lengths) - 1
+    logits = model.decode_step(idx[torch.arange(3), positions], cache, positions)
+    assert torch.allclose(logits, full[torch.arange(3), positions], atol=1e-5)
+    with pytest.raises(ValueError, match="padded_rows"):
+        model.decode_step(idx[:, 0], KVCache(model.config, 3), positions)
+    with pytest.raises(ValueError, match="past block_size"):
+        model.decode_step(idx[:, 0], cache, positions + 1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_rows_logits_are_the_same_bits_in_any_batch(threads):
+    # What makes a seeded request's output independent of the requests decoded beside
+    # it (batching.py). Without padding to ROW_MULTIPLE, a row alone and in a batch of 2
+    # or 3 takes other matrix kernels; with several threads, fused attention splits by
+    # batch size.
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        model = spread(tiny(n_embd=32, vocab_size=120))
+        rows = 13
+        # room past the last row for the padding of a batch that ends there
+        cache = KVCache(model.config, padded_rows(rows) + ROW_MULTIPLE)
+        prompts = torch.randint(4, 120, (rows, 16))
+        positions = torch.randint(0, 16, (rows,))
+        for b in range(rows):
+            if positions[b] > 0:
+                model.hidden(prompts[b : b + 1, : positions[b]], cache.rows(b, b + 1))
+        ids = prompts[torch.arange(rows), positions]
+        snapshot = (cache.k.clone(), cache.v.clone())
+        together = model.decode_step(ids, cache, positions)
+        for size in range(1, rows):
+            for start in (0, rows - size):
+                cache.k.copy_(snapshot[0])  # padding rows overwrite their neighbours' position 0
+                cache.v.copy_(snapshot[1])
+                view = cache.rows(start, cache.k.size(1))  # rows start .. start + size - 1 first
+                alone = model.decode_step(ids[start : start + size], view, positions[start : start + size])
+                assert torch.equal(alone, together[start : start + size]), (size, start)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_generate_tokens_pads_its_cache_for_decode_step():
+    model = tiny()
+    out = model.generate(torch.tensor([[2, 5, 6]]), max_new_tokens=40, temperature=0)
+    assert out.shape == (1, 43)
+    assert padded_rows(1) == padded_rows(4) == ROW_MULTIPLE == 4 and padded_rows(5) == 8 and padded_rows(0) == 0
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(0.8, 0, 0.95), (1.3, 4, 0.9), (1.0, 50, 1.0), (2.0, 0, 0.5)])
+def test_a_rows_sampling_probabilities_are_the_same_bits_in_any_batch(temperature, top_k, top_p):
+    # The batcher filters rows with the same settings together and draws each row
+    # alone: its draw is the one sample_next makes for that row by itself.
+    logits = torch.randn(20, 120, generator=torch.Generator().manual_seed(0)) * 3
+    logits[3, :10] = logits[3, 10]  # ties at the top_p boundary
+    together = sampling_probs(logits, temperature, top_k, top_p)
+    for b in range(20):
+        assert torch.equal(sampling_probs(logits[b : b + 1], temperature, top_k, top_p), together[b : b + 1])
+    for seed in range(5):
+        alone = sample_next(logits[7:8], temperature, top_k, torch.Generator().manual_seed(seed), top_p)
+        uniform = torch.rand(1, 1, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(alone, draw(together[7:8], uniform))
+
+
+def test_draw_takes_each_id_with_its_probability_and_never_a_dropped_one():
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    ids = draw(probs.repeat(20000, 1), torch.rand(40000, 1, generator=torch.Generator().manual_seed(0)))
+    first, second = ids[0::2, 0], ids[1::2, 0]
+    frequencies = torch.bincount(first, minlength=5) / first.numel()
+    assert torch.allclose(frequencies, probs[0], atol=0.015) and frequencies[1] == frequencies[4] == 0
+    assert (second == 4).all()
+    # the extremes of [0, 1): the first id that has any probability, and the last
+    assert draw(probs[:1], torch.tensor([[0.0]])).item() == 0
+    assert draw(probs[:1], torch.tensor([[1.0 - 2**-24]])).item() == 3
+
+
+def test_top_p_finds_the_same_ids_as_a_sort_of_the_whole_vocabulary():
+    # near-uniform rows keep hundreds of ids: past the first 64 that sampling_probs looks at
+    logits = torch.randn(6, 500, generator=torch.Generator().manual_seed(0)) * torch.tensor([[0.05], [0.5], [1.0], [3.0], [8.0], [0.01]])
+    for top_p in (0.3, 0.9, 0.99):
+        sorted_probs, order = torch.sort(torch.softmax(logits, dim=-1), descending=True)
+        keep = (sorted_probs.cumsum(dim=-1) - sorted_probs) < top_p
+        keep[:, 0] = True
+        expected = torch.zeros_like(keep).scatter(1, order, keep)
+        kept = sampling_probs(logits, 1.0, 0, top_p) > 0
+        assert torch.equal(kept, expected), top_p
+        assert kept.sum(dim=-1).max() > 64
