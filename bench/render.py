@@ -104,10 +104,15 @@ def summary_rows(results: dict) -> list[tuple[str, str, str, str, str]]:
 
 def render(results: dict) -> str:
     m = results["machine"]
+    only = (results.get("settings") or {}).get("only")
+    # A run with --only measures those benchmarks alone: the others keep their results,
+    # each with its own date in the list below, and the header must not claim them.
+    what = f"`bench/run_all.py --only {' '.join(only)}` took" if only else "`make bench` took"
+    scope = " The other figures come from earlier runs: each benchmark's date is in the list below." if only else ""
     lines = [
-        f"Measured {m['date']} on {m['nproc']} cores of an {m['cpu_model']} (Python {m['python']}, torch {m['torch']}); "
+        f"Last run {m['date']} on {m['nproc']} cores of an {m['cpu_model']} (Python {m['python']}, torch {m['torch']}); "
         f"load average (1, 5, 15 min) {m['load_average']} at the start and {m.get('load_average_end')} at the end. "
-        f"`make bench` took **{results.get('wall_seconds', float('nan')) / 60:.1f} minutes**.",
+        f"{what} **{results.get('wall_seconds', float('nan')) / 60:.1f} minutes**.{scope}",
         "",
         "| figure | measured | runs | target | verdict |",
         "| --- | --- | --- | --- | --- |",
@@ -119,7 +124,9 @@ def render(results: dict) -> str:
         if "gathered_from" in entry:
             lines.append(f"- `{name}`: run on its own (its results taken from `{entry['gathered_from']}`, measured {entry['result']['machine']['date']})")
             continue
-        lines.append(f"- `{name}`: {entry['seconds']:.0f} s, load {entry['load_before'][0]} -> {entry['load_after'][0]}{status}")
+        date = ((entry.get("result") or {}).get("machine") or {}).get("date") or entry.get("date")
+        when = f", measured {date}" if date else ""
+        lines.append(f"- `{name}`: {entry['seconds']:.0f} s{when}, load {entry['load_before'][0]} -> {entry['load_after'][0]}{status}")
     lines += _train_details(_get(results, "train_throughput"))
     lines += _loader_details(results, _get(results, "loader_throughput"))
     lines += _preprocess_details(results, _get(results, "preprocess_throughput"))
@@ -135,7 +142,7 @@ def render(results: dict) -> str:
 def headlines(results: dict) -> str:
     """The README's summary of the last `make bench`, as a Markdown list."""
     m = results["machine"]
-    dates = sorted({entry["result"]["machine"]["date"] for entry in results["benchmarks"].values() if "machine" in (entry.get("result") or {})})
+    dates = sorted({((entry.get("result") or {}).get("machine") or {}).get("date") or entry.get("date") for entry in results["benchmarks"].values()} - {None})
     when = f"between {dates[0]} and {dates[-1]}" if len(dates) > 1 else f"on {m['date']}"
     lines = [
         f"Measured by `make bench` {when} (benchmarks rerun one at a time keep their own dates, in `bench/results.md`), {m['nproc']} cores of an {m['cpu_model']}, torch {m['torch']}:",

@@ -83,7 +83,7 @@ def run(name: str, command: list[str], folder: Path) -> dict:
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
     completed = subprocess.run(full, cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - started
-    entry = {"seconds": seconds, "load_before": load_before, "load_after": load_average(), "status": completed.returncode}
+    entry = {"seconds": seconds, "date": machine()["date"], "load_before": load_before, "load_after": load_average(), "status": completed.returncode}
     if completed.returncode != 0:
         sys.stderr.write(completed.stderr[-6000:])
         report(f"!! {name} failed with status {completed.returncode} after {seconds:.0f} s")

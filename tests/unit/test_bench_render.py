@@ -38,3 +38,17 @@ def test_the_readme_quality_table_and_recipe_rule_are_generated():
     text = (REPO_ROOT / "README.md").read_text()
     assert render.between(text, render.QUALITY) == render.quality_table(RESULTS)
     assert render.between(text, render.RECIPE) == render.recipe_table()
+
+
+def test_a_partial_run_claims_only_what_it_measured():
+    """`run_all.py --only X` reruns X alone: the header names it, and every benchmark
+    line carries the date of its own results, not the last run's."""
+    partial = {**RESULTS, "settings": {**RESULTS.get("settings", {}), "only": ["generate_throughput"]}}
+    header = render.render(partial).splitlines()[0]
+    assert "`bench/run_all.py --only generate_throughput` took" in header and "`make bench` took" not in header
+    full = {**RESULTS, "settings": {**RESULTS.get("settings", {}), "only": None}}
+    assert "`make bench` took" in render.render(full).splitlines()[0]
+    for name, entry in RESULTS["benchmarks"].items():
+        if "gathered_from" not in entry:
+            date = ((entry.get("result") or {}).get("machine") or {}).get("date") or entry.get("date")
+            assert f"- `{name}`: {entry['seconds']:.0f} s, measured {date}," in render.render(RESULTS), name
