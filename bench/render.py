@@ -133,6 +133,8 @@ def render(results: dict) -> str:
     lines += _quality_details(_get(results, "quality"))
     lines += _word2vec_details(_get(results, "quality_word2vec"))
     lines += _sweep_details([entry["result"] for name, entry in sorted(results["benchmarks"].items()) if name.startswith("sweep") and entry.get("result")])
+    lines += _launcher_details(results, _get(results, "launchers"))
+    lines += _bootstrap_details(_get(results, "bootstrap_paths"))
     lines += _generate_details(results, _get(results, "generate_throughput"))
     lines += _serving_details(results, _get(results, "serve_batching"))
     lines += _e2e_details(_get(results, "end_to_end"))
@@ -158,6 +160,22 @@ def headlines(results: dict) -> str:
         lines.append(
             f"- 2 Horovod ranks scale with an efficiency of {train['scaling_efficiency']:.2f} over one rank ({runs}; a rank spends "
             f"{train['cpu_per_step_2x1_over_1x1']:.2f}x the CPU seconds per step beside a second rank);"
+        )
+    launchers = _get(results, "launchers")
+    if launchers:
+        horovod, torch_distributor = launchers["launchers"]["spark"], launchers["launchers"]["torch_distributor"]
+        lines.append(
+            f"- on 2 ranks, Spark's TorchDistributor trains at {launchers['torch_over_horovod_tokens_per_s_2']:.2f}x Horovod's tokens/s "
+            f"(scaling from 1 to 2 ranks {torch_distributor['scaling_efficiency']:.2f} against {horovod['scaling_efficiency']:.2f}) and reaches its "
+            f"first step {torch_distributor['startup_s_2']:.0f} s after launch against {horovod['startup_s_2']:.0f} s ({_runs(launchers['repeats'])});"
+        )
+    boot = _get(results, "bootstrap_paths")
+    if boot:
+        paths = boot["paths"]
+        lines.append(
+            f"- a node's bootstrap for TorchDistributor takes {paths['torch_distributor']['seconds']:.0f} s here, against "
+            f"{paths['horovod_built_on_the_node']['seconds']:.0f} s for Horovod built on the node and {paths['horovod_prebuilt_wheel']['seconds']:.0f} s "
+            "with a prebuilt wheel (fresh venvs, this machine's pip cache, 1 run);"
         )
     loader = _get(results, "loader_throughput")
     if loader:
@@ -475,6 +493,57 @@ def _generate_details(results: dict, gen: dict | None) -> list[str]:
         f"{gen['tokens_per_second_without_cache']:.0f} without; ratio {gen['ratio']:.2f} ({_runs(_repeats(results, gen))}); "
         f"same greedy output: {gen['same_greedy_output']}.",
     ]
+
+
+def _launcher_details(results: dict, launchers: dict | None) -> list[str]:
+    if not launchers:
+        return []
+    lines = [
+        "",
+        "### Launchers (`bench/launchers.py`)",
+        "",
+        f"The demo recipe, {launchers['runs'][0]['parameters'] / 1e6:.2f}M parameters, {launchers['runs'][0]['tokens_per_step'] // max(launchers['runs'][0]['ranks'], 1)} "
+        f"tokens per rank per step, one torch thread per rank, {launchers['steps']} steps per run from no checkpoint, one local[2] Spark session, the launchers alternating; "
+        f"medians of {_runs(launchers['repeats'])}; load average {launchers['load_before']} -> {launchers['load_after']}.",
+        "",
+        "| launcher | collectives | tokens/s, 1 rank | tokens/s, 2 ranks | scaling 1 -> 2 | start-up, 1 rank | start-up, 2 ranks |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in launchers["launchers"].items():
+        lines.append(
+            f"| `{name}` | {row['backend']} | {row['tokens_per_s_1']:.0f} | {row['tokens_per_s_2']:.0f} | {row['scaling_efficiency']:.2f} | "
+            f"{row['startup_s_1']:.1f} s | {row['startup_s_2']:.1f} s |"
+        )
+    lines += ["", "Start-up: from `launch_training` to the first step (rank processes, imports, the collectives meeting, model and reader)."]
+    return lines
+
+
+BOOTSTRAP_PATHS = {
+    "horovod_built_on_the_node": "Horovod, built on the node (no `emr.horovod_wheel_url`)",
+    "horovod_prebuilt_wheel": "Horovod, prebuilt wheel",
+    "torch_distributor": "TorchDistributor (`--without-horovod`)",
+}
+
+
+def _bootstrap_details(boot: dict | None) -> list[str]:
+    if not boot:
+        return []
+    lines = [
+        "",
+        "### Node bootstrap by launcher (`bench/bootstrap_paths.py`)",
+        "",
+        "`emr/bootstrap.sh --local-test` into a fresh venv on this machine, one path after the other from the same pip cache "
+        f"(load average {boot['load_before']} -> {boot['load_after']}); not an EMR measurement: a node also downloads what this cache holds.",
+        "",
+        "| path | seconds | builds horovod | Python packages | venv MB | system packages (dnf) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in boot["paths"].items():
+        lines.append(
+            f"| {BOOTSTRAP_PATHS.get(name, name)} | {row['seconds']:.0f} | {'yes' if row['built_horovod'] else 'no'} | {row['python_packages']} | "
+            f"{row['venv_mb']:.0f} | {' '.join(row['system_packages'])} |"
+        )
+    return lines
 
 
 def _serving_details(results: dict, serving: dict | None) -> list[str]:

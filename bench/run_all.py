@@ -66,6 +66,10 @@ def commands(args) -> dict[str, list[str]]:
             "dropout_0.1",
             "lr_1e-3",
         ],
+        # Horovod and Spark's TorchDistributor on the same recipe, 1 and 2 ranks.
+        "launchers": ["launchers.py", "--repeats", str(args.repeats)],
+        # emr/bootstrap.sh of each launcher into fresh venvs (about 12 minutes: it builds horovod once)
+        "bootstrap_paths": ["bootstrap_paths.py"],
         "generate_throughput": ["generate_throughput.py", "--threads", "1", "--repeats", str(args.repeats)],
         "end_to_end": ["end_to_end.py", "--max-steps", str(args.e2e_max_steps)],
         # after end_to_end: it serves the model that run trained

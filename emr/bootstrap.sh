@@ -3,15 +3,17 @@
 # the same venv at the same path on every node. `horovod-llm emr up` uploads this script
 # with the artifacts it names and passes these arguments; docs/emr.md has the story.
 #
-#   bootstrap.sh --stack URL --package URL [--horovod-wheel URL] [--venv DIR]
-#                [--home DIR] [--python BIN] [--torch-index-url URL] [--wheel-cache DIR]
-#                [--local-test]
+#   bootstrap.sh --stack URL --package URL [--horovod-wheel URL | --without-horovod]
+#                [--venv DIR] [--home DIR] [--python BIN] [--torch-index-url URL]
+#                [--wheel-cache DIR] [--local-test]
 #
 #   --stack URL          stack.tar.gz: scripts/install-stack.sh, constraints.txt, setup.cfg
 #                        (the installation script of the local set-up: one source of truth)
 #   --package URL        the horovod-llm wheel
 #   --horovod-wheel URL  a horovod wheel built for this OS, Python and torch; without it
 #                        install-stack.sh builds one (about 5 minutes)
+#   --without-horovod    no horovod and no compiler: the stack of train.launcher=
+#                        torch_distributor (Spark's TorchDistributor), which builds nothing
 #   --venv DIR           default /opt/horovod-llm/venv; PYSPARK_PYTHON points at DIR/bin/python
 #   --home DIR           unpacked stack, downloads, horovod wheel cache (default /opt/horovod-llm)
 #   --torch-index-url U  where torch comes from (default: PyPI's torch is a CUDA build,
@@ -32,6 +34,7 @@ python_bin="python3.11"
 torch_index_url="https://download.pytorch.org/whl/cpu"
 wheel_cache=""
 local_test=0
+with_horovod=1
 
 die() { echo "bootstrap: $*" >&2; exit 1; }
 log() { echo "bootstrap: $(date '+%H:%M:%S') $*" >&2; }
@@ -47,20 +50,24 @@ while [[ $# -gt 0 ]]; do
     --torch-index-url) torch_index_url="$2"; shift 2 ;;
     --wheel-cache) wheel_cache="$2"; shift 2 ;;
     --local-test) local_test=1; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --without-horovod) with_horovod=0; shift ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
 [[ -n "$stack" ]] || die "--stack URL is required (stack.tar.gz, uploaded by 'horovod-llm emr up')"
 [[ -n "$package" ]] || die "--package URL is required (the horovod-llm wheel)"
 [[ "$venv" == /* ]] || die "--venv must be an absolute path: Horovod starts every rank with the driver's interpreter path"
+[[ $with_horovod -eq 1 || -z "$horovod_wheel" ]] || die "--horovod-wheel and --without-horovod contradict each other: pass one"
 wheel_cache="${wheel_cache:-$home/wheels}"
 
 # Bootstrap actions run as user hadoop before EMR installs Spark; root needs sudo.
 install_system_packages() {
   # AL2023 keeps python3 at 3.9 for its whole life; 3.11 installs beside it.
-  # The compilers and cmake build horovod when no prebuilt wheel is given.
-  local packages=(python3.11 python3.11-devel python3.11-pip gcc gcc-c++ make cmake tar gzip)
+  # The compilers and cmake build horovod when no prebuilt wheel is given; without
+  # horovod nothing is compiled.
+  local packages=(python3.11 python3.11-pip tar gzip)
+  if [[ $with_horovod -eq 1 ]]; then packages+=(python3.11-devel gcc gcc-c++ make cmake); fi
   local attempt
   for attempt in 1 2 3; do
     # dnf install of installed packages is a no-op: the idempotent path.
@@ -96,7 +103,7 @@ command -v "$python_bin" >/dev/null 2>&1 || die "$python_bin not found: install 
 downloads="$home/downloads"
 src="$home/stack"
 mkdir -p "$downloads" "$wheel_cache"
-log "fetching $stack and $package"
+log "fetching $stack and $package$([[ $with_horovod -eq 1 ]] || echo ' (no horovod: nothing to build)')"
 stack_file=$(fetch "$stack" "$downloads")
 package_file=$(fetch "$package" "$downloads")
 rm -rf "$src"
@@ -112,9 +119,13 @@ fi
 if [[ -n "$torch_index_url" ]]; then
   args+=(--torch-index-url "$torch_index_url")
 fi
+if [[ $with_horovod -eq 0 ]]; then
+  args+=(--without-horovod)
+fi
 log "installing the stack into $venv"
 bash "$src/scripts/install-stack.sh" "${args[@]}"
 
-"$venv/bin/python" -c 'import horovod.torch, horovod_llm, pyspark' \
-  || die "the venv $venv cannot import horovod.torch, horovod_llm and pyspark"
+imports="horovod_llm, pyspark, pyspark.ml.torch.distributor"
+[[ $with_horovod -eq 1 ]] && imports="horovod.torch, $imports"
+"$venv/bin/python" -c "import $imports" || die "the venv $venv cannot import $imports"
 log "horovod-llm $("$venv/bin/python" -c 'import horovod_llm; print(horovod_llm.__version__)') ready in $venv"

@@ -111,7 +111,9 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    launcher: str = "spark"  # spark | horovodrun | local
+    # spark (horovod.spark.run), horovodrun, torch_distributor (Spark's TorchDistributor:
+    # torch.distributed, no Horovod needed) or local (one rank in this process).
+    launcher: str = "spark"
     num_proc: int = 2
     # Torch threads per rank; 0 means spark.task.cpus under Spark, else cores / ranks.
     threads_per_rank: int = 0
@@ -234,6 +236,8 @@ class S3Config:
     region: str | None = None
     # Attempts per request for transient failures (botocore "standard" retries).
     max_attempts: int = 5
+    # Seconds a request waits for a silent endpoint before that attempt fails.
+    read_timeout: float = 60.0
 
 
 @dataclass
@@ -384,7 +388,10 @@ def validate(config: RunConfig) -> None:
         need(0 <= tr.min_lr <= tr.learning_rate, f"train.min_lr ({tr.min_lr}) must be between 0 and train.learning_rate")
     if known(tr.warmup_steps):
         need(tr.warmup_steps >= 0, f"train.warmup_steps ({tr.warmup_steps}) must be 0 or more")
-    need(tr.launcher in ("spark", "horovodrun", "local"), f"train.launcher ('{tr.launcher}') must be 'spark', 'horovodrun' or 'local'")
+    need(
+        tr.launcher in ("spark", "horovodrun", "torch_distributor", "local"),
+        f"train.launcher ('{tr.launcher}') must be 'spark', 'horovodrun', 'torch_distributor' or 'local'",
+    )
     need(tr.num_proc >= 1, f"train.num_proc ({tr.num_proc}) must be at least 1")
     need(tr.threads_per_rank >= 0, f"train.threads_per_rank ({tr.threads_per_rank}) must be 0 (automatic) or more")
     need(tr.backward_passes_per_step >= 1, f"train.backward_passes_per_step ({tr.backward_passes_per_step}) must be at least 1")
@@ -401,7 +408,11 @@ def validate(config: RunConfig) -> None:
         need(getattr(tr, name) >= 0, f"train.{name} ({getattr(tr, name)}) must be 0 or more")
     need(1 <= tr.min_proc <= tr.num_proc, f"train.min_proc ({tr.min_proc}) must be between 1 and train.num_proc ({tr.num_proc})")
     need(tr.elastic_commit_interval >= 1, f"train.elastic_commit_interval ({tr.elastic_commit_interval}) must be at least 1")
-    need(not tr.elastic or tr.launcher == "spark", f"train.elastic=true needs train.launcher=spark (not '{tr.launcher}')")
+    need(
+        not tr.elastic or tr.launcher == "spark",
+        f"train.elastic=true needs train.launcher=spark (Horovod elastic; '{tr.launcher}' has no elastic mode): "
+        "set train.launcher=spark, or train.elastic=false and train.max_restarts to resume from checkpoints",
+    )
     need(
         all(nic and nic.strip() == nic and "," not in nic for nic in tr.nics),
         f"train.nics ({list(tr.nics)}) must list interface names present on every host, e.g. [eth0]",
@@ -412,6 +423,7 @@ def validate(config: RunConfig) -> None:
     problems.extend(f"generate.{problem}" for problem in g.sampling().problems())
     need(config.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), f"log_level ('{config.log_level}') must be DEBUG, INFO, WARNING or ERROR")
     need(config.storage.s3.max_attempts >= 1, f"storage.s3.max_attempts ({config.storage.s3.max_attempts}) must be at least 1")
+    need(config.storage.s3.read_timeout > 0, f"storage.s3.read_timeout ({config.storage.s3.read_timeout}) must be positive (seconds)")
     need(bool(config.output_url), "output_url must be set: a folder or an s3:// prefix for every output of the run")
     problems.extend(emr_problems(config))
     if problems:
@@ -489,7 +501,7 @@ def apply_storage(config: RunConfig) -> None:
     from horovod_llm import storage
 
     s3 = config.storage.s3
-    storage.configure(endpoint_url=s3.endpoint_url, region=s3.region, max_attempts=s3.max_attempts)
+    storage.configure(endpoint_url=s3.endpoint_url, region=s3.region, max_attempts=s3.max_attempts, read_timeout=s3.read_timeout)
 
 
 def to_yaml(config: RunConfig) -> str:

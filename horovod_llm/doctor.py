@@ -70,6 +70,13 @@ def check_torch() -> Check:
 def check_horovod() -> Check:
     try:
         import horovod.torch as hvd
+    except ModuleNotFoundError as exc:
+        if exc.name != "horovod":
+            raise
+        # The stack without Horovod: what train.launcher=torch_distributor and local need.
+        return Check(
+            "horovod", _version("horovod"), True, "not installed: train.launcher=torch_distributor or local only; for spark and horovodrun, " + SETUP_FIX
+        )
     except Exception as exc:  # ImportError, or horovod's own torch-version mismatch error
         return Check("horovod", _version("horovod"), False, f"{str(exc).splitlines()[0][:120]}: {SETUP_FIX}")
     if not hvd.gloo_built():

@@ -1,4 +1,5 @@
-"""Starting the ranks: `horovod.spark.run`, `horovodrun`, or one in-process rank.
+"""Starting the ranks: `horovod.spark.run`, `horovodrun`, Spark's TorchDistributor
+(launch_torch.py), or one in-process rank.
 
 Every launcher runs the same `train.train_worker` and returns rank 0's result.
 """
@@ -21,7 +22,8 @@ from pathlib import Path
 
 from horovod_llm import checkpoint, layout, progress, recipe, storage
 from horovod_llm.cluster import check_for_ranks, executor_hosts, task_cpus
-from horovod_llm.config import SECRETS_ENV, RunConfig, redacted_yaml, secret_values, to_dict
+from horovod_llm.comm import backend_for, horovod_installed
+from horovod_llm.config import SECRETS_ENV, RunConfig, redacted_yaml, secret_values, to_dict, validate
 from horovod_llm.errors import JobFailed, UserError
 from horovod_llm.job import check_job, model_config, threads_for_rank
 from horovod_llm.manifest import read_manifest
@@ -42,14 +44,29 @@ def horovodrun_command(config_path: str, num_proc: int, start_timeout: int) -> l
     ]  # fmt: skip
 
 
+def horovod_mpi_built(launcher: str) -> bool:
+    """Whether this launcher's ranks have Horovod built with MPI (Adasum needs it); a
+    launcher that needs Horovod where it is not installed is refused here."""
+    if backend_for(launcher) != "horovod":
+        return False
+    if not horovod_installed():
+        raise UserError(
+            f"train.launcher={launcher} needs Horovod, which is not installed here: "
+            "run 'make setup' (scripts/install-stack.sh builds it), or set train.launcher=torch_distributor"
+        )
+    import horovod.torch as hvd
+
+    return hvd.mpi_built()
+
+
 def preflight(config: RunConfig) -> RunConfig:
     """The config with the recipe resolved for the dataset; refuse, in the driver and
     before any rank starts, what the ranks would refuse."""
-    import horovod.torch as hvd
-
+    validate(config)  # a config built in code, not loaded, is checked here
+    mpi_built = horovod_mpi_built(config.train.launcher)
     manifest = read_manifest(config.output_url)
     config = recipe.resolve(config, manifest.corpus.bytes)
-    check_job(config, manifest, hvd.mpi_built())
+    check_job(config, manifest, mpi_built)
     latest = checkpoint.checkpoint_to_resume(config.output_url, config.train.resume)
     if latest is not None:
         checkpoint.check_compatible(latest[1], dataclasses.asdict(model_config(config, manifest)), manifest.tokenizer.sha256)
@@ -198,14 +215,14 @@ def horovod_job_cancellation_logged():
         threading.excepthook = previous
 
 
-def run_with_spark(config: RunConfig, spark=None) -> dict:
-    import horovod.spark
-
+def spark_ranks(config: RunConfig, spark, launcher: str) -> tuple[RunConfig, object, dict]:
+    """For ranks started as Spark tasks: the config they get (threads, progress), the
+    SparkContext, and what the summary records of the launch. Each rank is one Spark task
+    and all must run at once (Horovod would otherwise wait out its whole start timeout, a
+    barrier stage for good), and ranks on other hosts must reach each other: checked here."""
     session = spark or spark_session(config.spark)
     tc, context = config.train, session.sparkContext
     local = is_local(context.master)
-    # Each rank is one Spark task and all must run at once (Horovod would otherwise wait
-    # out its whole start timeout), and ranks on other hosts must reach each other.
     check_for_ranks(context, tc)
     if not tc.threads_per_rank:
         # A cluster gives each rank spark.task.cpus cores. Locally all ranks share this
@@ -213,17 +230,27 @@ def run_with_spark(config: RunConfig, spark=None) -> dict:
         # local size cannot tell).
         cpus = threads_for_rank(0, tc.num_proc) if local else task_cpus(context)
         config = dataclasses.replace(config, train=dataclasses.replace(tc, threads_per_rank=cpus))
-    # Rank 0 draws a progress bar where its output reaches this terminal as it is written
-    # (local mode); a cluster's rank output reaches the driver in chunks.
-    config = dataclasses.replace(config, progress=progress.rank_setting(output_is_live=local))
+    # Rank 0 draws a progress bar where its output reaches this terminal as it is written:
+    # Horovod's ranks in local mode. A cluster's rank output reaches the driver in chunks,
+    # TorchDistributor's line by line, where a bar's carriage returns would end no line.
+    live = local and launcher == "spark"
+    config = dataclasses.replace(config, progress=progress.rank_setting(output_is_live=live))
     launch_info = {
-        "launcher": "spark",
+        "launcher": launcher,
         "spark_master": context.master,
         # the driver is listed among the block managers; in local mode it is the executor
         "executors": max(1, context._jsc.sc().getExecutorMemoryStatus().size() - (0 if local else 1)),
         "task_cpus": task_cpus(context),
         "default_parallelism": context.defaultParallelism,
     }
+    return config, context, launch_info
+
+
+def run_with_spark(config: RunConfig, spark=None) -> dict:
+    import horovod.spark
+
+    config, context, launch_info = spark_ranks(config, spark, "spark")
+    tc, local = config.train, is_local(context.master)
     common = {
         "args": (to_dict(config), launch_info),
         "start_timeout": tc.start_timeout,
@@ -330,6 +357,10 @@ def _launch_once(config: RunConfig, spark=None) -> dict:
         return run_with_spark(config, spark)
     if launcher == "horovodrun":
         return run_with_horovodrun(config)
+    if launcher == "torch_distributor":
+        from horovod_llm.launch_torch import run_with_torch_distributor
+
+        return run_with_torch_distributor(config, spark)
     if config.train.num_proc != 1:
         raise UserError(f"train.launcher=local runs one rank, but train.num_proc={config.train.num_proc}: set train.num_proc=1")
     # The rank is this process: its bar is drawn where the driver's would be. A rank

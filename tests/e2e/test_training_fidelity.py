@@ -19,67 +19,89 @@ from tests.e2e.test_train import with_output
 pytestmark = pytest.mark.horovod
 
 
-def one_step(config_values: dict, batch_path: str, out_path: str) -> dict:
+def one_step(config_values: dict, batch_path: str, out_path: str, backend: str = "horovod") -> dict:
     """A rank that takes one optimizer step on its slice of a fixed global batch; rank 0
-    saves the parameters before and after it, with the step's gradient norm.
+    saves the parameters before and after it, with the step's gradient norm. `backend`:
+    the collectives (comm.py), Horovod's or torch.distributed's.
 
-    Defined at module level but shipped by value: horovod.spark.run pickles it with
-    cloudpickle, and the ranks import only horovod_llm.
+    Defined at module level but shipped by value: horovod.spark.run and TorchDistributor
+    pickle it with cloudpickle, and the ranks import only horovod_llm.
     """
-    import horovod.torch as hvd
+    import os
+
     import torch
 
+    from horovod_llm.comm import init_collectives
     from horovod_llm.config import from_dict
     from horovod_llm.model import GPT, GPTConfig
     from horovod_llm.step import distributed_optimizer, train_step
 
-    hvd.init()
-    torch.set_num_threads(1)
     config = from_dict(config_values)
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0))
-    optimizer = distributed_optimizer(model, config.train, 1e-2, hvd)
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    hvd.broadcast_optimizer_state(optimizer, root_rank=0)
-    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
-    batch = torch.load(batch_path)
-    share = batch.shape[0] // hvd.size()
-    mine = batch[hvd.rank() * share : (hvd.rank() + 1) * share]
-    micro = config.train.backward_passes_per_step
-    result = train_step(model, optimizer, list(mine.chunk(micro)), grad_clip=1.0)
-    if hvd.rank() == 0:
-        torch.save({"before": before, "after": model.state_dict(), "grad_norm": result.grad_norm}, out_path)
-    return {"size": hvd.size(), "grad_norm": result.grad_norm}
+    if backend == "torch":
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # as the launcher sets it locally
+    comm = init_collectives(backend, config.train)
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0))
+        optimizer = distributed_optimizer(model, config.train, 1e-2, comm)
+        comm.broadcast_model(model, optimizer)
+        before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+        batch = torch.load(batch_path)
+        share = batch.shape[0] // comm.size
+        mine = batch[comm.rank * share : (comm.rank + 1) * share]
+        micro = config.train.backward_passes_per_step
+        result = train_step(model, optimizer, list(mine.chunk(micro)), grad_clip=1.0)
+        if comm.rank == 0:
+            torch.save({"before": before, "after": model.state_dict(), "grad_norm": result.grad_norm}, out_path)
+        return {"size": comm.size, "grad_norm": result.grad_norm}
+    finally:
+        comm.close()
 
 
-def test_one_step_on_two_ranks_equals_one_step_on_one_rank(tiny_dataset, spark, tmp_path):
+def two_ranks(backend: str, *args) -> list[dict]:
+    """one_step on 2 ranks started as Spark tasks: by horovod.spark.run, or by TorchDistributor."""
     import cloudpickle
-    import horovod.spark
+    from pyspark import cloudpickle as spark_cloudpickle  # TorchDistributor's own copy
 
+    for pickler in (cloudpickle, spark_cloudpickle):
+        pickler.register_pickle_by_value(__import__(__name__, fromlist=["one_step"]))
+    if backend == "horovod":
+        import horovod.spark
+
+        return horovod.spark.run(one_step, args=(*args, backend), num_proc=2, use_gloo=True, nics={"lo"}, start_timeout=60)
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    rank_0 = TorchDistributor(num_processes=2, local_mode=False, use_gpu=False).run(one_step, *args, backend)
+    return [rank_0]  # TorchDistributor returns rank 0's result
+
+
+@pytest.mark.parametrize("backend", ["horovod", "torch"])
+def test_one_step_on_two_ranks_equals_one_step_on_one_rank(tiny_dataset, spark, tmp_path, backend):
     config, _ = tiny_dataset
     batch_path, two, one, accumulated = (str(tmp_path / name) for name in ("batch.pt", "two.pt", "one.pt", "accumulated.pt"))
     torch.save(torch.randint(4, 50, (8, 17), generator=torch.Generator().manual_seed(1)), batch_path)  # no PAD
     values = dataclasses.asdict(config)
-    cloudpickle.register_pickle_by_value(__import__(__name__, fromlist=["one_step"]))
-    ranks = horovod.spark.run(one_step, args=(values, batch_path, two), num_proc=2, use_gloo=True, nics={"lo"}, start_timeout=60)
-    assert [r["size"] for r in ranks] == [2, 2]
-    assert one_step(values, batch_path, one)["size"] == 1  # the same global batch on one rank, in-process
+    ranks = two_ranks(backend, values, batch_path, two)
+    assert all(r["size"] == 2 for r in ranks)
+    assert one_step(values, batch_path, one, backend)["size"] == 1  # the same global batch on one rank, in-process
     accumulate = dataclasses.replace(config, train=dataclasses.replace(config.train, backward_passes_per_step=2))
-    one_step(dataclasses.asdict(accumulate), batch_path, accumulated)  # 2 micro-batches of 4
-    reference, two_ranks, micro_batches = (torch.load(path) for path in (one, two, accumulated))
+    one_step(dataclasses.asdict(accumulate), batch_path, accumulated, backend)  # 2 micro-batches of 4
+    reference, two_ranks_result, micro_batches = (torch.load(path) for path in (one, two, accumulated))
     # The step did something: every trained matrix moved (a no-op step fails here).
     for name, tensor in reference["after"].items():
         if tensor.dim() >= 2:
             assert not torch.allclose(tensor, reference["before"][name]), name
-    assert reference["before"].keys() == two_ranks["before"].keys()
+    assert reference["before"].keys() == two_ranks_result["before"].keys()
     for name in reference["before"]:
-        assert torch.equal(two_ranks["before"][name], reference["before"][name]), name  # the same start
+        assert torch.equal(two_ranks_result["before"][name], reference["before"][name]), name  # the same start
     # Adam's first step barely depends on the gradient's scale, so the parameters alone
     # could not tell a sum over ranks from an average: the gradient norm can. Every rank
     # sees the same averaged gradient.
-    assert [r["grad_norm"] for r in ranks] == pytest.approx([reference["grad_norm"]] * 2, rel=1e-5)
+    assert [r["grad_norm"] for r in ranks] == pytest.approx([reference["grad_norm"]] * len(ranks), rel=1e-5)
+    assert two_ranks_result["grad_norm"] == pytest.approx(reference["grad_norm"], rel=1e-5)
     assert micro_batches["grad_norm"] == pytest.approx(reference["grad_norm"], rel=1e-5)
-    for result in (two_ranks, micro_batches):
+    for result in (two_ranks_result, micro_batches):
         for name, tensor in result["after"].items():
             assert torch.allclose(tensor, reference["after"][name], atol=1e-6, rtol=1e-5), name
 

@@ -51,21 +51,30 @@ class RecordingHandler(SimpleHTTPRequestHandler):
         self.requested.append(self.path)
 
 
+# The environment of a fresh node: no venv of this checkout active.
+NODE_ENV = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+
+
+def bootstrap_command(tmp_path: Path, index_url: str, wheel_cache: Path, *options: str) -> list[str]:
+    """bootstrap.sh --local-test installing the release of this checkout into tmp_path/opt/venv."""
+    root = source_root()
+    release = build_release(root, tmp_path / "artifacts")
+    return [
+        "bash", str(root / "emr/bootstrap.sh"), "--local-test", *options,
+        "--stack", str(release.files["stack.tar.gz"]),
+        "--package", str(release.files[wheel_name(release.version)]),
+        "--venv", str(tmp_path / "opt" / "venv"), "--home", str(tmp_path / "opt" / "home"),
+        "--wheel-cache", str(wheel_cache), "--torch-index-url", index_url,
+    ]  # fmt: skip
+
+
 @pytest.mark.slow
 def test_bootstrap_installs_the_stack_into_a_fresh_venv_and_is_idempotent(tmp_path, torch_index):
     index_url, requested = torch_index
-    root = source_root()
-    release = build_release(root, tmp_path / "artifacts")
     venv = tmp_path / "opt" / "venv"
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "horovod-llm" / "wheels"
-    command = [
-        "bash", str(root / "emr/bootstrap.sh"), "--local-test",
-        "--stack", str(release.files["stack.tar.gz"]),
-        "--package", str(release.files[wheel_name(release.version)]),
-        "--venv", str(venv), "--home", str(tmp_path / "opt" / "home"),
-        "--wheel-cache", str(cache), "--torch-index-url", index_url,
-    ]  # fmt: skip
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    command = bootstrap_command(tmp_path, index_url, cache)
+    env = NODE_ENV
 
     first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
     assert first.returncode == 0, first.stderr[-6000:]
@@ -86,3 +95,26 @@ def test_bootstrap_installs_the_stack_into_a_fresh_venv_and_is_idempotent(tmp_pa
     second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "stack up to date" in second.stderr and "installing torch" not in second.stderr
+
+
+@pytest.mark.slow
+def test_bootstrap_without_horovod_builds_and_installs_no_horovod(tmp_path, torch_index):
+    """The EMR path of train.launcher=torch_distributor: nothing compiled, no horovod."""
+    index_url, _ = torch_index
+    venv = tmp_path / "opt" / "venv"
+    empty_cache = tmp_path / "no-wheels"  # a build would have to start from nothing here
+    command = bootstrap_command(tmp_path, index_url, empty_cache, "--without-horovod")
+    env = NODE_ENV
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
+    assert done.returncode == 0, done.stderr[-6000:]
+    assert "no horovod: nothing to build" in done.stderr and "building horovod" not in done.stderr
+    assert not empty_cache.exists() or not any(empty_cache.iterdir())
+    check = subprocess.run(
+        [str(venv / "bin/python"), "-c", "import horovod_llm.launch_torch, pyspark.ml.torch.distributor, petastorm; "
+         "import importlib.util; print(importlib.util.find_spec('horovod'))"],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stderr[-3000:]
+    assert check.stdout.strip() == "None"  # no horovod in the venv
+    frozen = subprocess.run([str(venv / "bin/python"), "-m", "pip", "freeze"], capture_output=True, text=True, env=env).stdout
+    assert "horovod==" not in frozen.lower() and "horovod-llm" in frozen.lower().replace("_", "-")

@@ -19,12 +19,21 @@ from tests.e2e.test_train import with_output
 pytestmark = [pytest.mark.spark, pytest.mark.horovod]
 
 
+def is_rank(process: psutil.Process, rank: int) -> bool:
+    """A Horovod on Spark rank, or a rank torchrun started (under TorchDistributor; not
+    torchrun itself, whose RANK is its Spark task's node rank)."""
+    command, environ = " ".join(process.cmdline()), process.environ()
+    if "horovod.spark.task.gloo_exec_fn" in command:
+        return environ.get("HOROVOD_RANK") == str(rank)
+    return "LOCAL_RANK" in environ and environ.get("RANK") == str(rank) and "torch.distributed.run" not in command
+
+
 def rank_process(rank: int, root_pid: int | None = None) -> psutil.Process | None:
-    """The process of Horovod rank `rank` among the descendants of `root_pid` (default:
-    this process), so that other jobs on the machine are never touched."""
+    """The process of rank `rank` among the descendants of `root_pid` (default: this
+    process), so that other jobs on the machine are never touched."""
     for process in psutil.Process(root_pid or os.getpid()).children(recursive=True):
         try:
-            if "horovod.spark.task.gloo_exec_fn" in " ".join(process.cmdline()) and process.environ().get("HOROVOD_RANK") == str(rank):
+            if is_rank(process, rank):
                 return process
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
@@ -57,6 +66,21 @@ class RankKiller(threading.Thread):
             time.sleep(0.05)
 
 
+def killed_rank_failure(fresh_run, tiny_dataset, spark, launcher: str, killed: int, within_s: float) -> JobFailed:
+    """Train under `launcher`, SIGKILL rank `killed` after the checkpoint at step 4, and
+    return the job's failure, checked to come within `within_s` of the kill."""
+    config, _ = tiny_dataset
+    run = with_output(config, fresh_run, launcher=launcher, max_steps=1_000_000, checkpoint_interval=4, log_interval=50)
+    killer = RankKiller(fresh_run, 4, rank=killed)
+    killer.start()
+    with pytest.raises(JobFailed) as failure:
+        launch_training(run, spark)
+    assert killer.killed_at_time is not None, "the rank was never killed"
+    assert time.monotonic() - killer.killed_at_time < within_s
+    assert failure.value.retryable
+    return failure.value
+
+
 # Horovod's Spark thread dies when the job is cancelled: its Java stack trace must not
 # reach the user's terminal (it would reach pytest's thread-exception hook here).
 # Both ranks in turn: the named rank must be the killed one, never the rank that only
@@ -64,27 +88,20 @@ class RankKiller(threading.Thread):
 @pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 @pytest.mark.parametrize("killed", [1, 0])
 def test_a_killed_rank_fails_the_job_fast_and_names_it(fresh_run, tiny_dataset, spark, killed):
-    config, _ = tiny_dataset
-    run = with_output(config, fresh_run, launcher="spark", max_steps=1_000_000, checkpoint_interval=4, log_interval=50)
-    killer = RankKiller(fresh_run, 4, rank=killed)
-    killer.start()
-    with pytest.raises(JobFailed) as failure:
-        launch_training(run, spark)
-    assert killer.killed_at_time is not None, "the rank was never killed"
     # failed fast: Horovod's own start and stall timeouts are 600 s and more
-    assert time.monotonic() - killer.killed_at_time < 120
+    message = str(killed_rank_failure(fresh_run, tiny_dataset, spark, "spark", killed, within_s=120))
     survivor = 1 - killed
-    message = str(failure.value)
-    assert failure.value.retryable
     # Horovod on Spark reports a signal as a shell does (128 + 9), horovodrun as -9
     assert re.match(
         rf"training rank {killed} exited with status (-9|137) \(SIGKILL\); rank {survivor} stopped because of it: see rank {killed}'s log", message
     ), message
 
 
-def test_max_restarts_resumes_from_the_latest_checkpoint_and_completes(fresh_run, tiny_dataset, spark):
+def restarted_after_a_killed_rank(fresh_run, tiny_dataset, spark, launcher: str) -> dict:
+    """Train 400 steps under `launcher` with train.max_restarts=1, SIGKILL rank 1 after the
+    checkpoint at step 40, and return the summary, checked to have resumed and completed."""
     config, _ = tiny_dataset
-    run = with_output(config, fresh_run, launcher="spark", max_steps=400, checkpoint_interval=40, log_interval=20, max_restarts=1, keep_last=20)
+    run = with_output(config, fresh_run, launcher=launcher, max_steps=400, checkpoint_interval=40, log_interval=20, max_restarts=1, keep_last=20)
     run = dataclasses.replace(run, train=dataclasses.replace(run.train, batch_size=64))  # slower steps: time to kill one
     killer = RankKiller(fresh_run, 40)
     killer.start()
@@ -94,6 +111,11 @@ def test_max_restarts_resumes_from_the_latest_checkpoint_and_completes(fresh_run
     # lost at most checkpoint_interval steps: it resumed from the checkpoint taken before the kill
     assert summary["resumed_from_step"] >= killer.killed_at_step
     assert checkpoint.complete_checkpoints(fresh_run)[-1][0] == 400
+    return summary
+
+
+def test_max_restarts_resumes_from_the_latest_checkpoint_and_completes(fresh_run, tiny_dataset, spark):
+    assert restarted_after_a_killed_rank(fresh_run, tiny_dataset, spark, "spark")["backend"] == "horovod"
 
 
 def test_not_enough_task_slots_fails_in_seconds_with_the_numbers(fresh_run, tiny_dataset, spark):

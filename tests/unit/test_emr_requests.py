@@ -107,6 +107,15 @@ def test_the_venv_path_reaches_bootstrap_and_spark(urls):
     assert request["Configurations"][1]["Properties"]["spark.pyspark.python"] == "/srv/venv/bin/python"
 
 
+def test_the_torch_distributor_launcher_bootstraps_nodes_without_horovod(urls):
+    wheel = "emr.horovod_wheel_url=s3://bkt/wheels/horovod-0.28.1-cp311-cp311-linux_x86_64.whl"
+    request = rq.run_job_flow_request(emr_config("train.launcher=torch_distributor", wheel), urls)
+    args = request["BootstrapActions"][0]["ScriptBootstrapAction"]["Args"]
+    assert "--without-horovod" in args and "--horovod-wheel" not in args  # no wheel to fetch, nothing to build
+    horovod_args = rq.run_job_flow_request(emr_config(wheel), urls)["BootstrapActions"][0]["ScriptBootstrapAction"]["Args"]
+    assert "--without-horovod" not in horovod_args and "--horovod-wheel" in horovod_args
+
+
 def test_steps(urls):
     config = emr_config()
     conf_url = f"{REL}/configs/config-1.yaml"

@@ -1,0 +1,282 @@
+"""The collectives a training rank needs, behind one small interface with two
+implementations: Horovod (`horovod.torch`) and `torch.distributed` (Gloo on CPU).
+
+The worker (train.py, step.py) calls only these: the averaged-gradient optimizer, the
+broadcast of rank 0's weights and optimizer state, metric reductions, gathers and a
+barrier. Horovod's elastic state stays with Horovod (`Collectives.elastic`); the torch
+backend refuses elastic mode before any rank starts (config.py).
+
+Neither module is imported here at load time: `horovod_llm` imports and trains with
+`train.launcher=torch_distributor` (or `local`) where Horovod is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import torch
+
+from horovod_llm.config import TrainConfig
+
+# Which backend each launcher's ranks use; `local` takes Horovod when it is installed.
+LAUNCHER_BACKENDS = {"spark": "horovod", "horovodrun": "horovod", "torch_distributor": "torch"}
+
+
+def horovod_installed() -> bool:
+    try:
+        import horovod.torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def backend_for(launcher: str) -> str:
+    return LAUNCHER_BACKENDS.get(launcher) or ("horovod" if horovod_installed() else "torch")
+
+
+class Collectives:
+    """What every backend offers; `rank`, `size` and `local_size` (ranks on this host)."""
+
+    backend: str
+    rank: int
+    size: int
+    local_size: int
+    elastic = None  # horovod.torch.elastic where the backend has elastic training
+    mpi_built = False  # Adasum on CPU needs Horovod built with MPI
+
+    def distributed_optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, train: TrainConfig):
+        """`optimizer` averaging gradients over the ranks; `synchronize()` finishes the
+        reduction (after the step's last backward pass) and `step()` inside
+        `skip_synchronize()` steps without a second one."""
+        raise NotImplementedError
+
+    def broadcast_object(self, value, name: str):
+        raise NotImplementedError
+
+    def broadcast_model(self, model: torch.nn.Module, optimizer) -> None:
+        """Every rank takes rank 0's weights and optimizer state.
+
+        The state travels as one object, as it is: Horovod's broadcast_optimizer_state
+        would first initialise an empty state with a step on zero gradients, which under
+        AdamW decays the weights once and advances its step count (a fresh run then took
+        its first step unlike torch's, and a resumed run decayed the other ranks' copy of
+        the weights rank 0 had just sent).
+        """
+        self.broadcast_parameters(model)
+        state = self.broadcast_object(optimizer.state_dict() if self.rank == 0 else None, name="optimizer_state")
+        if self.rank != 0:
+            optimizer.load_state_dict(state)
+
+    def broadcast_parameters(self, model: torch.nn.Module) -> None:
+        raise NotImplementedError
+
+    def allreduce(self, tensor: torch.Tensor, op: str, name: str) -> torch.Tensor:
+        """A new tensor: the element-wise "sum" or "max" over the ranks."""
+        raise NotImplementedError
+
+    def allgather_object(self, value, name: str) -> list:
+        raise NotImplementedError
+
+    def barrier(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Leave the group (a process that trains again re-initialises)."""
+
+
+class HorovodCollectives(Collectives):
+    backend = "horovod"
+
+    def __init__(self, train: TrainConfig):
+        import horovod.torch as hvd
+
+        from horovod_llm.job import set_horovod_environment
+
+        set_horovod_environment(train)
+        hvd.init()
+        self.hvd = hvd
+        self.elastic = hvd.elastic
+        self.mpi_built = hvd.mpi_built()
+
+    # Read at each use: an elastic reset changes them.
+    @property
+    def rank(self) -> int:
+        return self.hvd.rank()
+
+    @property
+    def size(self) -> int:
+        return self.hvd.size()
+
+    @property
+    def local_size(self) -> int:
+        return self.hvd.local_size()
+
+    def distributed_optimizer(self, optimizer, model, train):
+        hvd = self.hvd
+        # Horovod: average gradients across ranks with ring-allreduce.
+        return hvd.DistributedOptimizer(
+            optimizer,
+            named_parameters=model.named_parameters(),
+            compression=hvd.Compression.fp16 if train.fp16_allreduce else hvd.Compression.none,
+            backward_passes_per_step=train.backward_passes_per_step,
+            op=hvd.Adasum if train.allreduce_op == "adasum" else hvd.Average,
+        )
+
+    def broadcast_object(self, value, name):
+        return self.hvd.broadcast_object(value, root_rank=0, name=name)
+
+    def broadcast_parameters(self, model):
+        self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+
+    def allreduce(self, tensor, op, name):
+        return self.hvd.allreduce(tensor, op={"sum": self.hvd.Sum, "max": self.hvd.Max}[op], name=name)
+
+    def allgather_object(self, value, name):
+        return self.hvd.allgather_object(value, name=name)
+
+    def barrier(self):
+        self.hvd.barrier()
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class TorchCollectives(Collectives):
+    """torch.distributed with Gloo. Its ranks come from the environment torchrun (which
+    TorchDistributor starts in each Spark task) sets; without it, one rank on loopback."""
+
+    backend = "torch"
+
+    def __init__(self, train: TrainConfig):
+        import torch.distributed as dist
+
+        self.dist = dist
+        if "RANK" in os.environ and "MASTER_ADDR" in os.environ:
+            init_method = "env://"
+        else:  # the in-process rank (train.launcher=local without Horovod)
+            init_method = f"tcp://127.0.0.1:{_free_loopback_port()}"
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        world = {} if init_method == "env://" else {"rank": 0, "world_size": 1}
+        # A collective waits this long for a silent peer (one whose host vanished without
+        # closing its connections); a killed rank's peers fail at once. Rank 0 writing a
+        # checkpoint to slow storage keeps the others waiting too: the same bound as
+        # Horovod's start timeout keeps both launchers' patience alike.
+        dist.init_process_group("gloo", init_method=init_method, timeout=timedelta(seconds=max(train.start_timeout, 60)), **world)
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        # torchrun starts one rank per Spark task, so its LOCAL_WORLD_SIZE is 1 even where
+        # two tasks share a host: count the ranks on this host instead, as Horovod does.
+        hosts = self.allgather_object(socket.gethostname(), "hosts")
+        self.local_size = hosts.count(socket.gethostname())
+
+    def distributed_optimizer(self, optimizer, model, train):
+        return AveragingOptimizer(optimizer, list(model.parameters()), self, fp16=train.fp16_allreduce)
+
+    def broadcast_object(self, value, name):
+        holder = [value]
+        self.dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def broadcast_parameters(self, model):
+        for tensor in model.state_dict().values():  # views of the parameters: in place
+            self.dist.broadcast(tensor, src=0)
+
+    def allreduce(self, tensor, op, name):
+        result = tensor.clone()
+        self.dist.all_reduce(result, op={"sum": self.dist.ReduceOp.SUM, "max": self.dist.ReduceOp.MAX}[op])
+        return result
+
+    def allgather_object(self, value, name):
+        gathered = [None] * self.dist.get_world_size()
+        self.dist.all_gather_object(gathered, value)
+        return gathered
+
+    def barrier(self):
+        self.dist.barrier()
+
+    def close(self) -> None:
+        if self.dist.is_initialized():
+            self.dist.destroy_process_group()
+
+
+class AveragingOptimizer:
+    """An optimizer whose step uses the gradient averaged over the ranks, with the
+    interface of Horovod's DistributedOptimizer that train_step relies on.
+
+    Written here rather than wrapping the model in DistributedDataParallel: the step
+    already has Horovod's shape (micro-batches accumulate locally, then one reduction,
+    then clipping of the averaged gradient), so one all_reduce of the flattened
+    gradients is exactly the collective DDP would issue for a model of one bucket (the
+    recipe's models are a few MB, under DDP's 25 MB bucket), it keeps the module and its
+    checkpoint keys as they are, and the reduction stays a separately timed part of the
+    step (the `allreduce_share` statistic).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter], comm: TorchCollectives, fp16: bool):
+        self.optimizer, self.parameters, self.comm, self.fp16 = optimizer, parameters, comm, fp16
+        self._skip = False
+
+    def __getattr__(self, name):  # param_groups, state, state_dict, load_state_dict...
+        return getattr(self.optimizer, name)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def synchronize(self) -> None:
+        for parameter in self.parameters:
+            if parameter.grad is None:  # every rank must send the same buffer
+                parameter.grad = torch.zeros_like(parameter)
+        grads = [parameter.grad for parameter in self.parameters]
+        flat = torch.cat([grad.reshape(-1) for grad in grads])
+        wire = flat.to(torch.float16) if self.fp16 else flat
+        self.comm.dist.all_reduce(wire)
+        flat = wire.to(flat.dtype) / self.comm.size
+        offset = 0
+        for grad in grads:
+            grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+            offset += grad.numel()
+
+    @contextmanager
+    def skip_synchronize(self) -> Iterator[None]:
+        self._skip = True
+        try:
+            yield
+        finally:
+            self._skip = False
+
+    def step(self, closure=None):
+        if not self._skip:
+            self.synchronize()
+        return self.optimizer.step(closure)
+
+
+# How Gloo's transport words a lost peer, in the RuntimeError torch.distributed raises.
+_GLOO_LOST_PEER = re.compile(r"Connection (closed|reset) by peer|gloo/transport/tcp|Timed out waiting .* for (recv|send)")
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether `exc` says a collective failed because another rank was lost: Horovod's
+    HorovodInternalError; under torch.distributed a DistError, or the plain RuntimeError
+    Gloo's transport raises for a peer that closed its connections or went silent."""
+    horovod_errors = sys.modules.get("horovod.common.exceptions")
+    if horovod_errors is not None and isinstance(exc, horovod_errors.HorovodInternalError):
+        return True
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and isinstance(exc, dist.DistError):
+        return True
+    return isinstance(exc, RuntimeError) and _GLOO_LOST_PEER.search(str(exc)) is not None
+
+
+def init_collectives(backend: str, train: TrainConfig) -> Collectives:
+    """This process's ranks, through `backend` ("horovod" or "torch")."""
+    if backend == "horovod":
+        return HorovodCollectives(train)
+    return TorchCollectives(train)

@@ -1,0 +1,56 @@
+"""Reading torchrun's reports of its rank's exit from the ranks' log stream (unit)."""
+
+import io
+
+from horovod_llm.launch_torch import RankExitLog
+from horovod_llm.rank_failures import PEER_LOST_STATUS, job_failure
+
+KILLED_RANK_1 = """\
+[rank0]: RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:31649
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-30_22:36:21
+  host      : localhost
+  rank      : 1 (local_rank: 0)
+  exitcode  : -9 (pid: 21587)  (SIGKILL)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 21587
+"""
+
+
+def report(rank: int, status: int) -> str:
+    return f"Root Cause (first observed failure):\n[0]:\n  host      : localhost\n  rank      : {rank} (local_rank: 0)\n  exitcode  : {status} (pid: 1)\n"
+
+
+def test_each_rank_exit_is_read_in_the_order_it_arrives_and_passed_through():
+    terminal = io.StringIO()
+    log = RankExitLog(terminal)
+    for chunk in (KILLED_RANK_1[:70], KILLED_RANK_1[70:], report(0, PEER_LOST_STATUS)):  # lines split across writes
+        log.write(chunk)
+    assert [(e.rank, e.status) for e in log.exits] == [(1, -9), (0, PEER_LOST_STATUS)]
+    assert terminal.getvalue() == KILLED_RANK_1 + report(0, PEER_LOST_STATUS)
+    message = str(job_failure(log.exits, "TorchDistributor"))
+    assert message.startswith("training rank 1 exited with status -9 (SIGKILL); rank 0 stopped because of it")
+
+
+def test_the_rank_that_failed_on_its_own_is_named_even_when_a_bystander_reports_first():
+    log = RankExitLog(io.StringIO())
+    log.write(report(0, PEER_LOST_STATUS) + report(1, 2))
+    failure = job_failure(log.exits, "TorchDistributor")
+    assert str(failure).startswith("training rank 1 stopped on an error") and not failure.retryable
+
+
+def test_a_rank_reported_twice_counts_once_and_other_lines_are_ignored():
+    log = RankExitLog(io.StringIO())
+    log.write("rank: 5 of something\nexitcode : 7\n" + report(1, -9) + report(1, -9))
+    assert [(e.rank, e.status) for e in log.exits] == [(1, -9)]
+
+
+def test_a_collective_that_lost_its_peer_is_told_from_other_errors():
+    from horovod_llm.comm import lost_peer
+
+    closed = "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:31649."
+    assert lost_peer(RuntimeError(closed))
+    assert lost_peer(RuntimeError("Connection reset by peer"))
+    assert not lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not lost_peer(ValueError("Connection closed by peer"))  # only what torch.distributed raises
