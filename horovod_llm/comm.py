@@ -16,6 +16,7 @@ import os
 import re
 import socket
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -40,7 +41,7 @@ def backend_for(launcher: str) -> str:
     return LAUNCHER_BACKENDS.get(launcher) or ("horovod" if horovod_installed() else "torch")
 
 
-class Collectives:
+class Collectives(ABC):
     """What every backend offers; `rank`, `size` and `local_size` (ranks on this host)."""
 
     backend: str
@@ -50,14 +51,15 @@ class Collectives:
     elastic = None  # horovod.torch.elastic where the backend has elastic training
     mpi_built = False  # Adasum on CPU needs Horovod built with MPI
 
+    @abstractmethod
     def distributed_optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, train: TrainConfig):
         """`optimizer` averaging gradients over the ranks; `synchronize()` finishes the
         reduction (after the step's last backward pass) and `step()` inside
         `skip_synchronize()` steps without a second one."""
-        raise NotImplementedError
+        ...
 
-    def broadcast_object(self, value, name: str):
-        raise NotImplementedError
+    @abstractmethod
+    def broadcast_object(self, value, name: str): ...
 
     def broadcast_model(self, model: torch.nn.Module, optimizer) -> None:
         """Every rank takes rank 0's weights and optimizer state.
@@ -73,19 +75,21 @@ class Collectives:
         if self.rank != 0:
             optimizer.load_state_dict(state)
 
-    def broadcast_parameters(self, model: torch.nn.Module) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def broadcast_parameters(self, model: torch.nn.Module) -> None: ...
 
+    @abstractmethod
     def allreduce(self, tensor: torch.Tensor, op: str, name: str) -> torch.Tensor:
         """A new tensor: the element-wise "sum" or "max" over the ranks."""
-        raise NotImplementedError
+        ...
 
-    def allgather_object(self, value, name: str) -> list:
-        raise NotImplementedError
+    @abstractmethod
+    def allgather_object(self, value, name: str) -> list: ...
 
-    def barrier(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def barrier(self) -> None: ...
 
+    @abstractmethod
     def close(self) -> None:
         """Leave the group (a process that trains again re-initialises)."""
 
@@ -143,6 +147,10 @@ class HorovodCollectives(Collectives):
     def barrier(self):
         self.hvd.barrier()
 
+    def close(self) -> None:
+        """Nothing: Horovod stays initialised for the process (it shuts down at exit),
+        and hvd.init() again is a no-op."""
+
 
 def _free_loopback_port() -> int:
     with socket.socket() as probe:
@@ -195,7 +203,7 @@ class TorchCollectives(Collectives):
         return result
 
     def allgather_object(self, value, name):
-        gathered = [None] * self.dist.get_world_size()
+        gathered = [None] * self.size
         self.dist.all_gather_object(gathered, value)
         return gathered
 
