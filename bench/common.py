@@ -30,6 +30,19 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+# The instruction sets that decide which kernels torch's CPU matmuls take (bf16 on
+# AVX512_BF16 and AMX): machines of one session differ by these, so each figure says.
+KERNEL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_flags() -> list[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            present = set(line.split(":", 1)[1].split())
+            return [flag for flag in KERNEL_FLAGS if flag in present]
+    return []
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -41,6 +54,7 @@ def machine() -> dict:
     return {
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
         "load_average": load_average(),
         "python": platform.python_version(),
         "torch": torch.__version__,

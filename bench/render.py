@@ -47,6 +47,11 @@ def _repeats(results: dict, result: dict) -> int:
     return result.get("repeats") or results.get("settings", {}).get("repeats") or 1
 
 
+def _flags(machine: dict) -> str:
+    """The CPU's kernel-deciding instruction sets, where the run recorded them."""
+    return f" (flags: {', '.join(machine['cpu_flags']) or 'none of ' + ', '.join(('avx2', 'avx512_bf16', 'amx_bf16'))})" if "cpu_flags" in machine else ""
+
+
 def _verdict(value: float | None, target: float, at_least: bool = True) -> str:
     if value is None:
         return "not run"
@@ -110,7 +115,7 @@ def render(results: dict) -> str:
     what = f"`bench/run_all.py --only {' '.join(only)}` took" if only else "`make bench` took"
     scope = " The other figures come from earlier runs: each benchmark's date is in the list below." if only else ""
     lines = [
-        f"Last run {m['date']} on {m['nproc']} cores of an {m['cpu_model']} (Python {m['python']}, torch {m['torch']}); "
+        f"Last run {m['date']} on {m['nproc']} cores of an {m['cpu_model']}{_flags(m)} (Python {m['python']}, torch {m['torch']}); "
         f"load average (1, 5, 15 min) {m['load_average']} at the start and {m.get('load_average_end')} at the end. "
         f"{what} **{results.get('wall_seconds', float('nan')) / 60:.1f} minutes**.{scope}",
         "",
@@ -124,8 +129,11 @@ def render(results: dict) -> str:
         if "gathered_from" in entry:
             lines.append(f"- `{name}`: run on its own (its results taken from `{entry['gathered_from']}`, measured {entry['result']['machine']['date']})")
             continue
-        date = ((entry.get("result") or {}).get("machine") or {}).get("date") or entry.get("date")
+        measured_on = (entry.get("result") or {}).get("machine") or {}
+        date = measured_on.get("date") or entry.get("date")
         when = f", measured {date}" if date else ""
+        if measured_on.get("cpu_model", m["cpu_model"]) != m["cpu_model"]:
+            when += f" on an {measured_on['cpu_model']}{_flags(measured_on)}"
         lines.append(f"- `{name}`: {entry['seconds']:.0f} s{when}, load {entry['load_before'][0]} -> {entry['load_after'][0]}{status}")
     lines += _train_details(_get(results, "train_throughput"))
     lines += _loader_details(results, _get(results, "loader_throughput"))
@@ -137,7 +145,9 @@ def render(results: dict) -> str:
     lines += _bootstrap_details(_get(results, "bootstrap_paths"))
     lines += _generate_details(results, _get(results, "generate_throughput"))
     lines += _serving_details(results, _get(results, "serve_batching"))
+    lines += _decode_block_details(_get(results, "decode_blocks"))
     lines += _e2e_details(_get(results, "end_to_end"))
+    lines += _gpu_details(_get(results, "gpu_check"))
     return "\n".join(lines)
 
 
@@ -201,6 +211,14 @@ def headlines(results: dict) -> str:
             f"- with {serving['clients']} concurrent clients the server decodes {serving['tokens_per_second_batched']:.0f} tokens/s batched, "
             f"{serving['ratio']:.2f}x the {serving['tokens_per_second_one_at_a_time']:.0f} of one request at a time ({_runs(_repeats(results, serving))});"
         )
+    blocks = _get(results, "decode_blocks")
+    if blocks:
+        ratios = [row["blocks_over_unpadded_time"] for size in blocks["sizes"].values() for row in size["batches"].values()]
+        lines.append(
+            f"- decoding in fixed blocks of {blocks['row_block']} rows, which makes a request's output independent of its neighbours, "
+            f"takes {min(ratios):.2f}x to {max(ratios):.2f}x the time of one unpadded step over the batch (batches of "
+            f"{', '.join(next(iter(blocks['sizes'].values()))['batches'])} rows, medians of {blocks['repeats']});"
+        )
     quality = _get(results, "quality")
     if quality:
         for row in quality["summary"]:
@@ -213,6 +231,16 @@ def headlines(results: dict) -> str:
     e2e = _get(results, "end_to_end")
     if e2e:
         lines.append(f"- `{e2e['command']}` took {e2e['wall_s']:.0f} s end to end (1 run).")
+    gpu = _get(results, "gpu_check")
+    if gpu and "gpt2-small-bf16" in gpu["arms"]:
+        eager, env = gpu["arms"]["gpt2-small-bf16"], gpu["environment"]
+        compiled = gpu["arms"].get("gpt2-small-compiled-bf16")
+        also = f" ({compiled['mfu']:.0%} compiled)" if compiled else ""
+        lines.append(
+            f"- on one {env['gpu']} (another machine: torch {env['torch']}, no Spark), a GPT-2-small-sized model "
+            f"({eager['params'] / 1e6:.0f}M parameters, context {eager['shape']['block_size']}) trains in bf16 at "
+            f"{eager['tokens_per_s']:,.0f} tokens/s, {eager['mfu']:.0%} of the GPU's bf16 peak{also} (`bench/gpu_check.py`, 1 run)."
+        )
     return "\n".join(lines)
 
 
@@ -465,11 +493,19 @@ def recipe_table() -> str:
     def upto(limit: float, unit: str, scale: float) -> str:
         return "beyond" if limit == float("inf") else f"up to {limit / scale:g} {unit}"
 
-    lines = ["| corpus | vocabulary |", "| --- | --- |"]
-    lines += [f"| {upto(limit, 'MB', 1e6)} | {size} |" for limit, size in recipe.VOCABULARY]
-    lines += ["", "| budget | layers | heads | width | context (tokens) | learning rate (decays to a tenth) |", "| --- | --- | --- | --- | --- | --- |"]
+    def swept(limit: float, swept_limits: tuple[float, ...]) -> str:
+        return "swept" if limit in swept_limits else "not swept: extrapolated"
+
+    lines = ["| corpus | vocabulary | source |", "| --- | --- | --- |"]
+    lines += [f"| {upto(limit, 'MB', 1e6)} | {size} | {swept(limit, recipe.SWEPT_CORPUS_LIMITS)} |" for limit, size in recipe.VOCABULARY]
     lines += [
-        f"| {upto(limit, 'minutes', 60)} | {n_layer} | {n_head} | {n_embd} | {window} | {lr:g} |" for limit, n_layer, n_head, n_embd, window, lr in recipe.MODEL
+        "",
+        "| budget | layers | heads | width | context (tokens) | learning rate (decays to a tenth) | source |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {upto(limit, 'minutes', 60)} | {n_layer} | {n_head} | {n_embd} | {window} | {lr:g} | {swept(limit, recipe.SWEPT_BUDGET_LIMITS)} |"
+        for limit, n_layer, n_head, n_embd, window, lr in recipe.MODEL
     ]
     lines += [
         "",
@@ -571,4 +607,62 @@ def _e2e_details(e2e: dict | None) -> list[str]:
     lines += [f"| {name} | {seconds:.1f} |" for name, seconds in rows]
     pre = ", ".join(f"{k} {v:.1f}" for k, v in e2e["preprocess_stages_s"].items())
     lines += ["", f"Preprocess stages (seconds): {pre}. Training: {e2e['training_tokens_per_s']:.0f} tokens/s, mean MFU {e2e['mfu_mean']:.2f}."]
+    return lines
+
+
+def _gpu_details(gpu: dict | None) -> list[str]:
+    """bench/gpu_check.py on one CUDA GPU: a machine of its own, so nothing here compares
+    with the CPU figures above."""
+    if not gpu:
+        return []
+    env = gpu["environment"]
+    lines = [
+        "",
+        "### One GPU (`bench/gpu_check.py`)",
+        "",
+        f"Measured {env['date']} on one {env['gpu']} ({env['memory_gib']} GiB, compute capability {'.'.join(map(str, env['capability']))}), "
+        f"Python {env['python']}, torch {env['torch']} (CUDA {env['cuda']}, NCCL {env['nccl']}), world size 1 over NCCL; TF32 off. "
+        f"A different machine from the figures above: compare these only with each other. {gpu['settings']['mfu']}. "
+        f"Checks {'passed' if gpu['passed'] else 'FAILED: ' + '; '.join(gpu['failed'])}.",
+        "",
+        "| arm | model | batch | precision | compiled | tokens/s | MFU | loss start -> end | peak GiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, arm in gpu["arms"].items():
+        shape = arm["shape"]
+        model = f"{shape['n_layer']} x {shape['n_embd']}, context {shape['block_size']}, vocabulary {shape['vocab_size']} ({arm['params'] / 1e6:.1f}M)"
+        compiled = f"yes ({arm['compile_s']:.0f} s to compile)" if arm["compiled"] else "no"
+        lines.append(
+            f"| {name} | {model} | {arm['batch']} | {arm['dtype']} | {compiled} | {arm['tokens_per_s']:,.0f} | {arm['mfu']:.1%} | "
+            f"{arm['loss_start']:.2f} -> {arm['loss_end']:.2f} | {arm['peak_memory_gib']} |"
+        )
+    point = gpu["checkpoint"]
+    lines += [
+        "",
+        f"A {point['file_mb']:.0f} MB checkpoint written on the GPU and loaded on the CPU gives logits within {point['max_abs_diff']:.1e} "
+        f"(tolerance {point['tolerance']:g}) of the GPU's; the all_reduce over NCCL summed right: {gpu['distributed']['allreduce_ok']}.",
+    ]
+    return lines
+
+
+def _decode_block_details(blocks: dict | None) -> list[str]:
+    if not blocks:
+        return []
+    lines = [
+        "",
+        "### Batch-invariant decoding (`bench/decode_blocks.py`)",
+        "",
+        f"`GPT.decode_step` in fixed blocks of {blocks['row_block']} rows (what `serve` runs) against one unpadded step over the whole "
+        f"batch; random weights, vocabulary 1024, {blocks['threads']} torch thread(s), medians of {blocks['repeats']} x {blocks['steps']} steps.",
+        "",
+        "| model | rows | tokens/s in blocks | tokens/s unpadded | time, blocks / unpadded |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for size, entry in blocks["sizes"].items():
+        m = entry["model"]
+        for batch, row in entry["batches"].items():
+            lines.append(
+                f"| {size} ({m['n_layer']} x {m['n_embd']}, context {m['block_size']}) | {batch} | {row['tokens_per_s_blocks']:.0f} | "
+                f"{row['tokens_per_s_unpadded']:.0f} | {row['blocks_over_unpadded_time']:.2f} |"
+            )
     return lines

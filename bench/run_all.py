@@ -74,13 +74,23 @@ def commands(args) -> dict[str, list[str]]:
         "end_to_end": ["end_to_end.py", "--max-steps", str(args.e2e_max_steps)],
         # after end_to_end: it serves the model that run trained
         "serve_batching": ["serve_batching.py", "--repeats", str(args.repeats)],
+        # What batch-invariant decoding (fixed row blocks) costs against unpadded steps.
+        "decode_blocks": ["decode_blocks.py", "--repeats", str(args.repeats)],
+        # Needs one CUDA GPU and only torch (run with --only, or on the lent device machine
+        # and gathered): bf16 tokens/s and MFU, NCCL, the loss falling, a GPU-to-CPU checkpoint.
+        "gpu_check": ["gpu_check.py"],
     }
+
+
+# Run only when named in --only: the sweeps (about 40 minutes each) and the GPU check.
+ON_REQUEST = ("sweep", "gpu_check")
+JSON_FLAG = {"generate_throughput": "--json-file", "gpu_check": "--out"}
 
 
 def run(name: str, command: list[str], folder: Path) -> dict:
     out = folder / f"{name}.json"
     out.unlink(missing_ok=True)
-    flag = "--json-file" if name == "generate_throughput" else "--json"
+    flag = JSON_FLAG.get(name, "--json")
     full = [sys.executable, str(BENCH / command[0]), *command[1:], *([flag, str(out)] if name != "prepare" else [])]
     report(f"== {name}: {' '.join(command)}")
     load_before, started = load_average(), time.perf_counter()
@@ -131,7 +141,7 @@ def main() -> None:
     started = time.perf_counter()
     results = {"machine": machine(), "settings": vars(args), "benchmarks": dict(previous.get("benchmarks", {}))}
     for name, command in commands(args).items():
-        if (args.only and name not in args.only and name != "prepare") or (not args.only and name.startswith("sweep")):
+        if (args.only and name not in args.only and name != "prepare") or (not args.only and name.startswith(ON_REQUEST)):
             continue
         results["benchmarks"][name] = run(name, command, folder)
         RESULTS_JSON.write_text(json.dumps(results, indent=2) + "\n")

@@ -16,7 +16,7 @@ policy).
 
 A choice's text is therefore the same whatever else is decoded beside it: prefill and
 sampling see that sequence alone, and `decode_step` gives a row the same logits in any
-batch (rows padded to model.py's ROW_MULTIPLE). It is also what `TextGenerator.complete`
+batch (rows decoded in fixed blocks of model.py's ROW_BLOCK). It is also what `TextGenerator.complete`
 gives for one sample with the same seed, up to the last bits of the logits (that one
 decodes a single row with a matrix-vector product), which could change a sampled id
 only if its draw fell within about 1e-7 of a boundary between two ids. With max_batch 1
@@ -41,7 +41,7 @@ import torch
 
 from horovod_llm import tokenizer
 from horovod_llm.generate import Completion, Continuation, TextGenerator
-from horovod_llm.model import ROW_MULTIPLE, KVCache, crop_length, draw, padded_rows, sampling_probs
+from horovod_llm.model import ROW_BLOCK, KVCache, crop_length, draw, padded_rows, sampling_probs
 from horovod_llm.sampling import MAX_SEED, Sampling
 
 log = logging.getLogger(__name__)
@@ -107,11 +107,13 @@ class Batcher:
         self.generator = generator
         self.model = generator.model
         self.max_batch = max_batch
-        # Rows padded so that none depends on the others (model.py's ROW_MULTIPLE); with
-        # one row at most there are no others, and the unpadded step is `generate`'s own.
-        self.row_multiple = ROW_MULTIPLE if max_batch > 1 else 1
+        # Rows decoded in fixed blocks so that none depends on the others (model.py's
+        # ROW_BLOCK); with one row at most there are no others, and the unpadded step is
+        # `generate`'s own.
+        self.row_block = ROW_BLOCK if max_batch > 1 else None
         weight = self.model.wte.weight
-        self.cache = KVCache(self.model.config, padded_rows(max_batch, self.row_multiple), weight.dtype, weight.device)
+        rows = padded_rows(max_batch) if self.row_block else max_batch
+        self.cache = KVCache(self.model.config, rows, weight.dtype, weight.device)
         self.rows: list[_Row] = []  # row i of the batch is row i of the cache; only the batcher's thread touches it
         self.waiting: deque[Job] = deque()
         self.condition = threading.Condition()
@@ -199,7 +201,7 @@ class Batcher:
         ids = torch.tensor([r.context[-1] for r in rows], dtype=torch.long)
         positions = torch.tensor([len(r.context) - 1 for r in rows], dtype=torch.long)
         try:
-            logits = self.model.decode_step(ids, self.cache, positions, self.row_multiple)  # (B, vocab)
+            logits = self.model.decode_step(ids, self.cache, positions, self.row_block)  # (B, vocab)
         except Exception as exc:
             log.exception("a decoding step of %d rows failed; their requests fail", len(rows))
             for job in _jobs(rows):

@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import pickle
 import re
 import zipfile
@@ -51,6 +52,55 @@ PICKLED_WEIGHTS = "model.pt"
 ZIP_MEMBERS = (WEIGHTS, PICKLED_WEIGHTS, "meta.json", "tokenizer.model")
 TIED = "lm_head.weight"  # stored as wte.weight when tie_weights
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+# What a checkpoint from elsewhere may make a reader allocate: generous defaults, settable
+# by environment variable. A model.zip member inflates to its declared size at most (a
+# zip bomb declares gigabytes in kilobytes), and meta.json's model_args size the model
+# built before any weight is read.
+MAX_FILE_BYTES_ENV, MAX_PARAMETERS_ENV = "HOROVOD_LLM_MAX_CHECKPOINT_FILE_MB", "HOROVOD_LLM_MAX_MODEL_PARAMETERS"
+DEFAULT_MAX_FILE_MB, DEFAULT_MAX_PARAMETERS = 16 * 1024, 4_000_000_000
+
+
+def max_file_bytes() -> int:
+    return int(float(os.environ.get(MAX_FILE_BYTES_ENV, DEFAULT_MAX_FILE_MB)) * 2**20)
+
+
+def max_parameters() -> int:
+    return int(float(os.environ.get(MAX_PARAMETERS_ENV, DEFAULT_MAX_PARAMETERS)))
+
+
+def _check_size(url: str, name: str, size: int) -> None:
+    if size > max_file_bytes():
+        raise UserError(
+            f"{name} in checkpoint {url} holds {size / 2**20:.0f} MB, over the {max_file_bytes() / 2**20:.0f} MB a checkpoint file may: "
+            f"use a checkpoint you trust, or raise {MAX_FILE_BYTES_ENV}"
+        )
+
+
+def parameter_count(args: dict) -> int:
+    """The parameters GPT(GPTConfig(**args)) would allocate, from the arguments alone."""
+    v, t, layers, c = (int(args[k]) for k in ("vocab_size", "block_size", "n_layer", "n_embd"))
+    bias = bool(args.get("bias"))
+    per_layer = 12 * c * c + (13 * c if bias else 2 * c)  # attention and MLP matrices, their biases, two LayerNorms
+    embeddings = v * c * (1 if args.get("tie_weights", True) else 2) + (t * c if args.get("positional") == "learned" else 0)
+    return embeddings + layers * per_layer + (2 * c if bias else c)  # and the final LayerNorm
+
+
+def check_model_args(url: str, args) -> None:
+    """Refuse, in one line, model_args that are not a model's or that size one past the limit."""
+    shape = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+    if not isinstance(args, dict) or any(not isinstance(args.get(k), int) or isinstance(args.get(k), bool) or args[k] < 1 for k in shape):
+        raise UserError(f"checkpoint {url} has no valid model arguments in meta.json ({', '.join(shape)} must be positive whole numbers): it is damaged")
+    if args["n_embd"] % args["n_head"]:
+        raise UserError(
+            f"checkpoint {url}'s model arguments are inconsistent (n_embd {args['n_embd']} is not a multiple of n_head {args['n_head']}): it is damaged"
+        )
+    count = parameter_count(args)
+    if count > max_parameters():
+        raise UserError(
+            f"checkpoint {url} asks for a model of {count:.3g} parameters, over the {max_parameters():.3g} a checkpoint may: "
+            f"use a checkpoint you trust, or raise {MAX_PARAMETERS_ENV}"
+        )
 
 
 def step_dir_name(step: int) -> str:
@@ -282,7 +332,13 @@ def _read_model_zip(url: str) -> dict[str, bytes]:
                 missing.insert(0, f"{WEIGHTS} (or {PICKLED_WEIGHTS})")
             if missing:
                 raise UserError(f"model archive {url} lacks {', '.join(missing)}: export it again with export_model_zip")
-            return {name: archive.read(name) for name in (weights, "meta.json", "tokenizer.model")}
+            files = {}
+            for name in (weights, "meta.json", "tokenizer.model"):
+                _check_size(url, name, archive.getinfo(name).file_size)
+                with archive.open(name) as member:  # inflates to the declared size at most
+                    files[name] = member.read(max_file_bytes() + 1)
+                _check_size(url, name, len(files[name]))
+            return files
     except (zipfile.BadZipFile, EOFError) as exc:
         raise UserError(f"model archive {url} is not a readable zip ({exc}): download or export it again") from None
 
@@ -293,7 +349,10 @@ def read_checkpoint_files(url: str) -> dict[str, bytes]:
     if is_model_zip(url):
         return _read_model_zip(url)
     weights = _folder_weights_file(url)
-    return {name: storage.read_bytes(storage.join(url, name)) for name in (weights, "meta.json", "tokenizer.model")}
+    names = (weights, "meta.json", "tokenizer.model")
+    for name in names:
+        _check_size(url, name, storage.size(storage.join(url, name)))
+    return {name: storage.read_bytes(storage.join(url, name)) for name in names}
 
 
 def load_checkpoint(url: str) -> LoadedCheckpoint:
@@ -305,6 +364,7 @@ def load_checkpoint(url: str) -> LoadedCheckpoint:
 def loaded_from_files(url: str, files: dict[str, bytes]) -> LoadedCheckpoint:
     """The checkpoint at the resolved `url`, from its files as read_checkpoint_files gives them."""
     meta = json.loads(files["meta.json"])
+    check_model_args(url, meta.get("model_args"))
     model = GPT(GPTConfig(**meta["model_args"]))
     weights = _weights_file(files)
     state = _load_weights(url, weights, files[weights], model.config.tie_weights)

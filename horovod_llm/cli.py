@@ -7,7 +7,9 @@ generated text is the only thing written to stdout.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import os
 import sys
 
 from horovod_llm import __version__, progress
@@ -173,7 +175,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     Concurrent requests are decoded together (continuous batching, up to --max-batch sequences)."""
     import ipaddress
 
-    from horovod_llm.serve import Limits, serve
+    from horovod_llm.serve import API_KEY_ENV, LOOPBACK_NAMES, Access, Limits, serve
 
     setup_logging(args.log_level or "INFO")
     limits = Limits(args.max_body_bytes, args.max_prompt_chars, args.max_new_tokens, args.max_pending, args.max_batch)
@@ -186,10 +188,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:
         loopback = args.host == "localhost"
-    if not loopback:
-        log.warning("binding %s: the API has no authentication; anyone who can reach this address can use it", args.host)
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if not loopback and api_key is None:
+        if not args.insecure:
+            raise UserError(
+                f"binding {args.host} without an API key would let anyone who reaches it use the model: set {API_KEY_ENV} (or --api-key), "
+                "or pass --insecure to serve it open"
+            )
+        log.warning("binding %s without an API key (--insecure): anyone who can reach this address can use the model", args.host)
+    bound = () if loopback or args.host in ("0.0.0.0", "::") else (args.host,)
+    access = Access(allowed_hosts=(*LOOPBACK_NAMES, *bound, *args.allowed_host), api_key=api_key, cors_origins=tuple(args.cors_origin))
     _set_threads(args.threads)
-    serve(args.checkpoint, args.host, args.port, limits, log_level=args.log_level or "INFO", model_name=args.model_name)
+    serve(args.checkpoint, args.host, args.port, limits, log_level=args.log_level or "INFO", model_name=args.model_name, access=access)
     return 0
 
 
@@ -292,6 +302,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (1: one at a time); a request's n must fit")
     p.add_argument("--model-name", help="the model id /v1/models shows and requests may name (default: the run's folder and step)")
     p.add_argument("--threads", type=int, default=1, help=decode_threads_help)
+    p.add_argument(
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' on every route but /health (prefer the environment variable HOROVOD_LLM_API_KEY: "
+        "a command line is visible to every local user); required to bind beyond loopback",
+    )
+    p.add_argument("--insecure", action="store_true", help="bind beyond loopback without an API key: anyone who reaches the port can use the model")
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests for this Host name (repeatable; '*': any); default: loopback names",
+    )
+    p.add_argument(
+        "--cors-origin", action="append", default=[], metavar="ORIGIN", help="let pages of this origin read the answers (CORS; repeatable); default: none"
+    )
     p = add("export", cmd_export)
     p.add_argument("--format", required=True, choices=["hf", "zip"], help="hf: GPT-2 weights, config and a fast tokenizer for transformers; zip: a model.zip")
     p.add_argument("--checkpoint", required=True, help=checkpoint_help)
@@ -304,16 +330,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line (argv None: this process's own, and this process is the CLI's to
+    end; a caller passing argv keeps its SparkSession)."""
     args = build_parser().parse_args(argv)
     args.log_level = getattr(args, "log_level", None)
+    fail = functools.partial(failed, owns_process=argv is None)
     try:
         return args.handler(args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc), 2)
     except JobFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(str(exc), 1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -323,8 +350,30 @@ def main(argv: list[str] | None = None) -> int:
         message = user_error_in(exc)
         if message is None:
             raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        return fail(message, 2)
+
+
+def failed(message: str, status: int, owns_process: bool) -> int:
+    """The one-line error, as the last line of stderr; `status` to exit with."""
+    if owns_process:
+        quiet_spark()
+    print(f"error: {message}", file=sys.stderr)
+    return status
+
+
+def quiet_spark() -> None:
+    """Stop this process's SparkContext, its JVM's log off first: what the JVM logs while
+    a failed job's tasks are torn down (stack traces of interrupted tasks) would otherwise
+    land after the error line, or between its words."""
+    pyspark = sys.modules.get("pyspark")
+    context = pyspark and pyspark.SparkContext._active_spark_context
+    if not context:
+        return
+    try:
+        context.setLogLevel("OFF")
+        context.stop()
+    except Exception:  # a JVM already gone has nothing more to say
+        log.debug("stopping Spark after the error failed", exc_info=True)
 
 
 if __name__ == "__main__":

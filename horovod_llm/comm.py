@@ -23,10 +23,8 @@ from datetime import timedelta
 
 import torch
 
+from horovod_llm import launchers
 from horovod_llm.config import TrainConfig
-
-# Which backend each launcher's ranks use; `local` takes Horovod when it is installed.
-LAUNCHER_BACKENDS = {"spark": "horovod", "horovodrun": "horovod", "torch_distributor": "torch"}
 
 
 def horovod_installed() -> bool:
@@ -38,7 +36,8 @@ def horovod_installed() -> bool:
 
 
 def backend_for(launcher: str) -> str:
-    return LAUNCHER_BACKENDS.get(launcher) or ("horovod" if horovod_installed() else "torch")
+    """The launcher's backend (launchers.py); `local` takes Horovod when it is installed."""
+    return launchers.launcher(launcher).backend or ("horovod" if horovod_installed() else "torch")
 
 
 class Collectives(ABC):
@@ -152,12 +151,6 @@ class HorovodCollectives(Collectives):
         and hvd.init() again is a no-op."""
 
 
-def _free_loopback_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class TorchCollectives(Collectives):
     """torch.distributed with Gloo. Its ranks come from the environment torchrun (which
     TorchDistributor starts in each Spark task) sets; without it, one rank on loopback."""
@@ -169,16 +162,18 @@ class TorchCollectives(Collectives):
 
         self.dist = dist
         if "RANK" in os.environ and "MASTER_ADDR" in os.environ:
-            init_method = "env://"
-        else:  # the in-process rank (train.launcher=local without Horovod)
-            init_method = f"tcp://127.0.0.1:{_free_loopback_port()}"
+            rendezvous = {"init_method": "env://"}
+        else:
+            # The in-process rank (train.launcher=local without Horovod) has no peer to
+            # meet: an in-memory store, where a tcp:// one would listen on every
+            # interface (torch's TCPStore binds the wildcard address whatever host it is given).
+            rendezvous = {"store": dist.HashStore(), "rank": 0, "world_size": 1}
             os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        world = {} if init_method == "env://" else {"rank": 0, "world_size": 1}
         # A collective waits this long for a silent peer (one whose host vanished without
         # closing its connections); a killed rank's peers fail at once. Rank 0 writing a
         # checkpoint to slow storage keeps the others waiting too: the same bound as
         # Horovod's start timeout keeps both launchers' patience alike.
-        dist.init_process_group("gloo", init_method=init_method, timeout=timedelta(seconds=max(train.start_timeout, 60)), **world)
+        dist.init_process_group("gloo", timeout=timedelta(seconds=max(train.start_timeout, 60)), **rendezvous)
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
         # torchrun starts one rank per Spark task, so its LOCAL_WORLD_SIZE is 1 even where
         # two tasks share a host: count the ranks on this host instead, as Horovod does.

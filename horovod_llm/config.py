@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from horovod_llm import launchers
 from horovod_llm.errors import UserError
 from horovod_llm.redaction import redact
 from horovod_llm.sampling import Sampling, default
@@ -163,6 +164,11 @@ class TrainConfig:
     elastic_timeout: int = 120  # seconds to wait for enough ranks after a change
     seed: int = 1337
     start_timeout: int = 120  # seconds Horovod waits for all ranks to start
+    # Seconds without progress (no rank finished a step, an evaluation or a checkpoint,
+    # or entered training after a reset) after which the driver fails the job, naming the
+    # ranks last heard from (watchdog.py); 0: never. Before the ranks first report,
+    # start_timeout more; in elastic mode it must exceed elastic_timeout.
+    stall_timeout: int = 300
     # Network interfaces for Horovod's services and Gloo on a cluster (e.g. [eth0]): the
     # same name must exist on every host. Empty: Horovod picks the interfaces every host
     # can route to. Local mode always uses loopback.
@@ -388,10 +394,7 @@ def validate(config: RunConfig) -> None:
         need(0 <= tr.min_lr <= tr.learning_rate, f"train.min_lr ({tr.min_lr}) must be between 0 and train.learning_rate")
     if known(tr.warmup_steps):
         need(tr.warmup_steps >= 0, f"train.warmup_steps ({tr.warmup_steps}) must be 0 or more")
-    need(
-        tr.launcher in ("spark", "horovodrun", "torch_distributor", "local"),
-        f"train.launcher ('{tr.launcher}') must be 'spark', 'horovodrun', 'torch_distributor' or 'local'",
-    )
+    need(tr.launcher in launchers.LAUNCHERS, f"train.launcher ('{tr.launcher}') must be {launchers.names()}")
     need(tr.num_proc >= 1, f"train.num_proc ({tr.num_proc}) must be at least 1")
     need(tr.threads_per_rank >= 0, f"train.threads_per_rank ({tr.threads_per_rank}) must be 0 (automatic) or more")
     need(tr.backward_passes_per_step >= 1, f"train.backward_passes_per_step ({tr.backward_passes_per_step}) must be at least 1")
@@ -408,8 +411,9 @@ def validate(config: RunConfig) -> None:
         need(getattr(tr, name) >= 0, f"train.{name} ({getattr(tr, name)}) must be 0 or more")
     need(1 <= tr.min_proc <= tr.num_proc, f"train.min_proc ({tr.min_proc}) must be between 1 and train.num_proc ({tr.num_proc})")
     need(tr.elastic_commit_interval >= 1, f"train.elastic_commit_interval ({tr.elastic_commit_interval}) must be at least 1")
+    elastic = [name for name, entry in launchers.LAUNCHERS.items() if entry.elastic]
     need(
-        not tr.elastic or tr.launcher == "spark",
+        not tr.elastic or tr.launcher in elastic,
         f"train.elastic=true needs train.launcher=spark (Horovod elastic; '{tr.launcher}' has no elastic mode): "
         "set train.launcher=spark, or train.elastic=false and train.max_restarts to resume from checkpoints",
     )
@@ -420,6 +424,12 @@ def validate(config: RunConfig) -> None:
     need(tr.max_restarts >= 0, f"train.max_restarts ({tr.max_restarts}) must be 0 or more")
     need(tr.keep_last >= 1, f"train.keep_last ({tr.keep_last}) must be at least 1")
     need(tr.start_timeout >= 10, f"train.start_timeout ({tr.start_timeout}) must be at least 10 seconds")
+    need(tr.stall_timeout >= 0, f"train.stall_timeout ({tr.stall_timeout}) must be 0 (no watchdog) or more")
+    need(
+        not tr.elastic or tr.stall_timeout == 0 or tr.stall_timeout > tr.elastic_timeout,
+        f"train.stall_timeout ({tr.stall_timeout}) must be more than train.elastic_timeout ({tr.elastic_timeout}), or 0: "
+        "an elastic job waiting for ranks after a change is not stalled",
+    )
     problems.extend(f"generate.{problem}" for problem in g.sampling().problems())
     need(config.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"), f"log_level ('{config.log_level}') must be DEBUG, INFO, WARNING or ERROR")
     need(config.storage.s3.max_attempts >= 1, f"storage.s3.max_attempts ({config.storage.s3.max_attempts}) must be at least 1")
@@ -521,14 +531,9 @@ def redacted_yaml(config: RunConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(redacted_dict(config)))
 
 
-# The environment variable that carries `secret_values` (JSON) to ranks started from a
-# redacted config file (launch.py's horovodrun launcher, worker.py).
-SECRETS_ENV = "HOROVOD_LLM_CONFIG_SECRETS"
-
-
 def secret_values(config: RunConfig) -> dict:
-    """The values `redacted_dict` hides, as a nested dict of just those keys: what a
-    process started from a redacted config file needs besides (see `with_secrets`)."""
+    """The values `redacted_dict` hides, as a nested dict of just those keys: what a rank
+    started with a redacted config gets from the driver (secret_channel.py, `with_secrets`)."""
 
     def differing(original, redacted):
         if isinstance(original, dict):

@@ -94,6 +94,44 @@ def _install_end_of_data_fix() -> None:
     petastorm_reader.ThreadPool = EndSafeThreadPool
 
 
+def check_only_our_files(output_url: str, split: str) -> None:
+    """Refuse a split folder holding any file preprocessing did not write (the manifest
+    lists its parts; hidden files are never read). Petastorm reads a folder's
+    `_common_metadata` and `_metadata` and unpickles a schema from them: one placed under
+    a shared output_url would run code on every rank and in `evaluate`. This package
+    never writes either."""
+    from horovod_llm.manifest import read_manifest
+
+    expected = set(read_manifest(output_url).splits[split].files)
+    split_url = layout.split_url(output_url, split)
+    for name in storage.list_dir(split_url):
+        # Hidden files (an interrupted atomic write's .tmp-*) are never read as data.
+        if name not in expected and not name.startswith("."):
+            raise UserError(
+                f"{storage.join(split_url, name)} was not written by horovod-llm (the dataset's manifest does not list it) and would be read as "
+                f"part of the dataset{', running the code a pickled schema holds' if name.startswith('_') else ''}: "
+                "remove it, or rebuild the dataset with 'horovod-llm preprocess --force'"
+            )
+
+
+def _never_unpickle_schemas() -> None:
+    """Make petastorm's schema loader refuse pickles, whatever a folder holds. Its
+    `restricted_loads` admits all of `builtins` (eval among them); this package's
+    datasets carry no pickled schema (make_batch_reader infers it from Parquet), so the
+    loader has nothing legitimate to unpickle. Belt and braces beside
+    `check_only_our_files`."""
+    from petastorm.etl import dataset_metadata
+
+    if getattr(dataset_metadata.depickle_legacy_package_name_compatible, "refuses", False):
+        return
+
+    def refuse(_pickled) -> None:
+        raise dataset_metadata.PetastormMetadataError("horovod-llm reads no pickled schema")
+
+    refuse.refuses = True
+    dataset_metadata.depickle_legacy_package_name_compatible = refuse
+
+
 def _petastorm_url(url: str) -> str:
     url = storage.normalize(url)
     return url if storage.is_remote(url) else "file://" + url
@@ -130,6 +168,8 @@ def window_batches(
     from petastorm.pytorch import BatchedDataLoader
 
     _install_end_of_data_fix()
+    _never_unpickle_schemas()
+    check_only_our_files(output_url, split)
     split_url = layout.split_url(output_url, split)
     try:
         with unsafe_files_refused(split_url):

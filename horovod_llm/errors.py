@@ -18,9 +18,10 @@ class JobFailed(Exception):
     does not get better by restarting), true for crashes and lost processes.
     """
 
-    def __init__(self, message: str, retryable: bool = True):
+    def __init__(self, message: str, retryable: bool = True, lost_host: str | None = None):
         super().__init__(message)
         self.retryable = retryable
+        self.lost_host = lost_host  # a host that stopped answering: a restart waits for Spark to drop it
 
 
 def user_error_in(exc: BaseException) -> str | None:

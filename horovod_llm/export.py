@@ -41,8 +41,16 @@ log = logging.getLogger(__name__)
 
 # sentencepiece's ModelProto.TrainerSpec.ModelType: a char model is a BPE model without merges.
 SPM_MODEL_TYPES = {2: "bpe", 4: "char"}
-# Logits of this package's model and the exported one on the export's own check batch.
-MAX_LOGITS_DIFF = 1e-4
+# The most the exported model's logits may differ from this package's, relative to the
+# largest logit (the same bound in the README and tests/unit/test_export.py). Not bit for
+# bit: transformers adds biases and multiplies transposed weights in its own order, which a
+# CPU's kernels may round otherwise.
+MAX_LOGITS_DIFF = 1e-5
+
+
+def logits_differ_by(ours, theirs) -> float:
+    """The largest difference of two models' logits, relative to the largest logit (at least 1)."""
+    return ((ours - theirs).abs().max() / ours.abs().max().clamp(min=1.0)).item()
 
 
 def unsupported_settings(model_args: dict, spm_proto) -> list[str]:
@@ -167,9 +175,9 @@ def _check(model: GPT, hf_model, processor, hf_tokenizer) -> float:
     block_size, vocab_size = model.config.block_size, model.config.vocab_size
     batch = torch.randint(0, vocab_size, (2, block_size), generator=torch.Generator().manual_seed(0))  # (B, T)
     with torch.no_grad():
-        diff = (model(batch)[0] - hf_model(batch).logits).abs().max().item()
+        diff = logits_differ_by(model(batch)[0], hf_model(batch).logits)
     if not diff <= MAX_LOGITS_DIFF:
-        raise RuntimeError(f"the exported model's logits differ from this package's by {diff:.3g} (at most {MAX_LOGITS_DIFF} expected)")
+        raise RuntimeError(f"the exported model's logits differ from this package's by {diff:.3g} of the largest (at most {MAX_LOGITS_DIFF} expected)")
     return diff
 
 

@@ -6,8 +6,8 @@ Every launcher runs the same `train.train_worker` and returns rank 0's result.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -20,16 +20,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from horovod_llm import checkpoint, layout, progress, recipe, storage
-from horovod_llm.cluster import check_for_ranks, executor_hosts, task_cpus
+from horovod_llm import checkpoint, launchers, layout, progress, recipe, storage
+from horovod_llm.cluster import check_for_ranks, executor_hosts, executors, task_cpus
 from horovod_llm.comm import backend_for, horovod_installed
-from horovod_llm.config import SECRETS_ENV, RunConfig, redacted_yaml, secret_values, to_dict, validate
+from horovod_llm.config import RunConfig, redacted_dict, redacted_yaml, secret_values, to_dict, validate
+from horovod_llm.dataset import check_only_our_files
 from horovod_llm.errors import JobFailed, UserError
 from horovod_llm.job import check_job, model_config, threads_for_rank
 from horovod_llm.manifest import read_manifest
 from horovod_llm.rank_failures import SILENT_STATUS, RankExit, horovodrun_exit, job_failure
+from horovod_llm.secret_channel import SECRETS_AT_ENV, serving_secrets
 from horovod_llm.spark import is_local, spark_session
 from horovod_llm.train import rank_entry, train_worker
+from horovod_llm.watchdog import WATCHDOG_ENV, stall_guard
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,8 @@ def preflight(config: RunConfig) -> RunConfig:
     validate(config)  # a config built in code, not loaded, is checked here
     mpi_built = horovod_mpi_built(config.train.launcher)
     manifest = read_manifest(config.output_url)
+    for split in layout.SPLITS:  # what every rank would refuse, refused once, here
+        check_only_our_files(config.output_url, split)
     config = recipe.resolve(config, manifest.corpus.bytes)
     check_job(config, manifest, mpi_built)
     latest = checkpoint.checkpoint_to_resume(config.output_url, config.train.resume)
@@ -92,7 +97,7 @@ def rank_exits_recorded(context=None, silent_after_s: float = SILENT_AFTER_S) ->
     wrapping the function it runs each rank with records them all. A narrow override of
     horovod 0.28.1 (pinned; its spark.gloo_run calls launch_gloo and launch_gloo_elastic
     by these module-level names), undone on the way out; tests/reliability/
-    test_rank_failure.py and tests/cluster/test_host_loss.py guard it.
+    test_rank_failure.py and tests/cluster/test_host_loss_*.py guard it.
 
     Horovod waits for a rank's exit on a long poll to the task service of its host,
     which may never end when the host is gone without a word (a lost node, a cut link).
@@ -152,6 +157,12 @@ def rank_exits_recorded(context=None, silent_after_s: float = SILENT_AFTER_S) ->
         yield exits
     finally:
         spark_gloo.launch_gloo, spark_gloo.launch_gloo_elastic = originals
+
+
+def driver_address(context) -> str:
+    """Where the ranks reach this driver: loopback locally, spark.driver.host (which
+    Spark's executors reach) on a cluster."""
+    return LOOPBACK if is_local(context.master) else context.getConf().get("spark.driver.host")
 
 
 def spark_host(host_hash: str) -> str:
@@ -215,6 +226,33 @@ def horovod_job_cancellation_logged():
         threading.excepthook = previous
 
 
+def _in_task_service_client(traceback) -> bool:
+    while traceback is not None:
+        if traceback.tb_frame.f_code.co_filename.endswith("horovod/runner/common/service/task_service.py"):
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+def quiet_lost_task_services() -> None:
+    """Horovod's threads that forward a rank's output, or abort its command, die with a
+    socket error when the rank's host stopped answering, often after horovod.spark.run
+    has returned; each printed two tracebacks. The launcher reports that host in one
+    line, so these go to the debug log. Installed once for the process."""
+    previous = threading.excepthook
+    if getattr(previous, "quiets_task_services", False):
+        return
+
+    def hook(args) -> None:
+        if isinstance(args.exc_value, OSError) and _in_task_service_client(args.exc_traceback):
+            log.debug("horovod could not reach a rank's task service: %r", args.exc_value)
+            return
+        previous(args)
+
+    hook.quiets_task_services = True
+    threading.excepthook = hook
+
+
 def spark_ranks(config: RunConfig, spark, launcher: str) -> tuple[RunConfig, object, dict]:
     """For ranks started as Spark tasks: the config they get (threads, progress), the
     SparkContext, and what the summary records of the launch. Each rank is one Spark task
@@ -251,8 +289,10 @@ def run_with_spark(config: RunConfig, spark=None) -> dict:
 
     config, context, launch_info = spark_ranks(config, spark, "spark")
     tc, local = config.train, is_local(context.master)
+    quiet_lost_task_services()
     common = {
-        "args": (to_dict(config), launch_info),
+        # Redacted: the ranks fetch the hidden values from this driver (secret_channel.py).
+        "args": (redacted_dict(config), launch_info),
         "start_timeout": tc.start_timeout,
         # A cluster: train.nics, or (empty) the interfaces Horovod finds every host reaches.
         "nics": {"lo"} if local else set(tc.nics) or None,
@@ -266,7 +306,10 @@ def run_with_spark(config: RunConfig, spark=None) -> dict:
     try:
         # horovod.spark.run joins its Spark thread before returning or raising.
         loopback = horovod_bound_to_loopback(context) if local else nullcontext()
-        with loopback, horovod_job_cancellation_logged(), rank_exits_recorded(None if local else context) as exits:
+        watched = stall_guard(tc.stall_timeout, driver_address(context), abort=context.cancelAllJobs, start_allowance_s=tc.start_timeout)
+        secrets = serving_secrets(secret_values(config), None if local else driver_address(context))
+        with watched as watchdog, secrets as secrets_at, loopback, horovod_job_cancellation_logged(), rank_exits_recorded(None if local else context) as exits:
+            launch_info["watchdog"], launch_info["secrets"] = watchdog and watchdog.address, secrets_at
             if tc.elastic:
                 check_task_retries(context)
                 log.info(
@@ -303,27 +346,61 @@ def check_task_retries(context) -> None:
         )
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants, whatever their process groups."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        family = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for process in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+
+
 def run_with_horovodrun(config: RunConfig) -> dict:
     tc = config.train
     with tempfile.TemporaryDirectory() as tmp:
         # The file holds no credentials (a killed launcher leaves it behind): the values
-        # redaction hides reach the ranks through their environment (worker.py).
+        # redaction hides reach the ranks over the driver's socket (secret_channel.py).
         config_path = Path(tmp) / "resolved.yaml"
         # No bar on the ranks: this driver reads their output line by line, and a bar's
         # carriage returns would each end a line.
         config_path.write_text(redacted_yaml(dataclasses.replace(config, progress=False)))
-        env = {**os.environ, SECRETS_ENV: json.dumps(secret_values(config)), BIND_ADDRESS_ENV: LOOPBACK}
+        env = {**os.environ, BIND_ADDRESS_ENV: LOOPBACK}
         command = horovodrun_command(str(config_path), tc.num_proc, tc.start_timeout)
         log.info("running: %s", " ".join(command))
         # horovodrun's output (the ranks' logs and its own reports) goes on to stderr, and
         # its reports of each rank's exit say which rank failed first.
         exits: list[RankExit] = []
-        with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, errors="replace", env=env) as process:
-            for line in process.stdout:
-                sys.stderr.write(line)
-                exit_ = horovodrun_exit(line, len(exits))
-                if exit_ is not None:
-                    exits.append(exit_)
+        launched: list[subprocess.Popen] = []
+        # On a stall, horovodrun and every process under it are stopped: its ranks run in
+        # process groups of their own (horovod's safe_shell_exec), and a frozen one would
+        # hold the output pipe this driver reads open.
+
+        def stop() -> None:
+            if launched:
+                kill_tree(launched[0].pid)
+
+        # horovodrun copies its environment onto the ranks' command lines: only the path of
+        # a socket that answers this user's processes travels there, never a credential.
+        with (
+            stall_guard(tc.stall_timeout, LOOPBACK, abort=stop, start_allowance_s=tc.start_timeout) as watchdog,
+            serving_secrets(secret_values(config), None) as secrets_at,
+        ):
+            if watchdog:
+                env[WATCHDOG_ENV] = watchdog.address
+            if secrets_at:
+                env[SECRETS_AT_ENV] = secrets_at
+            with subprocess.Popen(command, stdout=subprocess.PIPE, text=True, errors="replace", env=env, start_new_session=True) as process:
+                launched.append(process)
+                for line in process.stdout:
+                    sys.stderr.write(line)
+                    exit_ = horovodrun_exit(line, len(exits))
+                    if exit_ is not None:
+                        exits.append(exit_)
         returncode = process.returncode
     if returncode != 0:
         raise job_failure(exits, "horovodrun") or JobFailed(f"horovodrun exited with status {returncode}: see the rank logs above")
@@ -348,7 +425,31 @@ def launch_training(config: RunConfig, spark=None) -> dict:
             latest = checkpoint.complete_checkpoints(config.output_url)
             origin = f"checkpoint step {latest[-1][0]}" if latest else "the start"
             log.warning("training failed (%s); restart %d of %d from %s", exc, attempt + 1, restarts, origin)
+            if exc.lost_host and launchers.launcher(config.train.launcher).on_spark_tasks:
+                # Nothing trains meanwhile: the stall bound applies to this wait too.
+                wait_until_dropped(spark or spark_session(config.spark), exc.lost_host, config.train.stall_timeout or config.train.start_timeout)
     raise AssertionError("unreachable")
+
+
+def wait_until_dropped(spark, host: str, timeout_s: float) -> None:
+    """Wait (up to `timeout_s`) until Spark lists no executor on a host that stopped
+    answering. Spark notices only after its own timeouts (a standalone worker's 60 s
+    heartbeat timeout, checked every minute; YARN's node expiry), and until then it may
+    place a restarted rank on the lost executor, where it would never start."""
+    context = spark.sparkContext
+
+    def lost() -> set[str]:  # by id: a replacement executor on the same host is welcome
+        return {e.id for e in executors(context) if e.host == host}
+
+    on_host = lost()
+    if is_local(context.master) or not on_host:
+        return
+    log.info("waiting up to %d s for Spark to drop the executors of the lost host %s before restarting", timeout_s, host)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and on_host & lost():
+        time.sleep(2.0)
+    if on_host & lost():
+        log.warning("Spark still lists executors on %s: restarting anyway", host)
 
 
 def _launch_once(config: RunConfig, spark=None) -> dict:
@@ -368,6 +469,8 @@ def _launch_once(config: RunConfig, spark=None) -> dict:
     # the driver, whose stdout must come back for `run` to print its sample there.
     stdout = sys.stdout
     try:
-        return train_worker(to_dict(dataclasses.replace(config, progress=progress.rank_setting(output_is_live=True))), {"launcher": "local"})
+        with stall_guard(config.train.stall_timeout, LOOPBACK) as watchdog:
+            launch_info = {"launcher": "local", "watchdog": watchdog and watchdog.address}
+            return train_worker(to_dict(dataclasses.replace(config, progress=progress.rank_setting(output_is_live=True))), launch_info)
     finally:
         sys.stdout = stdout

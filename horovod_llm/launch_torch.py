@@ -15,12 +15,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 
-from horovod_llm.config import RunConfig, to_dict
+from horovod_llm.cluster import executor_hosts
+from horovod_llm.config import RunConfig, redacted_dict, secret_values
 from horovod_llm.errors import JobFailed
-from horovod_llm.launch import spark_ranks
-from horovod_llm.rank_failures import RankExit, job_failure
+from horovod_llm.launch import driver_address, spark_ranks
+from horovod_llm.rank_failures import PEER_LOST_STATUS, SILENT_STATUS, RankExit, job_failure
+from horovod_llm.secret_channel import serving_secrets
 from horovod_llm.spark import is_local
 from horovod_llm.train import rank_entry
+from horovod_llm.watchdog import stall_guard
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +43,108 @@ def run_with_torch_distributor(config: RunConfig, spark=None) -> dict:
     config, context, launch_info = spark_ranks(config, spark, "torch_distributor")
     tc, local = config.train, is_local(context.master)
     launch_info["gloo_iface"] = "lo" if local else ",".join(tc.nics) or None
+    _bind_log_server_to_driver_host()
     distributor = TorchDistributor(num_processes=tc.num_proc, local_mode=False, use_gpu=False)
     log.info("starting %d ranks with Spark's TorchDistributor (torch.distributed, Gloo%s)", tc.num_proc, ", loopback" if local else "")
     exits = RankExitLog(sys.stderr)
-    try:
-        # The ranks' lines come back on stderr (stdout carries generated text only), where
-        # torchrun's reports of its rank's exit are read.
-        with redirect_stdout(sys.stderr), redirect_stderr(exits), spark_task_failures_quiet(context):
-            return distributor.run(torch_distributor_rank, to_dict(config), launch_info)
-    except Exception as exc:
-        if "TorchDistributor failed" not in str(exc):
-            raise
-        failure = job_failure(exits.exits, "TorchDistributor") or JobFailed(
-            "a TorchDistributor training task failed before its rank reported an exit status: see the task logs above"
-        )
-        raise failure from None
+    watched = stall_guard(tc.stall_timeout, driver_address(context), abort=context.cancelAllJobs, start_allowance_s=tc.start_timeout)
+    # TorchDistributor pickles the arguments into a folder of each executor: redacted, and
+    # the ranks fetch the hidden values from this driver (secret_channel.py).
+    with watched as watchdog, serving_secrets(secret_values(config), None if local else driver_address(context)) as secrets_at:
+        launch_info["watchdog"], launch_info["secrets"] = watchdog and watchdog.address, secrets_at
+        try:
+            # The ranks' lines come back on stderr (stdout carries generated text only), where
+            # torchrun's reports of its rank's exit are read.
+            with redirect_stdout(sys.stderr), redirect_stderr(exits), spark_task_failures_quiet(context):
+                return distributor.run(torch_distributor_rank, redacted_dict(config), launch_info)
+        except Exception as exc:
+            hosts = watchdog.hosts() if watchdog else {}
+            if "TorchDistributor failed" in str(exc):
+                reported = exits.exits + unreported_ranks(exits.exits, tc.num_proc, hosts)
+            elif _EXECUTOR_LOST.search(str(exc)):
+                # Spark dropped a host's executor (its heartbeat timeout) before torchrun
+                # reported anything: the ranks that ran there are the ones lost.
+                reported = exits.exits + ranks_on_lost_hosts(context, hosts)
+            else:
+                raise
+            failure = job_failure(reported, "TorchDistributor") or JobFailed(
+                "a TorchDistributor training task failed before its rank reported an exit status: see the task logs above"
+            )
+            raise failure from None
+
+
+# How Spark words a stage failed by a lost executor (a host that stopped answering).
+_EXECUTOR_LOST = re.compile(r"ExecutorLostFailure|worker lost|Lost executor")
+
+
+def ranks_on_lost_hosts(context, hosts: dict[int, str], settle_s: float = 10.0) -> list[RankExit]:
+    """The ranks (by their heartbeats' hosts) whose host no longer runs an executor, as
+    lost, when some but not all are. Spark's status store learns of the removal from its listener bus, moments after
+    the failure it causes: up to `settle_s` for it to show."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        live = {_short_name(host) for host in executor_hosts(context)}
+        lost = [RankExit(rank, SILENT_STATUS, time.time(), host) for rank, host in sorted(hosts.items()) if _short_name(host) not in live]
+        if 0 < len(lost) < len(hosts):
+            return lost
+        if time.monotonic() >= deadline:
+            return []  # none gone, or all (names Spark and the ranks spell apart): unknown
+        time.sleep(0.5)
+
+
+def _short_name(host: str) -> str:
+    """A host's name as gethostname() and Spark may differ in giving it: `ip-10-0-0-5`
+    against `ip-10-0-0-5.ec2.internal`. (An address stays whole.)"""
+    return host if host.replace(".", "").isdigit() else host.split(".", 1)[0]
+
+
+def unreported_ranks(exits: list[RankExit], num_proc: int, hosts: dict[int, str]) -> list[RankExit]:
+    """The ranks a failed stage heard nothing from, as lost with their hosts, when every
+    rank that did report only lost a peer: a rank whose host vanished (a lost node, a cut
+    link) reports nothing, and its torchrun with it. The heartbeats say where it ran."""
+    if any(e.status not in (PEER_LOST_STATUS, 0) for e in exits):
+        return []  # a rank failed on its own and said so: that one is named
+    heard = {e.rank for e in exits}
+    return [RankExit(rank, SILENT_STATUS, time.time(), hosts.get(rank, "unknown")) for rank in range(num_proc) if rank not in heard and rank in hosts]
+
+
+def _bind_log_server_to_driver_host() -> None:
+    """Make TorchDistributor's log server listen on spark.driver.host, not on every interface.
+
+    pyspark 3.5's LogStreamingServer, which receives the ranks' lines and prints them on
+    the driver, binds 0.0.0.0 whatever address it is given: anyone who can reach the
+    driver could write into its log, and a local run listened beyond loopback. The same
+    server, bound to the address it already takes (spark.driver.host: 127.0.0.1
+    locally, the driver's cluster address on a cluster, which the executors reach).
+    A narrow override of one method, since TorchDistributor builds the server itself.
+    """
+    import socketserver
+    import threading
+
+    from pyspark.ml.torch import distributor, log_communication
+
+    if getattr(distributor.LogStreamingServer, "binds_driver_host", False):
+        return
+
+    class DriverHostLogServer(log_communication.LogStreamingServer):
+        binds_driver_host = True
+
+        def start(self, spark_host_address: str = "") -> None:
+            if self.server:
+                raise RuntimeError("Cannot start the server twice.")
+            server = socketserver.ThreadingTCPServer((spark_host_address, 0), log_communication.WriteLogToStdout)
+            server.is_active = True
+            self.server, self.port = server, server.server_address[1]
+            self.serve_thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": log_communication._SERVER_POLL_INTERVAL}, daemon=True)
+            self.serve_thread.start()
+
+        def shutdown(self) -> None:
+            server = self.server
+            super().shutdown()
+            if server is not None:
+                server.server_close()  # the listening socket, which the original's `with` closed
+
+    distributor.LogStreamingServer = DriverHostLogServer
 
 
 # torchrun's report of a failed rank, which TorchDistributor streams to the driver among

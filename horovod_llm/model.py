@@ -15,9 +15,8 @@ costs little, and greedy output with and without the cache is identical.
 With the cache, each step feeds one id per sequence through `decode_step`, where every
 row of the batch sits at its own position (a server decodes unrelated requests
 together, each joining and leaving as it starts and ends); the ids before it are
-prefilled in one pass. With rows padded to ROW_MULTIPLE, a row's logits there are the
-same bits whatever else is in the batch, so a seeded sample does not depend on its
-neighbours.
+prefilled in one pass. A row's logits there are the same bits whatever else is in the
+batch, so a seeded sample does not depend on its neighbours: see ROW_BLOCK for how.
 """
 
 from __future__ import annotations
@@ -59,19 +58,28 @@ def sinusoidal_table(block_size: int, n_embd: int, rms: float) -> torch.Tensor:
     return table * (rms / math.sqrt(0.5))
 
 
-# A batch whose rows must not depend on each other is padded to a multiple of this.
-# The matrix products of this machine's BLAS (MKL on AVX2, 1 to 4 threads) give a row
-# the same bits in any batch of 4, 8, 12 ... rows, but other bits alone (1 row takes a
-# matrix-vector kernel) and in batches of 2, 3, 5 ... (rows left over from its 4-row
-# blocks). test_model.py checks that on the machine it runs on. The price: one row
-# alone computes four, about 1.5x the time of a matrix-vector step, so a caller that
-# decodes one sequence (`generate`) asks for multiple 1.
-ROW_MULTIPLE = 4
+# Batch invariance by construction. `decode_step` pads the batch to a multiple of
+# ROW_BLOCK rows and runs the whole network on one block of exactly ROW_BLOCK rows at a
+# time, each block a tensor of its own. Every kernel then sees the same shapes whatever
+# the batch size, so no CPU, BLAS or thread count can pick another kernel for a row
+# alone than for the same row among others: the choice that broke the older scheme
+# (rows padded to 4 but multiplied all together), whose rows kept their bits in AMD's
+# MKL path and lost them in the AVX-512 one (a row alone padded to 4 rows, and the same
+# row among 13 padded to 16, took different matrix kernels). What remains assumed is
+# that a kernel treats every row of a fixed-shape block alike: true of matrix products
+# (a row's dot products never read another row) and of row-wise ops (LayerNorm,
+# softmax); for element-wise ops (GELU), a block of 8 rows spans a whole number of
+# vectors of every x86 float32 width (8 x 4 n_embd floats, a multiple of 32).
+# tests/unit/test_model.py checks it under forced instruction sets, MKL's code paths and
+# thread counts. The price: a batch of 16 takes two block passes where one pass did
+# (about 1.2x a step of the demo's model, bench/serve_batching.py), and one row alone
+# computes 8, about what one row padded to 4 cost before.
+ROW_BLOCK = 8
 
 
-def padded_rows(num_rows: int, multiple: int = ROW_MULTIPLE) -> int:
+def padded_rows(num_rows: int, block: int = ROW_BLOCK) -> int:
     """The rows `decode_step` computes for num_rows sequences (and a cache must hold)."""
-    return -(-num_rows // multiple) * multiple
+    return -(-num_rows // block) * block
 
 
 def crop_length(block_size: int) -> int:
@@ -286,16 +294,21 @@ class GPT(nn.Module):
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     @torch.no_grad()
-    def decode_step(self, ids: torch.Tensor, cache: KVCache, positions: torch.Tensor, row_multiple: int = ROW_MULTIPLE) -> torch.Tensor:
+    def decode_step(self, ids: torch.Tensor, cache: KVCache, positions: torch.Tensor, row_block: int | None = ROW_BLOCK) -> torch.Tensor:
         """ids (B,), one per sequence, each at its own position (B,) -> next-id logits
         (B, vocab). Sequence b is row b of the cache, valid below positions[b]; its new
-        key and value go at positions[b]. The rows are padded to
-        padded_rows(B, row_multiple), which the cache must hold; with the default (see
-        ROW_MULTIPLE), a row's logits are the same bits in any batch. The padding rows'
-        position 0 is overwritten, harmless to a row that a later prefill or step
-        writes before reading."""
+        key and value go at positions[b].
+
+        With row_block (the default, ROW_BLOCK), the rows are padded to
+        padded_rows(B, row_block), which the cache must hold, and decoded one block of
+        row_block rows at a time, so that a row's logits are the same bits in any batch
+        (see ROW_BLOCK). The padding rows' position 0 is overwritten, harmless to a row
+        that a later prefill or step writes before reading. With row_block None, the B
+        rows are decoded together, unpadded: faster, but a row's bits may depend on
+        the batch (`generate_tokens`, whose rows are one prompt's samples)."""
         B, block_size = ids.size(0), self.config.block_size
-        padded = padded_rows(B, row_multiple)
+        block = B if row_block is None else row_block
+        padded = B if row_block is None else padded_rows(B, row_block)
         if cache.k.size(1) < padded:
             raise ValueError(f"a cache of {cache.k.size(1)} rows cannot decode {B} sequences: it needs padded_rows({B}) = {padded}")
         if B and int(positions.max()) >= block_size:
@@ -303,14 +316,21 @@ class GPT(nn.Module):
         if padded > B:
             ids = torch.cat((ids, ids.new_zeros(padded - B)))
             positions = torch.cat((positions, positions.new_zeros(padded - B)))
-        # (P, 1, 1, block_size) the keys each row sees; none for one unpadded row
-        mask = None if padded == 1 else (torch.arange(block_size, device=ids.device) <= positions[:, None])[:, None, None, :]
-        x = self.drop(self.wte(ids) + self.position_rows(positions)).unsqueeze(1)  # (P, 1, C)
+        blocks = [self._decode_block(ids[s : s + block], cache, s, positions[s : s + block]) for s in range(0, padded, block)]
+        return (blocks[0] if len(blocks) == 1 else torch.cat(blocks))[:B]  # (B, vocab)
+
+    def _decode_block(self, ids: torch.Tensor, cache: KVCache, first: int, positions: torch.Tensor) -> torch.Tensor:
+        """One block of `decode_step`: ids and positions (R,) of cache rows first ..
+        first + R - 1 -> their logits (R, vocab)."""
+        R, block_size = ids.size(0), self.config.block_size
+        # (R, 1, 1, block_size) the keys each row sees; none for one row decoded alone
+        mask = None if R == 1 else (torch.arange(block_size, device=ids.device) <= positions[:, None])[:, None, None, :]
+        x = self.drop(self.wte(ids) + self.position_rows(positions)).unsqueeze(1)  # (R, 1, C)
         for i, block in enumerate(self.blocks):
-            x = block.decode(x, cache.k[i, :padded], cache.v[i, :padded], positions, mask)
-        # lm_head over every padded row too: sliced before it, B rows would take the
-        # matrix product's other kernels.
-        return self.lm_head(self.ln_f(x[:, 0]))[:B]  # (B, vocab)
+            x = block.decode(x, cache.k[i, first : first + R], cache.v[i, first : first + R], positions, mask)
+        # lm_head over every padded row too: sliced before it, fewer rows would take
+        # the matrix product's other kernels.
+        return self.lm_head(self.ln_f(x[:, 0]))
 
     @torch.no_grad()
     def generate_tokens(
@@ -348,7 +368,7 @@ class GPT(nn.Module):
                 if context.size(1) > 1:
                     self.hidden(context[:, :-1], rows)
             positions = torch.full((B,), context.size(1) - 1, dtype=torch.long, device=idx.device)
-            next_id = sample_next(self.decode_step(context[:, -1], cache, positions, row_multiple=1), temperature, top_k, generator, top_p)
+            next_id = sample_next(self.decode_step(context[:, -1], cache, positions, row_block=None), temperature, top_k, generator, top_p)
             yield next_id
             context = torch.cat((context, next_id), dim=1)
             prefill = context.size(1) > block_size
@@ -412,7 +432,12 @@ def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int, top_p: 
     (temperature > 0). Row by row: a row's probabilities are the same bits whatever
     rows lie beside it, so a server can filter many rows at once and still draw each
     from exactly what it gets alone."""
-    logits = logits / temperature
+    # A tiny temperature (3e-129, found by fuzzing the server) underflowed to 0 in the
+    # logits' dtype, and 0/0 made the probabilities NaN. With each row's largest logit
+    # at 0 and the temperature at least the dtype's smallest normal number, the most
+    # likely ids stay at 0 and the rest go to -inf: greedy, as such a temperature means.
+    temperature = max(temperature, torch.finfo(logits.dtype).tiny)
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if top_k and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k).values[:, [-1]]
         logits = logits.masked_fill(logits < kth, float("-inf"))

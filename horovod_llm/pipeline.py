@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from horovod_llm import layout, storage
+from horovod_llm import launchers, layout, storage
 from horovod_llm.checkpoint import load_checkpoint
 from horovod_llm.cluster import check_for_ranks
 from horovod_llm.config import RunConfig
@@ -38,7 +38,7 @@ def run_pipeline(config: RunConfig, force: bool = False) -> str:
     # The Horovod launcher needs the session too; the local launchers do not.
     spark = spark_session(config.spark)
     timings["spark_start"] = time.perf_counter() - started
-    if config.train.launcher == "spark":
+    if launchers.launcher(config.train.launcher).on_spark_tasks:
         # A cluster that cannot run the ranks is refused before preprocessing, not after
         # (training checks again: executors may come and go while preprocessing runs).
         check_for_ranks(spark.sparkContext, config.train)

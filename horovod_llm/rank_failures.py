@@ -74,7 +74,8 @@ def job_failure(exits: list[RankExit], launcher: str = "Horovod") -> JobFailed |
     if culprit.status == SILENT_STATUS:
         return JobFailed(
             f"training rank {culprit.rank} on host {culprit.host} stopped answering (the host is lost or unreachable){consequence}: "
-            f"see the cluster manager's view of {culprit.host}"
+            f"see the cluster manager's view of {culprit.host}",
+            lost_host=culprit.host,
         )
     if culprit.status == PEER_LOST_STATUS:
         return JobFailed(f"training rank {culprit.rank} lost contact with the other ranks and {launcher} stopped the job: see the rank logs above")

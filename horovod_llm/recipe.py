@@ -57,6 +57,10 @@ MODEL = [
     (6 * 3_600.0, 6, 8, 256, 128, 1e-3),
     (float("inf"), 8, 8, 384, 256, 6e-4),
 ]
+# The rows the sweeps measured (by their limit); the others are extrapolated, and every
+# table of the rule says so.
+SWEPT_CORPUS_LIMITS = (2_000_000,)
+SWEPT_BUDGET_LIMITS = (600.0,)
 # Epochs of the corpus the budget allows, beyond which dropout pays off: below it, every
 # step sees nearly fresh text (nanoGPT's CPU example trains 7 epochs without dropout).
 DROPOUT_FROM_EPOCHS = 10.0
@@ -128,7 +132,15 @@ def resolve(config: RunConfig, corpus_bytes: int) -> RunConfig:
     resolved = dataclasses.replace(config, **sections)
     validate(resolved)
     log.info(
-        "recipe for %.1f MB of text and %.0f s of training: %s",
-        corpus_bytes / 1e6, budget_s, " ".join(f"{_FIELDS[name]}.{name}={chosen[name]}" for name in unset),
+        "recipe for %.1f MB of text and %.0f s of training: %s%s",
+        corpus_bytes / 1e6, budget_s, " ".join(f"{_FIELDS[name]}.{name}={chosen[name]}" for name in unset), _extrapolated(corpus_bytes, budget_s),
     )  # fmt: skip
     return resolved
+
+
+def _extrapolated(corpus_bytes: int, budget_s: float) -> str:
+    """' (...: extrapolated, not swept)' when a row the rule used was not measured."""
+    vocabulary = next(limit for limit, _ in VOCABULARY if corpus_bytes <= limit)
+    model = next(limit for limit, *_ in MODEL if budget_s <= limit)
+    rows = [name for name, limit, swept in (("vocabulary", vocabulary, SWEPT_CORPUS_LIMITS), ("model", model, SWEPT_BUDGET_LIMITS)) if limit not in swept]
+    return f" ({' and '.join(rows)} {'rows' if len(rows) > 1 else 'row'} extrapolated, not swept)" if rows else ""

@@ -10,15 +10,26 @@ from __future__ import annotations
 import re
 
 REDACTED = "***"
-_SECRET_WORDS = {"secret", "password", "passwd", "pwd", "token", "credential", "credentials", "keytab", "signature"}
-_KEY_QUALIFIERS = {"access", "secret", "private", "api", "session", "account"}
+_SECRET_WORDS = {"secret", "password", "passwd", "pwd", "token", "credential", "credentials", "keytab", "signature", "apikey", "passphrase"}
+_KEY_QUALIFIERS = {"access", "secret", "private", "api", "session", "account", "encryption", "signing", "master"}
+# Spark's own rule (spark.redaction.regex): any key holding one of these, in any case.
+_SPARK_RULE = re.compile(r"secret|password|token|access[.]?key", re.IGNORECASE)
+# This package's own keys that hold "token" without being one: counts of tokens, the tokenizer.
+_NOT_SECRET = re.compile(r"tokens\b|tokenizer", re.IGNORECASE)
 _URL_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.IGNORECASE)
+# camelCase and PascalCase words: keyStorePassword -> key Store Password
+_CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 
 
 def is_secret_key(name: str) -> bool:
-    """fs.s3a.secret.key, aws_access_key_id, api-token: yes; max_new_tokens, vocab_size: no."""
-    words = set(re.split(r"[._\-\s]+", str(name).lower()))
-    return bool(words & _SECRET_WORDS) or ("key" in words and bool(words & _KEY_QUALIFIERS)) or ("id" in words and "access" in words)
+    """fs.s3a.secret.key, aws_access_key_id, api-token, spark.ssl.keyStorePassword,
+    javax.jdo.option.ConnectionPassword, fs.s3a.encryption.key, apikey: yes;
+    max_new_tokens, vocab_size, tokenizer.model_url: no. At least what Spark's
+    spark.redaction.regex matches, but for this package's token counts and tokenizer."""
+    name = str(name)
+    words = set(re.split(r"[._\-\s]+", _CAMEL.sub("_", name).lower()))
+    by_words = bool(words & _SECRET_WORDS) or ("key" in words and bool(words & _KEY_QUALIFIERS)) or ("id" in words and "access" in words)
+    return by_words or bool(_SPARK_RULE.search(_NOT_SECRET.sub("", name)))
 
 
 def redact_urls(text: str) -> str:

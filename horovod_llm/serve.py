@@ -26,6 +26,7 @@ stays free meanwhile: /health and refusals answer at once.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import random
@@ -51,6 +52,30 @@ class Limits:
     max_new_tokens: int = 1024
     max_pending: int = 256  # requests waiting or running; beyond it, 503
     max_batch: int = 16  # sequences decoded together; a request's choices (n x prompts) must fit
+
+
+# Host headers a loopback server answers by default: a page served from elsewhere that
+# rebinds its own name to 127.0.0.1 still sends its name, and is refused.
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+API_KEY_ENV = "HOROVOD_LLM_API_KEY"
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may use the API: Host names it answers ('*': any), the key every route but
+    /health requires as `Authorization: Bearer KEY` (None: none), and the origins whose
+    pages may read its answers (CORS; none by default)."""
+
+    allowed_hosts: tuple[str, ...] = LOOPBACK_NAMES
+    api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+
+
+def _host_name(header: str) -> str:
+    """'example.org:8000' -> 'example.org'; '[::1]:8000' -> '::1'."""
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 def request_model(limits: Limits) -> type[BaseModel]:
@@ -105,7 +130,7 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
-def create_app(generator: TextGenerator, info: dict, limits: Limits = Limits(), model_id: str = "horovod-llm") -> FastAPI:
+def create_app(generator: TextGenerator, info: dict, limits: Limits = Limits(), model_id: str = "horovod-llm", access: Access = Access()) -> FastAPI:
     """The API around one TextGenerator; `info` is shown by /health, `model_id` by /v1/models."""
     request_type = request_model(limits)
     batcher = Batcher(generator, limits.max_batch)
@@ -119,20 +144,57 @@ def create_app(generator: TextGenerator, info: dict, limits: Limits = Limits(), 
 
     app = FastAPI(title="horovod-llm", description=__doc__.split("\n\n")[0], lifespan=lifespan)
 
+    def refuse(request: Request, status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        response = _openai_error(status, message) if request.url.path.startswith("/v1/") else _error(status, message)
+        response.headers.update(headers or {})
+        return response
+
+    # Written here rather than Starlette's TrustedHostMiddleware, which answers in plain
+    # text: every refusal of this API is JSON in its route's shape.
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        host = _host_name(request.headers.get("host", ""))
+        if "*" not in access.allowed_hosts and host not in access.allowed_hosts:
+            return refuse(
+                request,
+                403,
+                f"host {host!r} is not one this server answers: ask for it by one of {', '.join(access.allowed_hosts)}, or start it with --allowed-host {host or 'NAME'}",
+            )
+        if request.method == "POST" and request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            # a page's no-preflight POST (text/plain, a form) never starts work here
+            return refuse(request, 415, "send the body as JSON with the header Content-Type: application/json")
+        if access.api_key is not None and request.url.path != "/health":
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {access.api_key}".encode()):
+                return refuse(request, 401, "missing or wrong API key: send the header Authorization: Bearer <key>", {"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+    if access.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(access.cors_origins), allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"]
+        )
+
     def submit(jobs: list[tuple[str, Sampling, int, bool]]) -> tuple[list[Job], asyncio.Queue]:
         """Jobs (prompt, sampling, choices, stream) into the batch; their events arrive on
         one queue as (job number, event)."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         submitted = []
-        for number, (prompt, sampling, num_choices, stream) in enumerate(jobs):
+        try:
+            for number, (prompt, sampling, num_choices, stream) in enumerate(jobs):
 
-            def emit(event: Event, number: int = number) -> None:  # on the batcher's thread
-                loop.call_soon_threadsafe(events.put_nowait, (number, event))
+                def emit(event: Event, number: int = number) -> None:  # on the batcher's thread
+                    loop.call_soon_threadsafe(events.put_nowait, (number, event))
 
-            job = Job(prompt, sampling, emit, num_choices, stream)
-            batcher.submit(job)
-            submitted.append(job)
+                job = Job(prompt, sampling, emit, num_choices, stream)
+                batcher.submit(job)
+                submitted.append(job)
+        except BaseException:
+            for job in submitted:  # no one will read their results
+                job.cancelled = True
+            raise
         return submitted, events
 
     @app.get("/health")
@@ -215,14 +277,20 @@ def create_app(generator: TextGenerator, info: dict, limits: Limits = Limits(), 
         if pending >= limits.max_pending:
             return _openai_error(503, f"busy: {pending} requests are waiting; retry later")
         pending += 1
-        jobs, events = submit([(prompt, plan.sampling, plan.n, plan.stream) for prompt in plan.prompts])
-        completion_id, started = openai_api.new_id(), openai_api.now()
+        jobs: list[Job] = []
 
         def finish() -> None:
             nonlocal pending
             pending -= 1
             for job in jobs:
                 job.cancelled = True
+
+        try:
+            jobs, events = submit([(prompt, plan.sampling, plan.n, plan.stream) for prompt in plan.prompts])
+        except BaseException:
+            finish()  # counted, so uncounted: a failed submit must not leak a pending slot
+            raise
+        completion_id, started = openai_api.new_id(), openai_api.now()
 
         if not plan.stream:
             try:
@@ -288,7 +356,13 @@ def default_model_id(url: str, step: int) -> str:
 
 
 def serve(
-    checkpoint_url: str, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(), log_level: str = "info", model_name: str | None = None
+    checkpoint_url: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    limits: Limits = Limits(),
+    log_level: str = "info",
+    model_name: str | None = None,
+    access: Access = Access(),
 ) -> None:
     """Load the checkpoint, bind host:port (0: any free port) and answer until interrupted."""
     import uvicorn
@@ -307,7 +381,7 @@ def serve(
         "vocab_size": loaded.model.config.vocab_size,
         "limits": {"max_body_bytes": limits.max_body_bytes, "max_prompt_chars": limits.max_prompt_chars, "max_new_tokens": limits.max_new_tokens},
     }
-    config = uvicorn.Config(create_app(generator, info, limits, model_id), host=host, port=port, log_level=log_level.lower())
+    config = uvicorn.Config(create_app(generator, info, limits, model_id, access), host=host, port=port, log_level=log_level.lower())
     # Bound and listening here, so that port 0 can be reported as the real port, and a
     # client that connects as soon as it reads the line waits in the backlog.
     sock = config.bind_socket()

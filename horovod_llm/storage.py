@@ -246,6 +246,13 @@ def list_dir(url: str) -> list[str]:
 
 
 @_guarded
+def size(url: str) -> int:
+    """Bytes of the object at url."""
+    fs, path = filesystem(url)
+    return int(fs.size(path))
+
+
+@_guarded
 def remove(url: str) -> None:
     """Remove a file or a folder tree; a missing one is not an error."""
     fs, path = filesystem(url)

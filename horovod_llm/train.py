@@ -27,7 +27,7 @@ import torch
 
 from horovod_llm import checkpoint, dataset, embeddings, layout, recipe, storage
 from horovod_llm.comm import Collectives, backend_for, init_collectives, lost_peer
-from horovod_llm.config import RunConfig, apply_storage, from_dict
+from horovod_llm.config import RunConfig, apply_storage, from_dict, with_secrets
 from horovod_llm.errors import UserError
 from horovod_llm.job import check_job, learning_rates, model_config, steps_per_epoch, threads_for_rank, total_steps
 from horovod_llm.log import rank_logger, setup_logging
@@ -38,8 +38,10 @@ from horovod_llm.progress import is_terminal, training_bar, training_fraction, w
 from horovod_llm.rank_failures import PEER_LOST_GRACE_S, PEER_LOST_STATUS, USER_ERROR_STATUS
 from horovod_llm.resume import Resumed, data_position, restore_latest
 from horovod_llm.schedule import TrainingClock, learning_rate_at
+from horovod_llm.secret_channel import SECRETS_AT_ENV, fetch_secrets
 from horovod_llm.stats import NullStats, StatsWriter, write_run_outputs
 from horovod_llm.step import Interval, distributed_optimizer, train_step, validate
+from horovod_llm.watchdog import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,10 @@ def rank_entry(config_values: dict, launch_info: dict | None = None) -> dict:
             # others: waiting lets the rank that failed on its own be that one.
             time.sleep(PEER_LOST_GRACE_S)
         _exit_now(PEER_LOST_STATUS)
+
+
+def _count_values(nested: dict) -> int:
+    return sum(_count_values(v) if isinstance(v, dict) else 1 for v in nested.values())
 
 
 def _exit_now(status: int) -> NoReturn:
@@ -108,6 +114,7 @@ class Job:
     started: float
     ranks_ready_at: float  # wall clock after the ranks met: stage timings
     comm: Collectives
+    beat: Heartbeat  # progress reports to the driver's watchdog
     # Elastic: this rank's clock (perf_counter) at its last commit. Not part of the
     # state, so a reset does not roll it back: the time since, lost to the reset and to
     # the steps it undid, still counts against the budget.
@@ -129,17 +136,26 @@ class LoopState:
 def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
     """Train on this rank's shard; rank 0 writes checkpoints and statistics."""
     config = from_dict(config_values)
+    # The credentials the launcher kept out of what it wrote or put on a command line.
+    secrets_at = (launch_info or {}).get("secrets") or os.environ.get(SECRETS_AT_ENV)
+    if secrets_at:
+        received = fetch_secrets(secrets_at)
+        config = with_secrets(config, received)
+        # the summary's launch block says how many (never which) came this way
+        launch_info = {**launch_info, "credentials_from_driver": _count_values(received)}
     # A rank's stdout may be the user's terminal (Spark local mode): it only logs, to
     # stderr, so that stdout carries nothing but generated text.
     sys.stdout = sys.stderr
     comm = init_collectives(backend_for(config.train.launcher), config.train)  # the ranks meet
+    beat = Heartbeat.from_launch(launch_info, comm.rank)
+    beat("start")
     try:
-        return _train_ranks(config, comm, launch_info)
+        return _train_ranks(config, comm, launch_info, beat)
     finally:
         comm.close()
 
 
-def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict | None) -> dict:
+def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict | None, beat: Heartbeat) -> dict:
     ranks_ready_at = time.time()  # wall clock (comparable with the driver's): stage timings
     rank, world_size = comm.rank, comm.size
     is_main = rank == 0
@@ -217,6 +233,7 @@ def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict | None)
         started=time.perf_counter(),
         ranks_ready_at=ranks_ready_at,
         comm=comm,
+        beat=beat,
     )
     fields = {
         "step": resumed.step,
@@ -242,6 +259,8 @@ def train_loop(state, job: Job) -> dict:
     out, model, optimizer = config.output_url, state.model, state.optimizer
     rank, world_size = comm.rank, comm.size
     is_main = rank == 0
+    job.beat.rank = rank  # elastic: a reset may have re-ranked this process
+    job.beat("loop", state.step)
     progress = rank_logger(__name__, is_main)  # the other ranks log warnings and errors only
     micro = train.backward_passes_per_step
     tokens_per_step = train.batch_size * micro * manifest.window_size * world_size
@@ -260,6 +279,13 @@ def train_loop(state, job: Job) -> dict:
             state.trained_seconds += lost
             progress.warning("resuming at step %d after a reset: the %.1f s since the last commit count against the budget", state.step, lost)
     peak_flops = float(allreduce_sum(torch.tensor([job.peak_per_rank], dtype=torch.float64))[0])
+    # Where the ranks run: host names, and the interface Gloo was given ("lo" locally);
+    # in stats/placement.json from the start (again after an elastic reset), so that the
+    # host of each rank is known while it trains.
+    mine = {"host": socket.gethostname(), "gloo_iface": os.environ.get("HOROVOD_GLOO_IFACE") or os.environ.get("GLOO_SOCKET_IFNAME")}
+    placement = [{"rank": r, **p} for r, p in enumerate(comm.allgather_object(mine, name="placement"))]
+    if is_main:
+        storage.write_json(storage.join(layout.stats_url(out), "placement.json"), {"step": state.step, "ranks": placement})
     flops_per_token = model.flops_per_token()
     stats = StatsWriter(out) if is_main else NullStats()
     stats.resume(state.step)
@@ -306,6 +332,7 @@ def train_loop(state, job: Job) -> dict:
             state.step, state.consumed = step, state.consumed + micro
             # Step time covers loading, compute and allreduce, not evaluation or checkpoints.
             interval.add(result, time.perf_counter() - step_started)
+            job.beat("step", step)
             epoch_loss += torch.tensor([result.loss, 1.0], dtype=torch.float64)
             # Every rank decides alike: from the step count and the synced clock.
             last = step == job.total_steps or clock.spent(step)
@@ -356,6 +383,7 @@ def train_loop(state, job: Job) -> dict:
                     model, job.tokenizer_bytes, out, manifest.overlap, rank, world_size, train.batch_size, train.eval_max_batches, allreduce_sum
                 )
                 stats.log_eval({"step": step, "epoch": epoch, **last_eval})
+                job.beat("eval", step)
                 progress.info(
                     "step %d | val loss %.4f | val ppl %.1f | val acc %.3f | val nats/char %.3f",
                     step, last_eval["val_loss"], last_eval["val_perplexity"], last_eval["val_accuracy"], last_eval["val_nats_per_character"],
@@ -376,6 +404,7 @@ def train_loop(state, job: Job) -> dict:
                     checkpoint_url = checkpoint.save_checkpoint(out, step, model, optimizer, config, job.tokenizer_bytes, meta, rng_states)
                     checkpoint.prune_checkpoints(out, train.keep_last)
                     progress.info("checkpoint written: %s", checkpoint_url)
+                job.beat("checkpoint", step)
             if train.elastic and (step % train.elastic_commit_interval == 0 or last):
                 state.trained_seconds = clock.seconds_at(step)
                 job.committed_at = time.perf_counter()
@@ -384,9 +413,6 @@ def train_loop(state, job: Job) -> dict:
 
     total_seconds = time.perf_counter() - job.started
     steps_run = state.step - job.resumed_step
-    # Where the ranks ran: host names, and the interface Gloo was given ("lo" locally).
-    mine = {"host": socket.gethostname(), "gloo_iface": os.environ.get("HOROVOD_GLOO_IFACE") or os.environ.get("GLOO_SOCKET_IFNAME")}
-    placement = [{"rank": r, **p} for r, p in enumerate(comm.allgather_object(mine, name="placement"))]
     timeline = {"ranks_ready_at": job.ranks_ready_at, "loop_started_at": loop_started_at, "loop_ended_at": time.time()}
     summary = {
         "steps": state.step,
@@ -426,6 +452,7 @@ def train_loop(state, job: Job) -> dict:
     }
     if is_main:
         write_run_outputs(stats, summary, checkpoint_url, out)
+    job.beat("done", state.step)
     return summary
 
 

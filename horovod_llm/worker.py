@@ -8,21 +8,19 @@ Every rank loads the same config and calls the same `train_worker` as the Spark 
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 
-from horovod_llm.config import SECRETS_ENV, RunConfig, load_config, to_dict, with_secrets
+from horovod_llm.config import RunConfig, load_config, to_dict
 from horovod_llm.errors import UserError
 from horovod_llm.train import rank_entry
 
 
-def rank_config(argv: list[str], environ: dict[str, str]) -> RunConfig:
-    """The config file and overrides, plus the credentials the launcher kept out of the
-    file (SECRETS_ENV, set by `horovod-llm train train.launcher=horovodrun`)."""
-    config = load_config(argv[0], argv[1:])
-    secrets = environ.get(SECRETS_ENV)
-    return with_secrets(config, json.loads(secrets)) if secrets else config
+def rank_config(argv: list[str]) -> RunConfig:
+    """The config file and overrides. The credentials `horovod-llm train
+    train.launcher=horovodrun` kept out of the file come from the driver as training
+    starts (secret_channel.py), never through the environment: horovodrun puts the
+    whole environment on the ranks' command lines."""
+    return load_config(argv[0], argv[1:])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m horovod_llm.worker CONFIG.yaml [section.key=value ...]", file=sys.stderr)
         return 2
     try:
-        config = rank_config(argv, dict(os.environ))
+        config = rank_config(argv)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ set -euo pipefail
 
 HOROVOD_VERSION=0.28.1
 # Bumped whenever build_horovod's patches change: it keys the wheel cache.
-HOROVOD_PATCH_LEVEL=2
+HOROVOD_PATCH_LEVEL=3
 TORCH_VERSION=2.13.0
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONSTRAINTS="$REPO_ROOT/constraints.txt"
@@ -160,6 +160,35 @@ build_horovod() {
   sed -i "s/addr = ('', port)/addr = (__import__('os').environ.get('HOROVOD_LLM_BIND_ADDRESS', ''), port)/" "$network"
   grep -q HOROVOD_LLM_BIND_ADDRESS "$network" \
     || die "the bind-address patch no longer applies to horovod $HOROVOD_VERSION's sdist"
+  # Horovod's driver waits for each rank's exit on one long request to the task service
+  # of the rank's host, with neither a connect timeout nor keepalive: for a host that
+  # vanished without a word (a lost node, a cut link) it waited for good, and an elastic
+  # run never reset (issue 24). With a 5 s connect timeout and TCP keepalive (first probe
+  # after 5 s idle, then every 2 s, dead after 3 unanswered) and TCP_USER_TIMEOUT (15 s
+  # of unacknowledged data), the request fails within about 11 to 25 s of the loss, so
+  # the driver learns of it without waiting for Spark. A live host's kernel answers the
+  # probes however busy its processes are.
+  "$py" - "$src/horovod/runner/common/util/network.py" <<'PATCH' \
+    || die "the liveness patch no longer applies to horovod $HOROVOD_VERSION's sdist"
+import pathlib
+import sys
+
+path = pathlib.Path(sys.argv[1])
+head, found, tail = path.read_text().partition("    def _send_one(self, addr, req, stream=None):")
+connect = "                sock.connect(addr)\n"
+if not found or connect not in tail:
+    sys.exit(1)
+live = (
+    "                sock.settimeout(5)  # horovod-llm liveness patch\n"
+    "                sock.connect(addr)\n"
+    "                sock.settimeout(None)\n"
+    "                for level, option, value in ((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1), (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5),\n"
+    "                                             (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2), (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3),\n"
+    "                                             (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 15000)):\n"
+    "                    sock.setsockopt(level, option, value)\n"
+)
+path.write_text(head + found + tail.replace(connect, live, 1))
+PATCH
   (cd "$src" && HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
     HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=gloo \
     MAKEFLAGS="-j$(nproc)" "$py" -m pip wheel -q --no-build-isolation --no-deps -w "$out" .)

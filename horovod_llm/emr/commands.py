@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from horovod_llm import launchers
 from horovod_llm.config import CONFIG_DIR, RunConfig, from_dict, redacted_dict, redacted_yaml, to_yaml
 from horovod_llm.emr import requests as rq
 from horovod_llm.emr.preflight import check_before_up
@@ -119,16 +120,22 @@ def _stages(text: str) -> list[str]:
     return sorted(set(stages), key=rq.STAGES.index)
 
 
-def _cluster_release(aws, cluster_id: str, release_id: str, ignore_release: bool) -> str:
-    """The release the cluster's nodes installed; refuse a cluster running other code."""
+def _cluster_release(aws, cluster_id: str, release_id: str, ignore_release: bool, launcher: str) -> str:
+    """The release the cluster's nodes installed; refuse a cluster running other code,
+    or one bootstrapped without the Horovod that the launcher needs."""
     cluster = aws.describe_cluster(cluster_id)
     state = cluster["Status"]["State"]
     if state in CLUSTER_ENDED:
         raise UserError(f"cluster {cluster_id} is {state}: start a new one with 'horovod-llm emr up'")
-    paths = [a.get("ScriptPath", "") for a in aws.list_bootstrap_actions(cluster_id)]
-    releases = [r for r in map(rq.release_of_bootstrap, paths) if r]
-    if not releases:
+    ours = [a for a in aws.list_bootstrap_actions(cluster_id) if rq.release_of_bootstrap(a.get("ScriptPath", ""))]
+    if not ours:
         raise UserError(f"cluster {cluster_id} has no horovod-llm bootstrap action: start clusters with 'horovod-llm emr up'")
+    releases = [rq.release_of_bootstrap(a["ScriptPath"]) for a in ours]
+    if "--without-horovod" in ours[0].get("Args", []) and launchers.launcher(launcher).needs_horovod:
+        raise UserError(
+            f"cluster {cluster_id} was started without Horovod (emr up with train.launcher=torch_distributor), "
+            f"and train.launcher={launcher} needs it: pass train.launcher=torch_distributor, or start a cluster with 'horovod-llm emr up' without it"
+        )
     if releases[0] != release_id and not ignore_release:
         raise UserError(
             f"cluster {cluster_id} installed horovod-llm release {releases[0]} but this checkout is release {release_id}, "
@@ -157,7 +164,7 @@ def cmd_submit(args: argparse.Namespace, config: RunConfig) -> int:
         _write(_plan("submit", release_id, version, urls, requests, cli, files={name: redacted_yaml(config)}))
         return 0
     aws = _aws(config)
-    cluster_release = _cluster_release(aws, args.cluster_id, release_id, args.ignore_release)
+    cluster_release = _cluster_release(aws, args.cluster_id, release_id, args.ignore_release, config.train.launcher)
     urls = rq.release_urls(config.emr.s3_url, cluster_release, version)
     if cluster_release == release_id:
         _upload_release(aws, root, release_id, urls, version)

@@ -14,6 +14,7 @@ import re
 import shlex
 from dataclasses import dataclass
 
+from horovod_llm import launchers
 from horovod_llm.config import EmrConfig, RunConfig
 from horovod_llm.errors import UserError
 from horovod_llm.redaction import is_secret_key
@@ -50,8 +51,9 @@ def launch_problems(config: RunConfig) -> list[str]:
         problems.append(f"emr.s3_url ({e.s3_url}) names no valid S3 bucket: pass emr.s3_url=s3://YOUR-BUCKET/prefix (docs/emr.md)")
     if not config.output_url.startswith(("s3://", "s3a://")):
         problems.append(f"output_url ({config.output_url}) must be an s3:// URL on EMR: every node reads and writes it")
-    if config.train.launcher != "spark":
-        problems.append(f"train.launcher ('{config.train.launcher}') must be 'spark' on EMR: the ranks run as Spark tasks on the core nodes")
+    if not launchers.launcher(config.train.launcher).on_spark_tasks:
+        allowed = " or ".join(f"'{name}'" for name in launchers.on_spark_tasks())
+        problems.append(f"train.launcher ('{config.train.launcher}') must be {allowed} on EMR: the ranks run as Spark tasks on the core nodes")
     if not config.spark.master.startswith("yarn"):
         problems.append(f"spark.master ('{config.spark.master}') must be 'yarn' on EMR")
     for key in ("master_instance_type", "core_instance_type"):
@@ -133,7 +135,7 @@ def bootstrap_action(emr: EmrConfig, urls: ReleaseUrls, launcher: str = "spark")
     """The bootstrap of every node. Under train.launcher=torch_distributor (Spark's
     TorchDistributor) the nodes get no Horovod, and so no compiler and no build."""
     args = ["--stack", urls.stack, "--package", urls.wheel, "--venv", emr.venv, "--torch-index-url", emr.torch_index_url]
-    if launcher == "torch_distributor":
+    if not launchers.launcher(launcher).needs_horovod:
         args += ["--without-horovod"]
     elif emr.horovod_wheel_url:
         args += ["--horovod-wheel", emr.horovod_wheel_url]

@@ -130,10 +130,12 @@ class Cluster:
         return [int(p) for p in listed.stdout.split()]
 
     def lose(self, host: Host) -> None:
-        """The host is gone: every process on it killed at once and its link down."""
+        """The host is gone without a word, as a node that loses power or its network: its
+        link goes down first, so no process on it closes a connection (no FIN, no RST
+        reaches the others), then every process on it is killed."""
+        subprocess.run(["ip", "-n", host.netns, "link", "set", "eth0", "down"], capture_output=True)
         for pid in self.pids(host):
             _kill(pid)
-        subprocess.run(["ip", "-n", host.netns, "link", "set", "eth0", "down"], capture_output=True)
 
     def revive(self, host: Host) -> None:
         """The host's link up again (its processes stay gone)."""
@@ -152,6 +154,15 @@ class Cluster:
         for netns in [h.netns for h in self.hosts] + [self.switch]:
             subprocess.run(["ip", "netns", "del", netns], capture_output=True)
             shutil.rmtree(NETNS_ETC / netns, ignore_errors=True)
+
+    def wait_for_count(self, log: Path, text: str, count: int, timeout: float) -> None:
+        """Wait until `text` appears `count` times in `log`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if log.exists() and log.read_text(errors="replace").count(text) >= count:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"'{text}' did not appear {count} times in {log} within {timeout:.0f} s")
 
     def wait_for(self, log: Path, text: str, timeout: float, process: subprocess.Popen | None = None) -> None:
         deadline = time.monotonic() + timeout

@@ -45,7 +45,7 @@ def cluster(tmp_path_factory):
 def pipeline(cluster):
     """`horovod-llm run` from S3 to S3 across the hosts."""
     event_log = cluster.work / "events"
-    # train.nics pins the interface Horovod would pick anyway (tests/cluster/test_host_loss.py
+    # train.nics pins the interface Horovod would pick anyway (tests/cluster/host_loss.py
     # leaves the choice to Horovod).
     done = cli(cluster, "run", "train.nics=[eth0]", event_log=event_log)
     assert done.returncode == 0, done.stderr[-4000:]

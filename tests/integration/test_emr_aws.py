@@ -229,6 +229,72 @@ def test_submit_adds_the_steps_in_order_after_uploading_what_they_run(aws, capsy
     assert [line.split("\t")[1] for line in out.splitlines()] == ["horovod-llm train", "horovod-llm generate"]
 
 
+@pytest.fixture
+def steps_succeed(monkeypatch):
+    """moto's EMR runs no step (a step stays RUNNING or PENDING for ever): here each step
+    is COMPLETED as it is added, as EMR reports steps that succeeded, so that
+    `submit --wait` ends."""
+    from moto.emr import models
+
+    add_steps = models.Cluster.add_steps
+
+    def completed(self, steps):
+        added = add_steps(self, steps)
+        for step in added:
+            step.state = "COMPLETED"
+        return added
+
+    monkeypatch.setattr(models.Cluster, "add_steps", completed)
+
+
+def test_torch_distributor_clusters_bootstrap_without_horovod_and_train_with_it(aws, steps_succeed, capsys):
+    # docs/emr.md's "Horovod or TorchDistributor" commands, as written there.
+    emr_client, _, bucket = aws
+    launcher = "train.launcher=torch_distributor"
+    status, out, err = emr(capsys, "up", "--wait", s3_url(bucket), launcher)
+    assert status == 0, err
+    cluster_id = out.strip()
+    (action,) = emr_client.list_bootstrap_actions(ClusterId=cluster_id)["BootstrapActions"]
+    assert action["Args"][-1] == "--without-horovod" and "--horovod-wheel" not in action["Args"]
+
+    status, out, err = emr(capsys, "submit", "--cluster-id", cluster_id, "--wait", s3_url(bucket), launcher)
+    assert status == 0, err
+    steps = emr_client.list_steps(ClusterId=cluster_id)["Steps"][::-1]
+    assert [s["Name"] for s in steps] == ["horovod-llm preprocess", "horovod-llm train", "horovod-llm generate"]
+    release_id, _ = release()
+    train = steps[1]["Config"]["Args"]
+    uploaded = object_bytes(s3_client(), f"s3://{bucket}/proj/artifacts/{release_id}/configs/{train[-1]}").decode()
+    assert "launcher: torch_distributor" in uploaded
+
+    # Horovod's launcher on that cluster is refused before any step is added.
+    status, _, err = emr(capsys, "submit", "--cluster-id", cluster_id, s3_url(bucket))
+    assert status == 2
+    assert err.strip().splitlines()[-1] == (
+        f"error: cluster {cluster_id} was started without Horovod (emr up with train.launcher=torch_distributor), "
+        "and train.launcher=spark needs it: pass train.launcher=torch_distributor, or start a cluster with 'horovod-llm emr up' without it"
+    )
+    assert len(emr_client.list_steps(ClusterId=cluster_id)["Steps"]) == 3
+
+
+@pytest.mark.parametrize("command", ["up", "submit"])
+def test_dry_runs_take_the_torch_distributor_launcher(command, aws, capsys):
+    _, _, bucket = aws
+    args = [command, "--dry-run", s3_url(bucket), "train.launcher=torch_distributor"]
+    status, out, err = emr(capsys, *(args if command == "up" else [*args[:2], "--cluster-id", "j-1", *args[2:]]))
+    assert status == 0, err
+    plan = json.loads(out)
+    if command == "up":
+        (run_job_flow,) = [r["params"] for r in plan["requests"] if r["operation"] == "RunJobFlow"]
+        assert run_job_flow["BootstrapActions"][0]["ScriptBootstrapAction"]["Args"][-1] == "--without-horovod"
+    else:
+        (config_yaml,) = plan["files"].values()
+        assert "launcher: torch_distributor" in config_yaml
+
+
+def s3_client():
+    return boto3.client("s3", region_name=REGION)
+
+
 def test_submit_refuses_a_cluster_that_installed_another_release(aws, capsys):
     emr_client, _, bucket = aws
     cluster_id = start_cluster(emr_client, bucket, "aaaaaaaaaaaa")

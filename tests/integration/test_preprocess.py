@@ -1,6 +1,8 @@
 """The Spark job on a tiny real corpus, read back through Petastorm."""
 
+import calendar
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -88,11 +90,15 @@ def test_rerun_with_same_config_skips_and_force_rebuilds(tiny_dataset, spark):
     before = storage.read_bytes(manifest_path)
     assert run_preprocess(config, spark) == manifest
     assert storage.read_bytes(manifest_path) == before  # untouched
+    forced_at = time.time()
     rebuilt = run_preprocess(config, spark, force=True)
     for split in layout.SPLITS:  # deterministic: the same counts and files (timings differ)
         for key in ("documents", "tokens", "windows", "row_groups", "files"):
             assert getattr(rebuilt.splits[split], key) == getattr(manifest.splits[split], key)
-    assert rebuilt.created_at >= manifest.created_at
+    # rebuilt: every part and the manifest written again, after --force was given
+    parts = [p for split in layout.SPLITS for p in Path(layout.split_url(config.output_url, split)).glob("*.parquet")]
+    assert parts and all(p.stat().st_mtime >= forced_at for p in [*parts, Path(manifest_path)])
+    assert calendar.timegm(time.strptime(rebuilt.created_at, "%Y-%m-%dT%H:%M:%SZ")) >= int(forced_at)
 
 
 def test_an_edited_corpus_of_the_same_size_is_rebuilt(tmp_path, tiny_corpus, spark):
@@ -107,8 +113,10 @@ def test_an_edited_corpus_of_the_same_size_is_rebuilt(tmp_path, tiny_corpus, spa
     edited = text.replace(b"Macbeth", b"Hamlet!", 1)
     assert len(edited) == len(text) and edited != text
     play.write_bytes(edited)
+    edited_at = time.time()
     second = run_preprocess(config, spark)
-    assert second.fingerprint != first.fingerprint and second.created_at >= first.created_at
+    assert second.fingerprint != first.fingerprint
+    assert Path(layout.manifest_url(config.output_url)).stat().st_mtime >= edited_at  # rebuilt, not reused
     index = storage.read_json(layout.corpus_index_url(config.output_url))
     assert index["macbeth.md"]["size"] == len(text) and index["macbeth.md"]["digest"].startswith("sha256:")
     assert run_preprocess(config, spark) == second  # unchanged: reused

@@ -10,6 +10,7 @@ import time
 
 import psutil
 import pytest
+import torch
 
 from horovod_llm.launch import horovod_honours_bind_address, launch_training
 from tests.e2e.test_train import with_output
@@ -49,7 +50,16 @@ def is_loopback(ip: str) -> bool:
     return (mapped or address).is_loopback
 
 
-@pytest.mark.parametrize("launcher", ["spark", "horovodrun"])
+# torchrun's agent in the first task of TorchDistributor's barrier stage serves its
+# rendezvous store (torch's TCPStore) on every interface: torch binds the wildcard address
+# whatever host it is given, and TorchDistributor starts torchrun itself, so nothing here
+# can hand it a socket of its own. docs/reliability.md (Security) states this exposure;
+# this is the one such socket allowed, and only under that launcher.
+def torchrun_store(socket: tuple[str, str, int, bool]) -> bool:
+    return "torch.distributed.run" in socket[0] or "torchrun" in socket[0]
+
+
+@pytest.mark.parametrize("launcher", ["spark", "horovodrun", "torch_distributor"])
 def test_local_training_listens_on_loopback_only(fresh_run, tiny_dataset, spark, launcher):
     assert horovod_honours_bind_address(), "this Horovod was built without install-stack.sh's bind-address patch"
     config, _ = tiny_dataset
@@ -65,10 +75,37 @@ def test_local_training_listens_on_loopback_only(fresh_run, tiny_dataset, spark,
     during = sockets.seen - before
     # Horovod's own servers were seen: its rendezvous (and, under Spark, its driver service)
     # listen in the launching process, this one or horovodrun's
-    launching = [s for s in during if (s[3] if launcher == "spark" else "horovod.runner.launch" in s[0])]
+    if launcher == "torch_distributor":
+        launching = [s for s in during if torchrun_store(s)]
+    else:
+        launching = [s for s in during if (s[3] if launcher == "spark" else "horovod.runner.launch" in s[0])]
     assert launching, during
     # Every socket the run opened, and Spark's (opened by the session), is on loopback.
     # Sockets this process held before the run are left out: tests that call
     # horovod.spark.run directly, not through the product, leave Horovod's servers behind.
     exposed = [s for s in sockets.seen if not is_loopback(s[1]) and (s in during or not s[3])]
+    if launcher == "torch_distributor":
+        stores = [s for s in exposed if torchrun_store(s)]
+        assert len({s[2] for s in stores}) <= 1, f"more than torchrun's one store: {stores}"
+        exposed = [s for s in exposed if s not in stores]
+    assert not exposed, f"listening beyond loopback: {exposed}"
+
+
+def test_the_in_process_torch_rank_listens_on_loopback_only():
+    # train.launcher=local without Horovod: torch.distributed in this process. A tcp://
+    # rendezvous made torch's TCPStore listen on every interface ('::').
+    from horovod_llm.comm import TorchCollectives
+    from horovod_llm.config import TrainConfig
+
+    sockets = ListeningSockets()
+    sockets.poll()
+    before = set(sockets.seen)
+    comm = TorchCollectives(TrainConfig())
+    try:
+        assert comm.allreduce(torch.ones(3), "sum", "probe").tolist() == [1.0, 1.0, 1.0]
+        sockets.poll()
+    finally:
+        comm.close()
+    during = sockets.seen - before
+    exposed = [s for s in during if not is_loopback(s[1])]
     assert not exposed, f"listening beyond loopback: {exposed}"

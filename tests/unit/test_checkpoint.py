@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import os
 import pickle
 import zipfile
@@ -209,3 +210,57 @@ def test_an_old_model_zip_without_safetensors_still_loads(tmp_path):
             archive.write(os.path.join(url, name), name)
     loaded = checkpoint.load_checkpoint(str(tmp_path / "old.zip"))
     assert loaded.step == 2 and torch.equal(loaded.model.lm_head.weight, model.lm_head.weight)
+
+
+# Hostile checkpoints (issue 25): what a model.zip or a checkpoint from an untrusted URL
+# may make a reader allocate is bounded, and refused in one line past the bound.
+
+
+def test_a_zip_bomb_is_refused_before_it_inflates(tmp_path, monkeypatch):
+    monkeypatch.setenv(checkpoint.MAX_FILE_BYTES_ENV, "16")  # MB: the limit is settable
+    good = save(str(tmp_path / "run"), 1)
+    files = checkpoint.read_checkpoint_files(good)
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("meta.json", files["meta.json"])
+        archive.writestr("tokenizer.model", files["tokenizer.model"])
+        archive.writestr(checkpoint.WEIGHTS, bytes(200 * 2**20))  # 200 MB of zeros
+    assert bomb.stat().st_size < 2**20  # in a few hundred KB
+    with pytest.raises(
+        UserError, match=rf"^model.safetensors in checkpoint {bomb} holds 200 MB, over the 16 MB a checkpoint file may: .*{checkpoint.MAX_FILE_BYTES_ENV}$"
+    ):
+        checkpoint.load_checkpoint(str(bomb))
+    # a folder's files too
+    monkeypatch.setenv(checkpoint.MAX_FILE_BYTES_ENV, "0.001")
+    with pytest.raises(UserError, match="holds 0 MB, over the 0 MB"):
+        checkpoint.load_checkpoint(good)
+
+
+def test_a_checkpoint_may_not_ask_for_an_absurd_model(tmp_path, monkeypatch):
+    url = save(str(tmp_path / "run"), 1)
+    meta_path = Path(url) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    built = []
+    monkeypatch.setattr(checkpoint, "GPT", lambda *a: built.append(a))  # would allocate it
+    meta["model_args"]["n_embd"] = 10**9
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=r"asks for a model of 1.2e\+19 parameters, over the 4e\+09 a checkpoint may: .*HOROVOD_LLM_MAX_MODEL_PARAMETERS$"):
+        checkpoint.load_checkpoint(url)
+    for bad in ("many", -8, 0, True, None):
+        meta["model_args"]["n_embd"] = bad
+        meta_path.write_text(json.dumps(meta))
+        with pytest.raises(UserError, match="no valid model arguments in meta.json"):
+            checkpoint.load_checkpoint(url)
+    meta["model_args"]["n_embd"] = 9  # n_head 2
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="inconsistent"):
+        checkpoint.load_checkpoint(url)
+    assert not built
+
+
+def test_the_parameter_count_is_the_models(tmp_path):
+    for args in (
+        dict(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=16),
+        dict(vocab_size=300, block_size=32, n_layer=3, n_head=4, n_embd=32, bias=True, tie_weights=False, positional="learned"),
+    ):
+        assert checkpoint.parameter_count(args) == sum(p.numel() for p in GPT(GPTConfig(**args)).parameters())

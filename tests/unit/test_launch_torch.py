@@ -54,3 +54,20 @@ def test_a_collective_that_lost_its_peer_is_told_from_other_errors():
     assert lost_peer(RuntimeError("Connection reset by peer"))
     assert not lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not lost_peer(ValueError("Connection closed by peer"))  # only what torch.distributed raises
+
+
+def test_a_rank_whose_host_spark_dropped_is_named_lost(monkeypatch):
+    import horovod_llm.launch_torch as launch_torch
+
+    live = [{"node2", "node3.ec2.internal"}, {"node2"}]  # the status store learns of the loss late
+    monkeypatch.setattr(launch_torch, "executor_hosts", lambda context: live.pop(0) if len(live) > 1 else live[0])
+    lost = launch_torch.ranks_on_lost_hosts(None, {0: "node2", 1: "node3"}, settle_s=5)
+    assert [(e.rank, e.host) for e in lost] == [(1, "node3")]
+    assert str(job_failure(lost, "TorchDistributor")).startswith("training rank 1 on host node3 stopped answering")
+
+
+def test_no_rank_is_named_when_spark_and_the_ranks_spell_hosts_apart(monkeypatch):
+    import horovod_llm.launch_torch as launch_torch
+
+    monkeypatch.setattr(launch_torch, "executor_hosts", lambda context: {"10.0.0.2", "10.0.0.3"})
+    assert launch_torch.ranks_on_lost_hosts(None, {0: "node2", 1: "node3"}, settle_s=0.5) == []

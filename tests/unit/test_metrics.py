@@ -22,4 +22,4 @@ def test_the_mfu_peak_is_the_best_reading_of_the_machine_type(tmp_path, monkeypa
 def test_a_matmul_reading_is_a_plausible_flop_rate():
     from horovod_llm.metrics import measure_matmul_flops
 
-    assert 1e8 < measure_matmul_flops(size=128, seconds=0.05, readings=2) < 1e14
+    assert 1e8 < measure_matmul_flops(size=128, seconds=0.5, readings=10) < 1e14

@@ -1,8 +1,16 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from horovod_llm.model import GPT, ROW_MULTIPLE, GPTConfig, KVCache, crop_length, draw, padded_rows, sample_next, sampling_probs, sinusoidal_table
+from horovod_llm.model import GPT, ROW_BLOCK, GPTConfig, KVCache, crop_length, draw, padded_rows, sample_next, sampling_probs, sinusoidal_table
 from tests import tiny_checkpoint
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny(**overrides) -> GPT:
@@ -171,43 +179,40 @@ def test_decode_step_puts_each_row_at_its_own_position(positional):
         model.decode_step(idx[:, 0], cache, positions + 1)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_a_rows_logits_are_the_same_bits_in_any_batch(threads):
+# The kernel settings one machine can force: torch's own kernels for older instruction
+# sets, and MKL's code paths (MKL_CBWR=COMPATIBLE is the one under which rows padded to
+# 4 but multiplied together lost their bits on AMD, as its AVX-512 path did on Intel).
+KERNEL_SETTINGS = [
+    {},
+    {"ATEN_CPU_CAPABILITY": "avx2"},
+    {"ATEN_CPU_CAPABILITY": "default"},
+    {"MKL_CBWR": "COMPATIBLE"},
+    {"MKL_CBWR": "AVX2"},
+    {"MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    {"MKL_CBWR": "COMPATIBLE", "ATEN_CPU_CAPABILITY": "default"},
+    {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"},
+]
+
+
+@pytest.mark.parametrize("setting", KERNEL_SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "native")
+def test_a_rows_logits_are_the_same_bits_in_any_batch(setting):
     # What makes a seeded request's output independent of the requests decoded beside
-    # it (batching.py). Without padding to ROW_MULTIPLE, a row alone and in a batch of 2
-    # or 3 takes other matrix kernels; with several threads, fused attention splits by
-    # batch size.
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        model = spread(tiny(n_embd=32, vocab_size=120))
-        rows = 13
-        # room past the last row for the padding of a batch that ends there
-        cache = KVCache(model.config, padded_rows(rows) + ROW_MULTIPLE)
-        prompts = torch.randint(4, 120, (rows, 16))
-        positions = torch.randint(0, 16, (rows,))
-        for b in range(rows):
-            if positions[b] > 0:
-                model.hidden(prompts[b : b + 1, : positions[b]], cache.rows(b, b + 1))
-        ids = prompts[torch.arange(rows), positions]
-        snapshot = (cache.k.clone(), cache.v.clone())
-        together = model.decode_step(ids, cache, positions)
-        for size in range(1, rows):
-            for start in (0, rows - size):
-                cache.k.copy_(snapshot[0])  # padding rows overwrite their neighbours' position 0
-                cache.v.copy_(snapshot[1])
-                view = cache.rows(start, cache.k.size(1))  # rows start .. start + size - 1 first
-                alone = model.decode_step(ids[start : start + size], view, positions[start : start + size])
-                assert torch.equal(alone, together[start : start + size]), (size, start)
-    finally:
-        torch.set_num_threads(before)
+    # it (batching.py): decode_step's fixed row blocks (model.py's ROW_BLOCK), checked
+    # with 1 and 2 threads, under each setting in a process of its own.
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")}
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.unit.batch_invariance"], env={**env, **setting}, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["mismatches"] == [], f"rows that changed bits with the batch (n_embd, threads, size, start) on {result['capability']}: {result['mismatches']}"
 
 
 def test_generate_tokens_pads_its_cache_for_decode_step():
     model = tiny()
     out = model.generate(torch.tensor([[2, 5, 6]]), max_new_tokens=40, temperature=0)
     assert out.shape == (1, 43)
-    assert padded_rows(1) == padded_rows(4) == ROW_MULTIPLE == 4 and padded_rows(5) == 8 and padded_rows(0) == 0
+    assert padded_rows(1) == padded_rows(8) == ROW_BLOCK == 8 and padded_rows(9) == 16 and padded_rows(0) == 0
 
 
 @pytest.mark.parametrize("temperature, top_k, top_p", [(0.8, 0, 0.95), (1.3, 4, 0.9), (1.0, 50, 1.0), (2.0, 0, 0.5)])
@@ -248,3 +253,15 @@ def test_top_p_finds_the_same_ids_as_a_sort_of_the_whole_vocabulary():
         kept = sampling_probs(logits, 1.0, 0, top_p) > 0
         assert torch.equal(kept, expected), top_p
         assert kept.sum(dim=-1).max() > 64
+
+
+@pytest.mark.parametrize("temperature", [2.978730296859854e-129, 1e-300, 5e-324, 1e-40])
+def test_a_temperature_below_the_dtypes_range_samples_greedily(temperature):
+    # found by fuzzing the server: such a temperature underflowed to 0, and 0/0 made the
+    # probabilities NaN, which drew an id past the vocabulary (an IndexError, a 500)
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    for top_k, top_p in ((0, 1.0), (897, 1.0), (5, 0.5)):
+        probs = sampling_probs(logits, temperature, top_k, top_p)
+        assert torch.isfinite(probs).all()
+        drawn = sample_next(logits, temperature, top_k, torch.Generator().manual_seed(1), top_p)
+        assert torch.equal(drawn[:, 0], logits.argmax(dim=-1))

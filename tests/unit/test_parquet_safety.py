@@ -4,6 +4,7 @@ when a dataset is read (pyarrow-hotfix, imported by horovod_llm.dataset)."""
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -34,13 +35,16 @@ def test_the_hotfix_is_active():
     assert dataset.unsafe_arrow_types_refused()
 
 
-def test_reading_a_malicious_dataset_runs_no_code(tmp_path):
-    part = tmp_path / "run" / "dataset" / "val" / "part-00000.parquet"
-    part.parent.mkdir(parents=True)
+def test_reading_a_malicious_dataset_runs_no_code(fresh_run, tmp_path):
+    # a part the manifest lists, replaced by one whose column type is the pickle
+    from horovod_llm.manifest import read_manifest
+
+    name = read_manifest(fresh_run).splits["val"].files[0]
+    part = Path(fresh_run) / "dataset" / "val" / name
     marker = tmp_path / "code-ran"
     subprocess.run([sys.executable, "-c", MALICIOUS_PART, str(part), str(marker)], check=True, timeout=120)
     assert part.exists() and not marker.exists()
     refused = pytest.raises(UserError, match=r"pickled Arrow extension type.*CVE-2023-47248")
-    with refused, dataset.window_batches(str(tmp_path / "run"), "val", 0, 1, 2, num_epochs=1, seed=0, shuffle=False) as batches:
+    with refused, dataset.window_batches(fresh_run, "val", 0, 1, 2, num_epochs=1, seed=0, shuffle=False) as batches:
         list(batches)
     assert not marker.exists()

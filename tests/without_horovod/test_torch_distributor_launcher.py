@@ -21,7 +21,7 @@ from horovod_llm.errors import UserError
 from horovod_llm.launch import launch_training
 from tests.conftest import TINY_CONFIG
 from tests.e2e.test_train import check_run, with_output
-from tests.reliability.test_rank_failure import killed_rank_failure, restarted_after_a_killed_rank
+from tests.reliability.test_rank_failure import KILLED_RANK_FAILS_WITHIN_S, frozen_rank_stall, killed_rank_failure, restarted_after_a_killed_rank
 
 pytestmark = pytest.mark.spark
 
@@ -71,12 +71,16 @@ def test_the_horovod_launchers_are_refused_in_one_line(fresh_run, tiny_dataset, 
 
 @pytest.mark.parametrize("killed", [1, 0])
 def test_a_killed_rank_fails_the_job_fast_and_names_it(fresh_run, tiny_dataset, spark, killed):
-    message = str(killed_rank_failure(fresh_run, tiny_dataset, spark, "torch_distributor", killed, within_s=60))
+    message = str(killed_rank_failure(fresh_run, tiny_dataset, spark, "torch_distributor", killed, within_s=KILLED_RANK_FAILS_WITHIN_S))
     assert re.match(rf"training rank {killed} exited with status -9 \(SIGKILL\)", message), message
 
 
 def test_max_restarts_resumes_from_the_latest_checkpoint_and_completes(fresh_run, tiny_dataset, spark):
     assert restarted_after_a_killed_rank(fresh_run, tiny_dataset, spark, "torch_distributor")["backend"] == "torch"
+
+
+def test_a_frozen_rank_fails_the_job_at_the_stall_timeout_naming_the_ranks_last_heard(fresh_run, tiny_dataset, spark):
+    frozen_rank_stall(fresh_run, tiny_dataset, spark, "torch_distributor")
 
 
 def test_not_enough_task_slots_fails_in_seconds_with_the_numbers(fresh_run, tiny_dataset, spark):
