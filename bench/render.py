@@ -221,7 +221,7 @@ def headlines(results: dict) -> str:
         lines.append(
             f"- decoding in fixed blocks of {blocks['row_block']} rows, which makes a request's output independent of its neighbours, "
             f"takes {min(ratios):.2f}x to {max(ratios):.2f}x the time of one unpadded step over the batch (batches of "
-            f"{', '.join(next(iter(blocks['sizes'].values()))['batches'])} rows, medians of {blocks['repeats']});"
+            f"{', '.join(next(iter(blocks['sizes'].values()))['batches'])} rows, {_runs(blocks['repeats'])} of each);"
         )
     quality = _get(results, "quality")
     if quality:
