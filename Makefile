@@ -15,7 +15,7 @@ demo: setup
 # pytest exits 5 when it collects no tests: make treats that as the failure it is.
 # -rs prints why each skipped test was skipped (tests/cluster without namespaces).
 test: setup lint
-	SPARK_LOCAL_IP=127.0.0.1 $(BIN)/python -m pytest tests -q -rs -p no:cacheprovider -n 4 --dist loadgroup --no-loadscope-reorder
+	SPARK_LOCAL_IP=127.0.0.1 $(BIN)/python -m pytest tests -q -rs -p no:cacheprovider -n 4 --dist loadgroup --no-loadscope-reorder --durations=40
 
 # Every benchmark (bench/run_all.py): about 2.5 hours on 2 cores, 2 of them the quality
 # bench (BENCH_ARGS="--only NAME ..." runs a part); writes bench/results.json

@@ -26,6 +26,20 @@ def upload_corpus(cluster: SparkCluster) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+def upload_prepared(cluster: SparkCluster, output_url: str, target: str) -> None:
+    """The dataset, tokenizer and embeddings of a local output_url (preprocessed on this
+    machine) into s3://TARGET/, as a run that preprocessed on the cluster would leave them."""
+    script = (
+        "import boto3, pathlib, sys\n"
+        "s3, root, (bucket, prefix) = boto3.client('s3'), pathlib.Path(sys.argv[1]), sys.argv[2].split('/', 1)\n"
+        "for part in ('dataset', 'tokenizer', 'embeddings'):\n"
+        "    for path in sorted((root / part).rglob('*')):\n"
+        "        if path.is_file(): s3.upload_file(str(path), bucket, prefix + '/' + path.relative_to(root).as_posix())\n"
+    )
+    done = cluster.driver([sys.executable, "-c", script, str(output_url), target], timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def read_s3(cluster: SparkCluster, url: str) -> str:
     bucket, key = url.removeprefix("s3://").split("/", 1)
     script = "import boto3, sys; sys.stdout.write(boto3.client('s3').get_object(Bucket=sys.argv[1], Key=sys.argv[2])['Body'].read().decode())"

@@ -23,10 +23,10 @@ pytestmark = [pytest.mark.spark, pytest.mark.horovod, pytest.mark.cluster]
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, tiny_dataset):
     # A spare worker: after the first case's loss two remain, and no case waits for Spark
     # to drop the lost one before the next starts.
-    with preprocessed_cluster(tmp_path_factory.mktemp("cluster"), workers=3) as started:
+    with preprocessed_cluster(tmp_path_factory.mktemp("cluster"), tiny_dataset, workers=3) as started:
         yield started
 
 

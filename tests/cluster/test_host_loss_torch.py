@@ -12,8 +12,8 @@ pytestmark = [pytest.mark.spark, pytest.mark.cluster]
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with preprocessed_cluster(tmp_path_factory.mktemp("cluster")) as started:
+def cluster(tmp_path_factory, tiny_dataset):
+    with preprocessed_cluster(tmp_path_factory.mktemp("cluster"), tiny_dataset) as started:
         yield started
 
 
