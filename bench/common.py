@@ -75,9 +75,9 @@ def timed(work: Callable[[], object]) -> float:
 def local_config(overrides: Sequence[str] = ()):
     """configs/local.yaml with the recipe resolved for the embedded corpus (the bench
     dataset's), as the demo runs it."""
-    from horovod_llm import recipe
     from horovod_llm.config import load_config
-    from horovod_llm.corpus import embedded_corpus
+    from horovod_llm.data.corpus import embedded_corpus
+    from horovod_llm.training import recipe
 
     return recipe.resolve(load_config(LOCAL_CONFIG, list(overrides)), sum(f.size for f in embedded_corpus()))
 
@@ -85,7 +85,7 @@ def local_config(overrides: Sequence[str] = ()):
 def default_gpt_config(config=None, vocab_size: int | None = None):
     """configs/local.yaml's model: vocab_size from tokenizer.vocab_size (or the dataset's),
     block_size = data.window_size."""
-    from horovod_llm.job import gpt_config
+    from horovod_llm.training.job import gpt_config
 
     config = config or local_config()
     return gpt_config(config, vocab_size or config.tokenizer.vocab_size, config.data.window_size)

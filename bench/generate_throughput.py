@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import local_config  # noqa: E402
 
-from horovod_llm.job import gpt_config  # noqa: E402
+from horovod_llm.data.tokenizer import BOS_ID  # noqa: E402
 from horovod_llm.model import GPT  # noqa: E402
-from horovod_llm.tokenizer import BOS_ID  # noqa: E402
+from horovod_llm.training.job import gpt_config  # noqa: E402
 
 
 def default_model() -> GPT:

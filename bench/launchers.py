@@ -36,7 +36,7 @@ LAUNCHERS = ("spark", "torch_distributor")
 
 def train_once(spark, launcher: str, ranks: int, steps: int, folder: Path) -> dict:
     from horovod_llm import layout, storage
-    from horovod_llm.launch import launch_training
+    from horovod_llm.launchers.launch import launch_training
 
     out = folder / f"{launcher}-{ranks}"
     shutil.rmtree(out, ignore_errors=True)

@@ -22,7 +22,7 @@ from common import DATASET_URL, default_gpt_config, local_config, median, report
 
 def loader_rate(batch_size: int, seconds: float, seed: int) -> dict:
     """A fresh reader: seconds to its first batch, then windows/s and CPU s/window."""
-    from horovod_llm import dataset
+    from horovod_llm.data import dataset
 
     opened = time.perf_counter()
     with dataset.window_batches(DATASET_URL, "train", 0, 2, batch_size, num_epochs=None, seed=seed, shuffle=True) as batches:
@@ -39,7 +39,7 @@ def consumption_rate(model, optimizer, batch_size: int, steps: int, grad_clip: f
     """Windows/s one training rank consumes (median step, after one warm-up step)."""
     import torch
 
-    from horovod_llm.step import train_step
+    from horovod_llm.training.step import train_step
 
     ids = torch.randint(4, model.config.vocab_size, (batch_size, model.config.block_size + 1), generator=torch.Generator().manual_seed(0))
     seconds = []
@@ -62,11 +62,11 @@ def main() -> None:
     import horovod.torch as hvd
     import torch
 
-    from horovod_llm.job import set_horovod_environment
+    from horovod_llm.data.manifest import read_manifest
     from horovod_llm.log import quiet_library_warnings
-    from horovod_llm.manifest import read_manifest
     from horovod_llm.model import GPT
-    from horovod_llm.step import distributed_optimizer
+    from horovod_llm.training.comm import set_horovod_environment
+    from horovod_llm.training.step import distributed_optimizer
 
     quiet_library_warnings()
     config = local_config()

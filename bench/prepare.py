@@ -15,7 +15,7 @@ from common import DATASET_URL, local_config, report
 
 
 def prepare(force: bool = False) -> dict:
-    from horovod_llm.preprocess import run_preprocess
+    from horovod_llm.data.preprocess import run_preprocess
     from horovod_llm.spark import spark_session
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

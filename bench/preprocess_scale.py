@@ -26,7 +26,7 @@ FILE_BYTES = 1 << 20
 
 
 def generate_corpus(folder: Path, size_mb: int, seed: int = 0) -> int:
-    from horovod_llm.corpus import decode, embedded_corpus
+    from horovod_llm.data.corpus import decode, embedded_corpus
 
     lines = []
     for f in embedded_corpus():
@@ -55,8 +55,8 @@ def jvm_peak_rss_mb(spark) -> float:
 def child(corpus: str, output: str) -> None:
     """One measured run, in its own process so that peak RSS is this run's alone."""
     from horovod_llm.config import load_config
+    from horovod_llm.data.preprocess import run_preprocess
     from horovod_llm.log import setup_logging
-    from horovod_llm.preprocess import run_preprocess
     from horovod_llm.spark import spark_session
 
     setup_logging("WARNING")

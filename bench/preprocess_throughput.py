@@ -39,8 +39,9 @@ def _rounded(values: dict) -> dict:
 
 def single_process(config) -> dict:
     """The Spark job's read, split, encode, window and write steps, in this process."""
-    from horovod_llm import corpus, layout, storage, tokenizer
-    from horovod_llm.preprocess import encoding_partitions, row_groups_per_part, unit_size, units_of_paragraphs, write_windows_part
+    from horovod_llm import layout, storage
+    from horovod_llm.data import corpus, tokenizer
+    from horovod_llm.data.preprocess import encoding_partitions, row_groups_per_part, unit_size, units_of_paragraphs, write_windows_part
 
     data = config.data
     docs: dict[str, list[tuple[str, str]]] = {split: [] for split in layout.SPLITS}
@@ -112,8 +113,8 @@ def main() -> None:
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
 
+    from horovod_llm.data.preprocess import run_preprocess
     from horovod_llm.log import setup_logging
-    from horovod_llm.preprocess import run_preprocess
     from horovod_llm.spark import spark_session
 
     setup_logging("WARNING")

@@ -71,7 +71,7 @@ ARMS = {
 
 
 def shakespeare_text() -> str:
-    from horovod_llm import corpus
+    from horovod_llm.data import corpus
 
     texts = []
     for f in corpus.embedded_corpus():
@@ -135,7 +135,9 @@ def run_arm(corpus_dir: Path, arm: str, budget_s: float, seed: int, overrides: l
     scores = json.loads(scored.stdout)
     summary = json.loads((out / "stats" / "summary.json").read_text())
     pipeline = json.loads((out / "stats" / "pipeline.json").read_text())
-    manifest = json.loads((out / "dataset" / "manifest.json").read_text())
+    from horovod_llm.data.manifest import read_manifest
+
+    manifest = read_manifest(str(out))
     trained_with = trained_settings(Path(summary["checkpoint_url"]) / "config.yaml")
     return {
         "arm": arm,
@@ -149,7 +151,7 @@ def run_arm(corpus_dir: Path, arm: str, budget_s: float, seed: int, overrides: l
         "trained_seconds": summary["trained_seconds"],
         "tokens_per_s": summary["tokens_per_s"],
         "parameters": summary["parameters"],
-        "epochs": summary["steps"] * summary["global_batch_windows"] / manifest["splits"]["train"]["windows"],
+        "epochs": summary["steps"] * summary["global_batch_windows"] / manifest.splits["train"].windows,
         "recipe": trained_with,
         "run_wall_s": wall,
         "stages_s": pipeline["stages"],

@@ -12,7 +12,7 @@ from end_to_end import stage_rows
 
 MEASURED = ("<!-- measured:begin (bench/run_all.py rewrites this part) -->", "<!-- measured:end -->")
 HEADLINES = ("<!-- bench-headlines:begin (bench/run_all.py writes this list from bench/results.json) -->", "<!-- bench-headlines:end -->")
-RECIPE = ("<!-- recipe:begin (bench/run_all.py writes this table from horovod_llm/recipe.py) -->", "<!-- recipe:end -->")
+RECIPE = ("<!-- recipe:begin (bench/run_all.py writes this table from horovod_llm/training/recipe.py) -->", "<!-- recipe:end -->")
 QUALITY = ("<!-- quality:begin (bench/run_all.py writes this table from bench/results.json) -->", "<!-- quality:end -->")
 
 
@@ -491,8 +491,8 @@ def _pace(quality: dict) -> list[str]:
 
 
 def recipe_table() -> str:
-    """The rule of horovod_llm/recipe.py as Markdown, for the README beside the sweeps."""
-    from horovod_llm import recipe
+    """The rule of horovod_llm/training/recipe.py as Markdown, for the README beside the sweeps."""
+    from horovod_llm.training import recipe
 
     def upto(limit: float, unit: str, scale: float) -> str:
         return "beyond" if limit == float("inf") else f"up to {limit / scale:g} {unit}"

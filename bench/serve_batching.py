@@ -67,7 +67,8 @@ def build_checkpoint(size: str) -> tuple[str, dict]:
     """A checkpoint of random weights under runs/bench/serve-batching/SIZE; its model args."""
     import torch
 
-    from horovod_llm import checkpoint, tokenizer
+    from horovod_llm import checkpoint
+    from horovod_llm.data import tokenizer
     from horovod_llm.model import GPT, GPTConfig
 
     tokenizer_path = Path(DATASET_URL) / "tokenizer" / "tokenizer.model"

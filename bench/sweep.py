@@ -1,4 +1,4 @@
-"""The sweeps behind the recipe (horovod_llm/recipe.py): held-out nats per character of
+"""The sweeps behind the recipe (horovod_llm/training/recipe.py): held-out nats per character of
 the recipe arm of bench/quality.py with one or two settings changed at a time, for a
 budget and a corpus.
 

@@ -25,7 +25,7 @@ def time_steps(model, optimizer, next_batch, steps: int, warmup: int, grad_clip:
     """Seconds per step, waiting for the allreduce and CPU seconds, over `steps` timed steps."""
     import torch
 
-    from horovod_llm.step import train_step
+    from horovod_llm.training.step import train_step
 
     seconds, sync, cpu = [], [], []
     for index in range(warmup + steps):
@@ -73,13 +73,13 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from horovod_llm import dataset
-    from horovod_llm.job import set_horovod_environment
+    from horovod_llm.data import dataset
+    from horovod_llm.data.manifest import read_manifest
     from horovod_llm.log import quiet_library_warnings
-    from horovod_llm.manifest import read_manifest
-    from horovod_llm.metrics import calibrated_peak_flops
     from horovod_llm.model import GPT
-    from horovod_llm.step import distributed_optimizer
+    from horovod_llm.training.comm import set_horovod_environment
+    from horovod_llm.training.metrics import calibrated_peak_flops
+    from horovod_llm.training.step import distributed_optimizer
 
     quiet_library_warnings()
     config = local_config(args.overrides)

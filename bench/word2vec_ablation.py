@@ -15,9 +15,9 @@ import shutil
 from pathlib import Path
 
 from horovod_llm.config import CONFIG_DIR, load_config
-from horovod_llm.launch import launch_training
+from horovod_llm.data.preprocess import run_preprocess
+from horovod_llm.launchers.launch import launch_training
 from horovod_llm.log import setup_logging
-from horovod_llm.preprocess import run_preprocess
 from horovod_llm.spark import spark_session
 
 

@@ -38,9 +38,10 @@ import safetensors.torch
 import torch
 
 from horovod_llm import layout, storage
-from horovod_llm.config import RunConfig, from_dict, redacted_dict, redacted_yaml
+from horovod_llm.config import RunConfig, from_dict
 from horovod_llm.errors import UserError
 from horovod_llm.model import GPT, GPTConfig
+from horovod_llm.redaction import redacted_dict, redacted_yaml
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ import logging
 import os
 import sys
 
-from horovod_llm import __version__, progress
-from horovod_llm.config import CONFIG_DIR, RunConfig, apply_storage, load_config
+from horovod_llm import __version__, progress, storage
+from horovod_llm.config import CONFIG_DIR, RunConfig, load_config
 from horovod_llm.emr.commands import add_subcommands as add_emr_subcommands
 from horovod_llm.errors import JobFailed, UserError, user_error_in
+from horovod_llm.inference.sampling import Sampling, flag, sampling_fields
 from horovod_llm.log import setup_logging
-from horovod_llm.sampling import Sampling, flag, sampling_fields
 
 log = logging.getLogger("horovod_llm")
 
@@ -33,7 +33,7 @@ def _load(args: argparse.Namespace) -> RunConfig:
     bars = progress.wants_bars(config.progress, progress.is_terminal(sys.stderr))
     setup_logging(config.log_level, progress=bars)
     progress.enable(bars)
-    apply_storage(config)
+    storage.use(storage.storage_settings(config))
     return config
 
 
@@ -49,7 +49,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     """Spark job: corpus -> tokenizer -> windows -> Parquet dataset with a manifest."""
-    from horovod_llm.preprocess import run_preprocess
+    from horovod_llm.data.preprocess import run_preprocess
     from horovod_llm.spark import spark_session
 
     config = _load(args)
@@ -59,7 +59,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train on the dataset under output_url with the configured launcher."""
-    from horovod_llm.launch import launch_training
+    from horovod_llm.launchers.launch import launch_training
 
     config = _load(args)
     result = launch_training(config)
@@ -107,7 +107,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import time
 
     from horovod_llm.checkpoint import load_checkpoint
-    from horovod_llm.generate import TextGenerator
+    from horovod_llm.inference.generate import TextGenerator
 
     setup_logging(args.log_level or "WARNING")
     sampling = Sampling(**{f.name: getattr(args, f.name) for f in sampling_fields()} | {"stop": tuple(args.stop)})
@@ -142,7 +142,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from horovod_llm import storage
     from horovod_llm.checkpoint import load_checkpoint
-    from horovod_llm.evaluate import evaluate_split, evaluate_text, run_of_checkpoint
+    from horovod_llm.inference.evaluate import evaluate_split, evaluate_text, run_of_checkpoint
 
     setup_logging(args.log_level or "WARNING")
     if args.batch_size < 1:
@@ -175,7 +175,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     Concurrent requests are decoded together (continuous batching, up to --max-batch sequences)."""
     import ipaddress
 
-    from horovod_llm.serve import API_KEY_ENV, LOOPBACK_NAMES, Access, Limits, serve
+    from horovod_llm.inference.serve import API_KEY_ENV, LOOPBACK_NAMES, Access, Limits, serve
 
     setup_logging(args.log_level or "INFO")
     limits = Limits(args.max_body_bytes, args.max_prompt_chars, args.max_new_tokens, args.max_pending, args.max_batch)
@@ -207,7 +207,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write a checkpoint in a format other tools load: hf (a folder for Hugging Face transformers) or zip (a model.zip)."""
     setup_logging(args.log_level or "INFO")
     if args.format == "hf":
-        from horovod_llm.export import export_hf
+        from horovod_llm.inference.export import export_hf
 
         export_hf(args.checkpoint, args.out)
     else:

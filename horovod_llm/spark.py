@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from horovod_llm.config import SparkConfig
+
 import logging
 import os
 import sys
-
-from horovod_llm.config import SparkConfig
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ exponential backoff; what is left after the retries, and permanent failures (no 
 bucket, access denied), become one-line `StorageError`s naming the URL. An endpoint that
 goes silent (a cut link, a vanished host) fails an attempt after `read_timeout` seconds
 (s3fs tries a timed-out call up to 5 times, each with botocore's attempts): see
-`_no_expect_continue` for the one wait that had no bound.
+`without_expect_continue` for the one wait that had no bound.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
@@ -32,23 +33,51 @@ from fsspec.core import url_to_fs
 from horovod_llm.errors import UserError
 from horovod_llm.redaction import redact_urls
 
-_S3_SETTINGS: dict = {"endpoint_url": None, "region": None, "max_attempts": 5, "read_timeout": 60}
-
 
 class StorageError(UserError):
     """Storage that cannot be reached or refuses a request, after retries."""
 
 
-def configure(endpoint_url: str | None = None, region: str | None = None, max_attempts: int = 5, read_timeout: float = 60) -> None:
-    """Set this process's S3 settings; `endpoint_url` None means the AWS chain decides
-    (including the AWS_ENDPOINT_URL variable)."""
-    _no_expect_continue()
-    _S3_SETTINGS.update(endpoint_url=endpoint_url or None, region=region or None, max_attempts=max_attempts, read_timeout=read_timeout)
+@dataclass(frozen=True)
+class S3Settings:
+    """How this process talks to S3: one value, built once from the run's config
+    (`storage_settings`) and handed whole to the Spark tasks and ranks that need it, as
+    Horovod's Store.to_remote does. The defaults here are the config's (config.S3Config)."""
+
+    # An S3-compatible store (MinIO, a test server); None: the AWS chain decides,
+    # including the AWS_ENDPOINT_URL environment variable.
+    endpoint_url: str | None = None
+    region: str | None = None
+    # Attempts per request for transient failures (botocore "standard" retries).
+    max_attempts: int = 5
+    # Seconds a request waits for a silent endpoint before that attempt fails.
+    read_timeout: float = 60.0
 
 
-def _no_expect_continue() -> None:
+def storage_settings(config) -> S3Settings:
+    """The S3 settings of a run's config (its `storage.s3` section)."""
+    s3 = config.storage.s3
+    return S3Settings(endpoint_url=s3.endpoint_url or None, region=s3.region or None, max_attempts=s3.max_attempts, read_timeout=s3.read_timeout)
+
+
+_settings = S3Settings()
+
+
+def use(settings: S3Settings) -> None:
+    """Talk to S3 with `settings` in this process from now on (the CLI, a Spark task, a
+    rank: each is handed the value and installs it once)."""
+    global _settings
+    _settings = settings
+
+
+def settings() -> S3Settings:
+    """This process's S3 settings, to hand to the processes and tasks it starts."""
+    return _settings
+
+
+def without_expect_continue() -> None:
     """S3 clients made from now on in this process send PUT bodies without first asking
-    for "100 Continue".
+    for "100 Continue". Applied where S3 clients' options are made (`s3_options`).
 
     botocore adds `Expect: 100-continue` to every S3 PUT with a body, and aiohttp (under
     s3fs) then waits for the server's interim answer with no timeout at all: an endpoint
@@ -59,27 +88,25 @@ def _no_expect_continue() -> None:
     """
     from botocore import handlers
 
-    handlers.BUILTIN_HANDLERS[:] = [entry for entry in handlers.BUILTIN_HANDLERS if entry[1] is not handlers.add_expect_header]
-
-
-def settings() -> dict:
-    """This process's S3 settings, to hand to the processes it starts."""
-    return dict(_S3_SETTINGS)
+    if any(entry[1] is handlers.add_expect_header for entry in handlers.BUILTIN_HANDLERS):
+        handlers.BUILTIN_HANDLERS[:] = [entry for entry in handlers.BUILTIN_HANDLERS if entry[1] is not handlers.add_expect_header]
 
 
 def s3_options() -> dict:
-    """fsspec/s3fs storage options (also what Petastorm's readers take)."""
+    """fsspec/s3fs storage options (also what Petastorm's readers take), for clients
+    that send no `Expect: 100-continue` (without_expect_continue)."""
+    without_expect_continue()
     client: dict = {}
-    if _S3_SETTINGS["endpoint_url"]:
-        client["endpoint_url"] = _S3_SETTINGS["endpoint_url"]
-    if _S3_SETTINGS["region"]:
-        client["region_name"] = _S3_SETTINGS["region"]
+    if _settings.endpoint_url:
+        client["endpoint_url"] = _settings.endpoint_url
+    if _settings.region:
+        client["region_name"] = _settings.region
     return {
         "client_kwargs": client,
         "config_kwargs": {
-            "retries": {"max_attempts": _S3_SETTINGS["max_attempts"], "mode": "standard"},
+            "retries": {"max_attempts": _settings.max_attempts, "mode": "standard"},
             "connect_timeout": 10,
-            "read_timeout": _S3_SETTINGS["read_timeout"],
+            "read_timeout": _settings.read_timeout,
         },
     }
 
@@ -106,7 +133,7 @@ def storage_error(exc: BaseException, url: str) -> StorageError | None:
         if code in text or code in name:
             message = f"storage refused {url} ({meaning}: {text[:200]}): check the URL, the bucket and your AWS credentials"
             return StorageError(redact_urls(message))
-    endpoint = _S3_SETTINGS["endpoint_url"] or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+    endpoint = _settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
     message = f"storage at {endpoint} failed for {url} after retries ({name}: {text[:200]}): check the network and storage.s3.endpoint_url"
     return StorageError(redact_urls(message))
 

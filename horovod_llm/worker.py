@@ -8,11 +8,14 @@ Every rank loads the same config and calls the same `train_worker` as the Spark 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
+from horovod_llm import launchers
 from horovod_llm.config import RunConfig, load_config, to_dict
 from horovod_llm.errors import UserError
-from horovod_llm.train import rank_entry
+from horovod_llm.launchers.rank_process import rank_process
+from horovod_llm.training.train import train_worker
 
 
 def rank_config(argv: list[str]) -> RunConfig:
@@ -33,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    rank_entry(to_dict(config), {"launcher": "horovodrun"})
+    # The process runs under horovodrun whatever the file says (configs/local.yaml names
+    # the Spark launcher): its ranks and its summary say so.
+    horovodrun = launchers.launcher("horovodrun")
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, launcher=horovodrun.name))
+    rank_process(train_worker, to_dict(config), horovodrun.launch_info(), peer_lost_grace_s=horovodrun.peer_lost_grace_s)
     return 0
 
 

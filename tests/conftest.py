@@ -38,7 +38,7 @@ def _short_lived_jvms() -> None:
 _short_lived_jvms()
 
 from horovod_llm.config import CONFIG_DIR, load_config  # noqa: E402
-from horovod_llm.corpus import embedded_corpus  # noqa: E402
+from horovod_llm.data.corpus import embedded_corpus  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIG = CONFIG_DIR / "tiny.yaml"
@@ -114,8 +114,8 @@ collect_ignore = [] if os.environ.get(TINY_DATASET_ENV) else ["without_horovod"]
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory, tiny_corpus, spark):
     """(config, manifest) of the tiny corpus preprocessed once for the whole session."""
-    from horovod_llm.manifest import read_manifest
-    from horovod_llm.preprocess import run_preprocess
+    from horovod_llm.data.manifest import read_manifest
+    from horovod_llm.data.preprocess import run_preprocess
 
     if os.environ.get(TINY_DATASET_ENV):
         config = tiny_config(os.environ[TINY_DATASET_ENV], tiny_corpus)

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from horovod_llm import checkpoint, tokenizer
+from horovod_llm import checkpoint
 from horovod_llm.config import load_config
+from horovod_llm.data import tokenizer
 from horovod_llm.model import GPT, GPTConfig
 
 DOCUMENTS = (

@@ -16,12 +16,13 @@ import time
 from pathlib import Path
 
 from horovod_llm import launchers
-from horovod_llm.config import CONFIG_DIR, RunConfig, from_dict, redacted_dict, redacted_yaml, to_yaml
+from horovod_llm.config import CONFIG_DIR, RunConfig, from_dict, to_yaml
 from horovod_llm.emr import requests as rq
 from horovod_llm.emr.preflight import check_before_up
 from horovod_llm.emr.release import BOOTSTRAP, ENTRY, STACK_FILES, build_release, describe_release, source_root, wheel_name
 from horovod_llm.emr.watch import CLUSTER_ENDED, format_status, wait_for_cluster, wait_for_steps
 from horovod_llm.errors import UserError
+from horovod_llm.redaction import redacted_dict, redacted_yaml
 
 log = logging.getLogger("horovod_llm.emr")
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from horovod_llm import launchers
 from horovod_llm.config import EmrConfig, RunConfig
 from horovod_llm.errors import UserError
+from horovod_llm.inference.sampling import as_flags
 from horovod_llm.redaction import is_secret_key
-from horovod_llm.sampling import as_flags
 
 STAGES = ("preprocess", "train", "generate")
 STEP_PREFIX = "horovod-llm "  # step names: "horovod-llm preprocess", ...

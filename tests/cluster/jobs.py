@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from horovod_llm.corpus import embedded_corpus
+from horovod_llm.data.corpus import embedded_corpus
 from tests.cluster.conftest import SparkCluster
 from tests.conftest import TINY_PLAYS
 

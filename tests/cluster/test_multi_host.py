@@ -136,4 +136,4 @@ def test_host_names_on_loopback_are_refused_before_preprocessing(misconfigured_c
         "error: ranks would span 2 hosts, but node2 resolves its own name to 127.0.1.1; node3 resolves its own name to 127.0.1.1, "
         "an address other hosts cannot reach (Gloo would time out connecting): map each host's name to its cluster address in /etc/hosts (or DNS) on every host"
     ), error
-    assert "horovod_llm.preprocess" not in refused.stderr
+    assert "horovod_llm.data.preprocess" not in refused.stderr

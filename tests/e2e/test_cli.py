@@ -38,7 +38,7 @@ def test_run_then_generate_end_to_end(tmp_path, tiny_corpus):
     for stream in (result.stdout, result.stderr):
         assert "\r" not in stream and "\x1b" not in stream, repr(stream[:2000])
     assert "[Stage " not in result.stderr and "%|" not in result.stderr
-    assert "horovod_llm.train: step 8/8 | epoch 0 | loss " in result.stderr  # the step lines stay
+    assert "horovod_llm.training.loop: step 8/8 | epoch 0 | loss " in result.stderr  # the step lines stay
     lines = result.stdout.strip().splitlines()
     assert lines[0].startswith("--- sample from") and "step 8" in lines[0]
     assert lines[1].startswith("KING:")

@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from horovod_llm import checkpoint, layout, storage, tokenizer
-from horovod_llm.launch import launch_training
-from horovod_llm.preprocess import run_preprocess
+from horovod_llm import checkpoint, layout, storage
+from horovod_llm.data import tokenizer
+from horovod_llm.data.preprocess import run_preprocess
+from horovod_llm.launchers.launch import launch_training
 from tests.conftest import TINY_PLAYS, tiny_config
 from tests.e2e.test_train import with_output
 
@@ -21,7 +22,7 @@ pytestmark = [pytest.mark.spark, pytest.mark.horovod]
 @pytest.fixture(scope="module")
 def one_file(tiny_corpus, tmp_path_factory) -> tuple[Path, str]:
     """(a one-file corpus of the tiny plays' text, its held-out last 10%)."""
-    from horovod_llm import corpus
+    from horovod_llm.data import corpus
 
     text = "".join(corpus.decode((tiny_corpus / name).read_bytes(), name)[0] for name in TINY_PLAYS)
     cut = text.rfind("\n", 0, int(len(text) * 0.9)) + 1

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from horovod_llm import checkpoint
-from horovod_llm.evaluate import evaluate_text
-from horovod_llm.generate import TextGenerator
-from horovod_llm.sampling import Sampling
+from horovod_llm.inference.evaluate import evaluate_text
+from horovod_llm.inference.generate import TextGenerator
+from horovod_llm.inference.sampling import Sampling
 from tests import tiny_checkpoint
 
 QUEEN = "And all the clouds that lour'd upon our house\nIn the deep bosom of the ocean buried.\n"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from horovod_llm import layout, storage
-from horovod_llm.launch import launch_training
+from horovod_llm.launchers.launch import launch_training
 from tests.e2e.test_train import with_output
 from tests.e2e.test_training_fidelity import TWO_RANK_TOLERANCE, final_state, interrupted_at
 

@@ -45,6 +45,10 @@ def test_run_on_a_terminal_shows_one_bar_and_whole_log_lines(tmp_path, tiny_corp
     assert on_screen == records
     assert not [line for line in screen if RECORD.search(line) and not WHOLE_LINE.match(line)]
     assert not [line for line in screen if "%|" in line]
-    for expected in ("horovod_llm.preprocess: corpus: 3 files", "horovod_llm.train: step 8/8 | epoch 0 | loss ", "horovod_llm.train: checkpoint written"):
+    for expected in (
+        "horovod_llm.data.preprocess: corpus: 3 files",
+        "horovod_llm.training.loop: step 8/8 | epoch 0 | loss ",
+        "horovod_llm.training.loop: checkpoint written",
+    ):
         assert any(expected in line for line in on_screen), expected
     assert any(line.startswith("--- sample from") for line in screen)

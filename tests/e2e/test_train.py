@@ -10,9 +10,10 @@ import pytest
 
 from horovod_llm import checkpoint, layout, storage
 from horovod_llm.checkpoint import load_checkpoint
-from horovod_llm.generate import generate_text
-from horovod_llm.launch import horovodrun_command, launch_training
-from horovod_llm.sampling import Sampling
+from horovod_llm.inference.generate import generate_text
+from horovod_llm.inference.sampling import Sampling
+from horovod_llm.launchers.horovodrun import horovodrun_command
+from horovod_llm.launchers.launch import launch_training
 from tests.conftest import TINY_CONFIG
 
 pytestmark = pytest.mark.horovod
@@ -63,7 +64,7 @@ def test_two_ranks_with_horovodrun(fresh_run, tiny_dataset):
 
 
 def test_documented_horovodrun_command_runs_the_worker(fresh_run, tiny_dataset, tmp_path):
-    """The command the README documents, run as a user would (not through launch.py)."""
+    """The command the README documents, run as a user would (not through the launcher)."""
     config, _ = tiny_dataset
     command = horovodrun_command(str(TINY_CONFIG), 2, 60) + [
         f"output_url={fresh_run}",

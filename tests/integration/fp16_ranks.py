@@ -7,8 +7,8 @@ import os
 
 import torch
 
-from horovod_llm.comm import init_collectives
 from horovod_llm.config import TrainConfig
+from horovod_llm.training.comm import init_collectives
 
 SIZE = 4096
 

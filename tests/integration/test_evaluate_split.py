@@ -12,7 +12,7 @@ from horovod_llm import checkpoint, layout, storage
 from horovod_llm.cli import main
 from horovod_llm.config import load_config
 from horovod_llm.errors import UserError
-from horovod_llm.evaluate import evaluate_split
+from horovod_llm.inference.evaluate import evaluate_split
 from horovod_llm.model import GPT, GPTConfig
 from tests import tiny_checkpoint
 

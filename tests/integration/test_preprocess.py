@@ -9,10 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from horovod_llm import dataset, layout, storage, tokenizer
+from horovod_llm import layout, storage
+from horovod_llm.data import dataset, tokenizer
+from horovod_llm.data.manifest import read_manifest
+from horovod_llm.data.preprocess import run_preprocess
 from horovod_llm.errors import UserError
-from horovod_llm.manifest import read_manifest
-from horovod_llm.preprocess import run_preprocess
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.spark

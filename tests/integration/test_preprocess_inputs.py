@@ -7,8 +7,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from horovod_llm import corpus, dataset, layout, storage, tokenizer
-from horovod_llm.preprocess import run_preprocess
+from horovod_llm import layout, storage
+from horovod_llm.data import corpus, dataset, tokenizer
+from horovod_llm.data.preprocess import run_preprocess
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.spark
@@ -69,7 +70,7 @@ def test_an_existing_tokenizer_is_reused(tiny_dataset, tmp_path, tiny_corpus, sp
 def test_word2vec_matrix_is_aligned_and_reported(tiny_dataset):
     config, manifest = tiny_dataset
     info = manifest.embeddings
-    from horovod_llm.embeddings import load_matrix
+    from horovod_llm.data.embeddings import load_matrix
 
     matrix = load_matrix(layout.embeddings_url(config.output_url))
     assert matrix.shape == (manifest.tokenizer.vocab_size, config.model.n_embd)

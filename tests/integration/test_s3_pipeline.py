@@ -10,10 +10,9 @@ import time
 import boto3
 import pytest
 
-from horovod_llm import checkpoint
-from horovod_llm.config import apply_storage
-from horovod_llm.launch import launch_training
-from horovod_llm.preprocess import run_preprocess
+from horovod_llm import checkpoint, storage
+from horovod_llm.data.preprocess import run_preprocess
+from horovod_llm.launchers.launch import launch_training
 from tests.conftest import TINY_CONFIG, tiny_config
 from tests.tcp_proxy import TcpProxy
 
@@ -34,7 +33,7 @@ def s3_run(s3_server, spark, tiny_corpus):
     for path in tiny_corpus.iterdir():
         s3.upload_file(str(path), "corpus", f"plays/{path.name}")
     config = tiny_config("s3a://runs/tiny", "s3://corpus/plays/", f"storage.s3.endpoint_url={s3_server}")
-    apply_storage(config)
+    storage.use(storage.storage_settings(config))
     manifest = run_preprocess(config, spark)
     short = dataclasses.replace(config, train=dataclasses.replace(config.train, max_steps=4, checkpoint_interval=2))
     summary = launch_training(short, spark)["summary"]
@@ -101,7 +100,7 @@ def test_storage_going_away_mid_run_fails_clearly_and_keeps_the_last_checkpoint(
     last = stderr.strip().splitlines()[-1]
     assert re.match(r"error: training rank \d stopped on an error \(its 'error:' line above says which\)", last), stderr[-3000:]
     # what is marked complete is whole: the latest complete checkpoint loads
-    apply_storage(config)
+    storage.use(storage.storage_settings(config))
     latest = checkpoint.complete_checkpoints("s3://runs/away")[-1]
     assert latest[0] >= 4
     assert checkpoint.load_checkpoint(latest[1]).step == latest[0]

@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import uvicorn
 
-from horovod_llm.generate import TextGenerator
-from horovod_llm.sampling import Sampling
-from horovod_llm.serve import Limits, create_app
+from horovod_llm.inference.generate import TextGenerator
+from horovod_llm.inference.sampling import Sampling
+from horovod_llm.inference.serve import Limits, create_app
 from tests import tiny_checkpoint
 
 HOST = "127.0.0.1"

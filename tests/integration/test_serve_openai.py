@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from horovod_llm.generate import TextGenerator
-from horovod_llm.sampling import Sampling
+from horovod_llm.inference.generate import TextGenerator
+from horovod_llm.inference.sampling import Sampling
 from tests import tiny_checkpoint
 from tests.integration.test_serve import HOST, Flaky, call, cli_server, post, threaded_server  # noqa: F401 (a fixture)
 

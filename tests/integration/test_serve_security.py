@@ -16,9 +16,9 @@ import threading
 import pytest
 import uvicorn
 
-from horovod_llm.batching import Batcher
-from horovod_llm.generate import TextGenerator
-from horovod_llm.serve import API_KEY_ENV, Limits, create_app
+from horovod_llm.inference.batching import Batcher
+from horovod_llm.inference.generate import TextGenerator
+from horovod_llm.inference.serve import API_KEY_ENV, Limits, create_app
 from tests import tiny_checkpoint
 from tests.integration.test_serve import cli_server
 
@@ -157,7 +157,7 @@ class FailingSubmit(Batcher):
 
 
 def test_a_failed_submit_leaks_no_pending_slot(monkeypatch):
-    monkeypatch.setattr("horovod_llm.serve.Batcher", FailingSubmit)
+    monkeypatch.setattr("horovod_llm.inference.serve.Batcher", FailingSubmit)
     generator = TextGenerator(tiny_checkpoint.tiny_model(), tiny_checkpoint.tiny_tokenizer())
     config = uvicorn.Config(create_app(generator, {"checkpoint": "tiny"}, Limits(max_pending=2)), host="127.0.0.1", port=0, log_level="critical")
     server = uvicorn.Server(config)

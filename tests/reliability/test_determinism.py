@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from horovod_llm import layout, storage
-from horovod_llm.launch import launch_training
+from horovod_llm.launchers.launch import launch_training
 from tests.e2e.test_train import with_output
 
 TWO_RANK_RELATIVE_TOLERANCE = 1e-5

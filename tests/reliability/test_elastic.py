@@ -13,7 +13,7 @@ import pytest
 
 from horovod_llm import checkpoint, layout, storage
 from horovod_llm.errors import UserError
-from horovod_llm.launch import launch_training
+from horovod_llm.launchers.launch import launch_training
 from tests.conftest import TINY_CONFIG
 from tests.e2e.test_train import with_output
 from tests.reliability.test_rank_failure import rank_process
@@ -49,7 +49,7 @@ def test_a_lost_rank_does_not_stop_elastic_training(fresh_run):
     train_elastic_and_kill_rank_1(fresh_run, ["train.max_steps=600", "train.keep_last=20"])
     summary = storage.read_json(storage.join(layout.stats_url(fresh_run), "summary.json"))
     assert summary["steps"] == 600 and summary["resumed_from_step"] == 0  # no restart: it carried on
-    assert summary["horovod"]["elastic"] is True
+    assert summary["collectives"]["elastic"] is True
     ranks = [json.loads(line)["ranks"] for line in storage.read_text(storage.join(layout.stats_url(fresh_run), "steps.jsonl")).splitlines()]
     assert ranks[0] == 2 and 1 in ranks  # trained on with one rank after the loss ...
     assert ranks[-1] == 2  # ... and with two again once Spark re-ran the lost rank's task

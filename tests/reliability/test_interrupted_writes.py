@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from horovod_llm import checkpoint, layout
-from horovod_llm.launch import launch_training
+from horovod_llm.launchers.launch import launch_training
 from tests.conftest import TINY_CONFIG
 from tests.e2e.test_train import with_output
 

@@ -12,7 +12,8 @@ import psutil
 import pytest
 import torch
 
-from horovod_llm.launch import horovod_honours_bind_address, launch_training
+from horovod_llm.launchers.horovod_env import horovod_honours_bind_address
+from horovod_llm.launchers.launch import launch_training
 from tests.e2e.test_train import with_output
 
 pytestmark = [pytest.mark.spark, pytest.mark.horovod]
@@ -94,8 +95,8 @@ def test_local_training_listens_on_loopback_only(fresh_run, tiny_dataset, spark,
 def test_the_in_process_torch_rank_listens_on_loopback_only():
     # train.launcher=local without Horovod: torch.distributed in this process. A tcp://
     # rendezvous made torch's TCPStore listen on every interface ('::').
-    from horovod_llm.comm import TorchCollectives
     from horovod_llm.config import TrainConfig
+    from horovod_llm.training.comm import TorchCollectives
 
     sockets = ListeningSockets()
     sockets.poll()

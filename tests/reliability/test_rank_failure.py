@@ -14,7 +14,7 @@ import pytest
 
 from horovod_llm import checkpoint
 from horovod_llm.errors import JobFailed, UserError
-from horovod_llm.launch import launch_training
+from horovod_llm.launchers.launch import launch_training
 from tests.e2e.test_train import with_output
 
 pytestmark = [pytest.mark.spark, pytest.mark.horovod]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from horovod_llm.config import from_dict, to_dict
-from horovod_llm.launch import launch_training
+from horovod_llm.launchers.launch import launch_training
 from tests.e2e.test_train import with_output
 from tests.reliability.test_rank_failure import RankKiller
 

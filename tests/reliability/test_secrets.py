@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from horovod_llm.config import from_dict, load_config, redacted_dict
-from horovod_llm.redaction import is_secret_key, redact
+from horovod_llm.config import from_dict, load_config
+from horovod_llm.redaction import is_secret_key, redact, redacted_dict
 from tests.conftest import TINY_CONFIG
 
 SECRET = "S3CR3T-do-not-leak-42"
@@ -128,7 +128,7 @@ def test_horovodrun_ranks_get_credentials_that_no_file_holds(fresh_run, tiny_dat
     import threading
 
     from horovod_llm.config import to_dict
-    from horovod_llm.launch import launch_training
+    from horovod_llm.launchers.launch import launch_training
     from tests.e2e.test_train import with_output
 
     config, _ = tiny_dataset
@@ -158,8 +158,9 @@ def test_horovodrun_ranks_get_credentials_that_no_file_holds(fresh_run, tiny_dat
 
 
 def test_a_rank_started_from_a_redacted_file_gets_the_credentials_back(tmp_path):
-    from horovod_llm.config import redacted_yaml, secret_values, with_secrets
-    from horovod_llm.secret_channel import fetch_secrets, serving_secrets
+    from horovod_llm.launchers.secret_channel import fetch_secrets, serving_secrets
+    from horovod_llm.redaction import redacted_yaml, secret_values
+    from horovod_llm.training.train import with_secrets
     from horovod_llm.worker import rank_config
 
     config = load_config(TINY_CONFIG, [f"storage.s3.endpoint_url=http://admin:{SECRET}@127.0.0.1:9/", f"spark.conf.spark.hadoop.fs.s3a.secret.key={SECRET}"])
@@ -175,7 +176,7 @@ def test_a_rank_started_from_a_redacted_file_gets_the_credentials_back(tmp_path)
 
 
 def test_the_driver_gives_credentials_to_no_stranger(tmp_path):
-    from horovod_llm.secret_channel import fetch_secrets, serving_secrets
+    from horovod_llm.launchers.secret_channel import fetch_secrets, serving_secrets
 
     with serving_secrets({"password": SECRET}, "127.0.0.1") as address:
         kind, host, port, _token = address.split(":")
@@ -184,7 +185,7 @@ def test_the_driver_gives_credentials_to_no_stranger(tmp_path):
         assert fetch_secrets(address) == {"password": SECRET}
     with serving_secrets({"password": SECRET}, None) as address:
         # another local user: the server does not answer it
-        script = f"import os; from horovod_llm.secret_channel import fetch_secrets; os.setuid(65534); print(fetch_secrets({address!r}))"
+        script = f"import os; from horovod_llm.launchers.secret_channel import fetch_secrets; os.setuid(65534); print(fetch_secrets({address!r}))"
         other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
         assert other.returncode != 0 and SECRET not in other.stdout and "refused this rank its credentials" in other.stderr
         assert fetch_secrets(address) == {"password": SECRET}  # this user's process, as a rank is

@@ -7,9 +7,9 @@ import threading
 import pytest
 import torch
 
-from horovod_llm.batching import Batcher, Delta, Failed, Finished, Job, choice_seed
-from horovod_llm.generate import Continuation, TextGenerator, held_back
-from horovod_llm.sampling import Sampling
+from horovod_llm.inference.batching import Batcher, Delta, Failed, Finished, Job, choice_seed
+from horovod_llm.inference.generate import Continuation, TextGenerator, held_back
+from horovod_llm.inference.sampling import Sampling
 from tests import tiny_checkpoint
 
 PROMPTS = ["QUEEN:\n", "KING:\n", "Made glorious", ""]

@@ -1,9 +1,9 @@
-"""The arithmetic and rules of cluster.py and launch.py's lost-host helpers (pure)."""
+"""The arithmetic and rules of cluster.py and spark_tasks.py's lost-host helpers (pure)."""
 
 import pytest
 
-from horovod_llm.cluster import Executor, HostView, task_slots
-from horovod_llm.launch import spark_host
+from horovod_llm.launchers.cluster import Executor, HostView, task_slots
+from horovod_llm.launchers.spark_tasks import spark_host
 
 
 def test_slots_are_whole_per_executor():

@@ -88,3 +88,20 @@ def test_nested_spark_settings_are_flattened_to_dotted_keys(tmp_path):
     dumped = tmp_path / "dumped.yaml"
     dumped.write_text(to_yaml(config))
     assert load_config(dumped).spark.conf == {"spark.sql.shuffle.partitions": "7"}
+
+
+def test_the_generate_section_repeats_each_sampling_setting_with_its_default():
+    """GenerateConfig is the config's face of Sampling (an OmegaConf section cannot hold
+    its tuple): the same names and defaults, and `sampling()` carries each value over."""
+    import dataclasses
+
+    from horovod_llm.config import GenerateConfig
+    from horovod_llm.inference.sampling import Sampling
+
+    section = {f.name: f for f in dataclasses.fields(GenerateConfig) if f.name != "prompt"}
+    assert section.keys() == {f.name for f in dataclasses.fields(Sampling)}
+    assert GenerateConfig().sampling() == Sampling()
+    changed = load_config(
+        None, ["generate.temperature=0.3", "generate.top_k=7", "generate.top_p=0.5", "generate.seed=9", "generate.max_new_tokens=11", "generate.stop=[END]"]
+    )
+    assert changed.generate.sampling() == Sampling(max_new_tokens=11, temperature=0.3, top_k=7, top_p=0.5, seed=9, stop=("END",))

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from horovod_llm import corpus, storage
+from horovod_llm import storage
+from horovod_llm.data import corpus
 from horovod_llm.errors import UserError
 
 
@@ -127,7 +128,7 @@ def test_an_s3_etag_is_the_digest_and_a_store_without_versions_is_always_hashed(
 
 
 def test_unit_size_aims_at_a_steady_validation_share():
-    from horovod_llm.preprocess import unit_size
+    from horovod_llm.data.preprocess import unit_size
 
     assert unit_size(None, 1_100_000) == 5_500  # ~200 units: a 10% share is ~20 of them
     assert unit_size(None, 10_000) == 2_000 and unit_size(None, 10**9) == 64_000  # bounded

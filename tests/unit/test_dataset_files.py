@@ -10,12 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from horovod_llm import checkpoint, dataset, layout, storage
+from horovod_llm import checkpoint, layout, storage
 from horovod_llm.cli import main
 from horovod_llm.config import load_config
+from horovod_llm.data import dataset
+from horovod_llm.data.manifest import read_manifest
 from horovod_llm.errors import UserError
-from horovod_llm.launch import launch_training
-from horovod_llm.manifest import read_manifest
+from horovod_llm.launchers.launch import launch_training
 from horovod_llm.model import GPT, GPTConfig
 from tests.e2e.test_train import with_output
 

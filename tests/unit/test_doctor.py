@@ -27,7 +27,7 @@ def test_a_torch_that_computes_wrong_fails(monkeypatch):
 
 
 def test_an_empty_or_textless_corpus_fails(monkeypatch):
-    from horovod_llm import corpus
+    from horovod_llm.data import corpus
 
     monkeypatch.setattr(corpus, "embedded_corpus", lambda: [])
     result = doctor.check_tokenizer_and_corpus()
@@ -35,9 +35,9 @@ def test_an_empty_or_textless_corpus_fails(monkeypatch):
 
 
 def test_a_horovod_without_the_bind_address_patch_fails(monkeypatch):
-    from horovod_llm import launch
+    from horovod_llm.launchers import horovod_env
 
-    monkeypatch.setattr(launch, "horovod_honours_bind_address", lambda: False)
+    monkeypatch.setattr(horovod_env, "horovod_honours_bind_address", lambda: False)
     result = doctor.check_horovod()
     assert not result.ok and "bind-address patch" in result.note
 

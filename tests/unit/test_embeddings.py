@@ -3,7 +3,7 @@ import pytest
 import torch
 from gensim.models import KeyedVectors
 
-from horovod_llm import embeddings
+from horovod_llm.data import embeddings
 from horovod_llm.model import GPT, GPTConfig
 
 STD = 0.02

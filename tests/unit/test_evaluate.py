@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from horovod_llm import tokenizer
+from horovod_llm.data import tokenizer
+from horovod_llm.data.windows import sliding_windows
 from horovod_llm.errors import UserError
-from horovod_llm.evaluate import (
+from horovod_llm.inference.evaluate import (
     count_words,
     evaluate_text,
     piece_texts,
@@ -19,7 +20,6 @@ from horovod_llm.evaluate import (
     scoring_windows,
     summarize,
 )
-from horovod_llm.windows import sliding_windows
 from tests import tiny_checkpoint
 
 

@@ -12,11 +12,13 @@ import pytest
 import torch
 from sentencepiece import sentencepiece_model_pb2
 
-from horovod_llm import checkpoint, export, tokenizer
+from horovod_llm import checkpoint
 from horovod_llm.cli import main
 from horovod_llm.config import load_config
+from horovod_llm.data import tokenizer
 from horovod_llm.errors import UserError
-from horovod_llm.export import export_hf
+from horovod_llm.inference import export
+from horovod_llm.inference.export import export_hf
 from horovod_llm.model import GPT, GPTConfig
 from tests import tiny_checkpoint
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from horovod_llm import tokenizer
-from horovod_llm.generate import TextGenerator
-from horovod_llm.sampling import Sampling
+from horovod_llm.data import tokenizer
+from horovod_llm.inference.generate import TextGenerator
+from horovod_llm.inference.sampling import Sampling
 from tests import tiny_checkpoint
 
 QUEEN = "And all the clouds that lour'd upon our house\nIn the deep bosom of the ocean buried.\n"
@@ -121,8 +121,8 @@ def test_the_config_the_flags_and_the_server_take_their_defaults_from_sampling()
     # issue 13: the settings were declared four times, with two sets of rules
     from horovod_llm.cli import build_parser
     from horovod_llm.config import load_config
-    from horovod_llm.sampling import sampling_fields
-    from horovod_llm.serve import Limits, request_model
+    from horovod_llm.inference.sampling import sampling_fields
+    from horovod_llm.inference.serve import Limits, request_model
 
     defaults = Sampling()
     assert load_config(None).generate.sampling() == defaults

@@ -7,10 +7,11 @@ import os
 import pytest
 
 from horovod_llm.config import load_config
+from horovod_llm.data.manifest import FORMAT_VERSION, Manifest
 from horovod_llm.errors import UserError
-from horovod_llm.job import check_job, gpt_config, learning_rates, set_horovod_environment, steps_per_epoch, threads_for_rank, total_steps
-from horovod_llm.manifest import FORMAT_VERSION, Manifest
-from horovod_llm.resume import DataPosition, Resumed, data_position
+from horovod_llm.training.comm import set_horovod_environment
+from horovod_llm.training.job import check_job, gpt_config, learning_rates, steps_per_epoch, threads_for_rank, total_steps
+from horovod_llm.training.resume import DataPosition, Resumed, data_position
 
 
 def manifest_values(**changes) -> dict:
@@ -107,3 +108,12 @@ def test_horovod_cycle_time_follows_the_config_unless_the_user_set_it(monkeypatc
     monkeypatch.setenv("HOROVOD_CYCLE_TIME", "2")  # the user's own setting wins
     set_horovod_environment(load_config(None, ["train.horovod_cycle_time_ms=10"]).train)
     assert os.environ["HOROVOD_CYCLE_TIME"] == "2"
+
+
+def test_the_report_says_when_validation_was_a_sample_of_the_split():
+    from horovod_llm.pipeline import validation_coverage
+
+    assert validation_coverage(120, 120) == "on all 120 validation windows"
+    assert validation_coverage(None, 7) == "on all 7 validation windows"  # a summary from before val_windows
+    sample = validation_coverage(1_600, 25_000)
+    assert sample.startswith("on 1,600 of 25,000 validation windows") and "evaluate --split val" in sample

@@ -2,7 +2,7 @@
 
 import threading
 
-from horovod_llm.launch import horovod_job_cancellation_logged
+from horovod_llm.launchers.horovod_spark import horovod_job_cancellation_logged
 
 
 def _raise_in_thread(message: str) -> None:

@@ -2,8 +2,8 @@
 
 import io
 
-from horovod_llm.launch_torch import RankExitLog
-from horovod_llm.rank_failures import PEER_LOST_STATUS, job_failure
+from horovod_llm.launchers.exits import PEER_LOST_STATUS, job_failure
+from horovod_llm.launchers.torch_distributor import RankExitLog
 
 KILLED_RANK_1 = """\
 [rank0]: RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:31649
@@ -47,7 +47,7 @@ def test_a_rank_reported_twice_counts_once_and_other_lines_are_ignored():
 
 
 def test_a_collective_that_lost_its_peer_is_told_from_other_errors():
-    from horovod_llm.comm import lost_peer
+    from horovod_llm.training.comm import lost_peer
 
     closed = "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:31649."
     assert lost_peer(RuntimeError(closed))
@@ -57,7 +57,7 @@ def test_a_collective_that_lost_its_peer_is_told_from_other_errors():
 
 
 def test_a_rank_whose_host_spark_dropped_is_named_lost(monkeypatch):
-    import horovod_llm.launch_torch as launch_torch
+    import horovod_llm.launchers.torch_distributor as launch_torch
 
     live = [{"node2", "node3.ec2.internal"}, {"node2"}]  # the status store learns of the loss late
     monkeypatch.setattr(launch_torch, "executor_hosts", lambda context: live.pop(0) if len(live) > 1 else live[0])
@@ -67,7 +67,7 @@ def test_a_rank_whose_host_spark_dropped_is_named_lost(monkeypatch):
 
 
 def test_no_rank_is_named_when_spark_and_the_ranks_spell_hosts_apart(monkeypatch):
-    import horovod_llm.launch_torch as launch_torch
+    import horovod_llm.launchers.torch_distributor as launch_torch
 
     monkeypatch.setattr(launch_torch, "executor_hosts", lambda context: {"10.0.0.2", "10.0.0.3"})
     assert launch_torch.ranks_on_lost_hosts(None, {0: "node2", 1: "node3"}, settle_s=0.5) == []

@@ -5,7 +5,7 @@ import json
 
 def test_the_mfu_peak_is_the_best_reading_of_the_machine_type(tmp_path, monkeypatch):
     # issue 12: a peak measured on a busy machine fell, and MFU rose with it
-    from horovod_llm import metrics
+    from horovod_llm.training import metrics
 
     cache = tmp_path / "peak-flops.json"
     readings = iter([5e10, 2e10, 8e10])
@@ -20,6 +20,6 @@ def test_the_mfu_peak_is_the_best_reading_of_the_machine_type(tmp_path, monkeypa
 
 
 def test_a_matmul_reading_is_a_plausible_flop_rate():
-    from horovod_llm.metrics import measure_matmul_flops
+    from horovod_llm.training.metrics import measure_matmul_flops
 
     assert 1e8 < measure_matmul_flops(size=128, seconds=0.5, readings=10) < 1e14

@@ -2,9 +2,9 @@
 
 import pytest
 
-from horovod_llm import openai_api
-from horovod_llm.generate import Completion
-from horovod_llm.openai_api import RequestError, parse
+from horovod_llm.inference import openai_api
+from horovod_llm.inference.generate import Completion
+from horovod_llm.inference.openai_api import RequestError, parse
 
 
 def plan(**values):
@@ -76,7 +76,7 @@ def test_bodies_in_openai_shapes():
 
 
 def test_the_default_model_id_names_the_run_and_the_step():
-    from horovod_llm.serve import default_model_id
+    from horovod_llm.inference.serve import default_model_id
 
     assert default_model_id("/work/runs/demo/checkpoints/step-00000150", 150) == "demo-step-150"
     assert default_model_id("s3://bucket/runs/demo/model.zip", 389) == "demo-step-389"

@@ -1,5 +1,5 @@
 """CVE-2023-47248: a Parquet file whose column type is a pickle must never run its code
-when a dataset is read (pyarrow-hotfix, imported by horovod_llm.dataset)."""
+when a dataset is read (pyarrow-hotfix, imported by horovod_llm.data.dataset)."""
 
 import subprocess
 import sys
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from horovod_llm import dataset
+from horovod_llm.data import dataset
 from horovod_llm.errors import UserError
 
 # Written by a plain interpreter, without the hotfix: unpickling this column type runs
@@ -37,7 +37,7 @@ def test_the_hotfix_is_active():
 
 def test_reading_a_malicious_dataset_runs_no_code(fresh_run, tmp_path):
     # a part the manifest lists, replaced by one whose column type is the pickle
-    from horovod_llm.manifest import read_manifest
+    from horovod_llm.data.manifest import read_manifest
 
     name = read_manifest(fresh_run).splits["val"].files[0]
     part = Path(fresh_run) / "dataset" / "val" / name

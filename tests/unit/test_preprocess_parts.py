@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from horovod_llm import tokenizer
-from horovod_llm.preprocess import encoding_partitions, row_groups_per_part, write_windows_part
-from horovod_llm.windows import join_documents, sliding_windows
+from horovod_llm.data import tokenizer
+from horovod_llm.data.preprocess import encoding_partitions, row_groups_per_part, write_windows_part
+from horovod_llm.data.windows import join_documents, sliding_windows
 from tests.unit.test_tokenizer import TEXT
 
 
@@ -58,7 +58,7 @@ def test_encoding_partitions_and_row_groups():
 
 
 def test_spark_workers_do_not_import_torch():
-    """Every Spark Python worker imports horovod_llm.preprocess to run its tasks: torch
+    """Every Spark Python worker imports horovod_llm.data.preprocess to run its tasks: torch
     would cost each of them seconds of CPU for nothing (seen in bench/end_to_end.py)."""
-    code = "import sys, horovod_llm.preprocess; sys.exit('torch' in sys.modules)"
+    code = "import sys, horovod_llm.data.preprocess; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

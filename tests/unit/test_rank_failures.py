@@ -2,7 +2,8 @@
 
 import pytest
 
-from horovod_llm.rank_failures import PEER_LOST_STATUS, SILENT_STATUS, RankExit, describe_status, first_failure, horovodrun_exit, job_failure
+from horovod_llm.launchers.exits import PEER_LOST_STATUS, SILENT_STATUS, RankExit, describe_status, first_failure, job_failure
+from horovod_llm.launchers.horovodrun import horovodrun_exit
 
 
 def test_the_killed_rank_is_named_even_when_its_peer_exits_first():

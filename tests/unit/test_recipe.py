@@ -2,9 +2,9 @@
 
 import pytest
 
-from horovod_llm import recipe
 from horovod_llm.config import CONFIG_DIR, load_config
 from horovod_llm.errors import UserError
+from horovod_llm.training import recipe
 
 LOCAL = CONFIG_DIR / "local.yaml"
 

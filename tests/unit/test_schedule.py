@@ -1,6 +1,6 @@
 import pytest
 
-from horovod_llm.schedule import TrainingClock, learning_rate_at
+from horovod_llm.training.schedule import TrainingClock, learning_rate_at
 
 
 def lr(step, total=100):

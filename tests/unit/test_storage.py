@@ -52,7 +52,7 @@ def test_a_silent_endpoint_fails_a_write_within_its_timeouts(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     saved = storage.settings()
-    storage.configure(endpoint_url=f"http://127.0.0.1:{listener.getsockname()[1]}", max_attempts=1, read_timeout=1)
+    storage.use(storage.S3Settings(endpoint_url=f"http://127.0.0.1:{listener.getsockname()[1]}", max_attempts=1, read_timeout=1))
     outcome: list[BaseException | None] = []
 
     def write() -> None:
@@ -72,7 +72,7 @@ def test_a_silent_endpoint_fails_a_write_within_its_timeouts(monkeypatch):
         assert "ReadTimeoutError" in str(outcome[0]) and "check the network" in str(outcome[0])
         assert accepted, "the request never reached the endpoint"
     finally:
-        storage.configure(**saved)
+        storage.use(saved)
         listener.close()
         for connection in accepted:
             connection.close()

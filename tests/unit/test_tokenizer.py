@@ -1,6 +1,6 @@
 import pytest
 
-from horovod_llm import tokenizer
+from horovod_llm.data import tokenizer
 from horovod_llm.errors import UserError
 
 TEXT = """KING:

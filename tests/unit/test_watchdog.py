@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from horovod_llm import watchdog as watchdog_module
 from horovod_llm.errors import JobFailed
-from horovod_llm.watchdog import Heartbeat, stall_guard
+from horovod_llm.launchers import watchdog as watchdog_module
+from horovod_llm.launchers.watchdog import Heartbeat, stall_guard
 
 
 def test_a_job_without_progress_fails_in_one_line_and_is_stopped():

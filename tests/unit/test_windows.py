@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from horovod_llm.windows import count_windows, join_documents, sliding_windows, stride
+from horovod_llm.data.windows import count_windows, join_documents, sliding_windows, stride
 
 
 def test_stride_is_window_minus_overlap():

@@ -18,7 +18,7 @@ import pytest
 
 from horovod_llm import layout, storage
 from horovod_llm.errors import UserError
-from horovod_llm.launch import launch_training
+from horovod_llm.launchers.launch import launch_training
 from tests.conftest import TINY_CONFIG
 from tests.e2e.test_train import check_run, with_output
 from tests.reliability.test_rank_failure import KILLED_RANK_FAILS_WITHIN_S, frozen_rank_stall, killed_rank_failure, restarted_after_a_killed_rank
@@ -40,10 +40,10 @@ def test_two_ranks_from_the_cli(fresh_run, tiny_dataset):
     command = [sys.executable, "-m", "horovod_llm.cli", "train", "--config", str(TINY_CONFIG), f"output_url={fresh_run}", "train.launcher=torch_distributor"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "[rank 0] horovod_llm.train: step 8/8" in done.stderr and "starting 2 ranks with Spark's TorchDistributor" in done.stderr
+    assert "[rank 0] horovod_llm.training.loop: step 8/8" in done.stderr and "starting 2 ranks with Spark's TorchDistributor" in done.stderr
     summary = check_run(fresh_run, config)
     assert summary["backend"] == "torch" and summary["launch"]["launcher"] == "torch_distributor"
-    assert summary["horovod"]["cycle_time_ms"] is None
+    assert summary["collectives"]["backend"] == "torch" and summary["collectives"]["cycle_time_ms"] is None
     assert [p["gloo_iface"] for p in summary["placement"]] == ["lo", "lo"]
     assert done.stdout == ""  # stdout carries generated text only
     steps = [json.loads(line) for line in storage.read_text(storage.join(layout.stats_url(fresh_run), "steps.jsonl")).splitlines()]

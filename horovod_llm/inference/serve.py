@@ -37,10 +37,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from horovod_llm import openai_api
-from horovod_llm.batching import Batcher, Delta, Event, Failed, Finished, Job
-from horovod_llm.generate import TextGenerator
-from horovod_llm.sampling import MAX_SEED, Sampling, sampling_fields
+from horovod_llm.inference import openai_api
+from horovod_llm.inference.batching import Batcher, Delta, Event, Failed, Finished, Job
+from horovod_llm.inference.generate import TextGenerator
+from horovod_llm.inference.sampling import MAX_SEED, Sampling, sampling_fields
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def create_app(generator: TextGenerator, info: dict, limits: Limits = Limits(), 
         if len(req.prompt) > limits.max_prompt_chars:
             return _error(422, f"prompt ({len(req.prompt)} characters) is over this server's limit of {limits.max_prompt_chars}: send a shorter prompt")
         seed = req.seed if req.seed is not None else random.randrange(MAX_SEED)
-        sampling = Sampling(req.max_new_tokens, req.temperature, req.top_k, req.top_p, seed, tuple(req.stop))
+        sampling = Sampling(max_new_tokens=req.max_new_tokens, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=seed, stop=tuple(req.stop))
         problems = sampling.problems(max_new_tokens=limits.max_new_tokens)
         if problems:
             return _error(422, "; ".join(problems))

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from horovod_llm.generate import Completion
-from horovod_llm.sampling import MAX_SEED, Sampling
+from horovod_llm.inference.generate import Completion
+from horovod_llm.inference.sampling import MAX_SEED, Sampling
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 MAX_STOP = 16  # as POST /generate

@@ -84,7 +84,7 @@ class _Server:
 
 @contextlib.contextmanager
 def serving_secrets(values: dict, bind_host: str | None) -> Iterator[str | None]:
-    """Serve `values` (config.secret_values) to this job's ranks while the block runs;
+    """Serve `values` (redaction.secret_values) to this job's ranks while the block runs;
     yield the address they fetch them at, None when there is nothing to hide. bind_host
     None: ranks on this machine only (a Unix socket); else TCP on that address."""
     if not values:

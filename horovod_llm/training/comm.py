@@ -3,14 +3,21 @@ implementations: Horovod (`horovod.torch`) and `torch.distributed` (Gloo on CPU)
 
 The worker (train.py, step.py) calls only these: the averaged-gradient optimizer, the
 broadcast of rank 0's weights and optimizer state, metric reductions, gathers and a
-barrier. Horovod's elastic state stays with Horovod (`Collectives.elastic`); the torch
-backend refuses elastic mode before any rank starts (config.py).
+barrier; and `run`, which runs the training loop, under Horovod elastic where the job
+asked for it (the torch backend has no elastic mode: its launcher is refused one before
+any rank starts, config.validate). Each backend also sets its own environment and
+describes itself for the run summary.
 
 Neither module is imported here at load time: `horovod_llm` imports and trains with
 `train.launcher=torch_distributor` (or `local`) where Horovod is not installed.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from horovod_llm.config import TrainConfig
 
 import os
 import re
@@ -23,21 +30,17 @@ from datetime import timedelta
 
 import torch
 
-from horovod_llm import launchers
-from horovod_llm.config import TrainConfig
 
+class LoopState:
+    """The mutable part of training (the model, the optimizer, the step and the data
+    position), with the interface of Horovod elastic's TorchState that the loop uses."""
 
-def horovod_installed() -> bool:
-    try:
-        import horovod.torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    def __init__(self, model: torch.nn.Module, optimizer, **fields):
+        self.model, self.optimizer = model, optimizer
+        self.__dict__.update(fields)
 
-
-def backend_for(launcher: str) -> str:
-    """The launcher's backend (launchers.py); `local` takes Horovod when it is installed."""
-    return launchers.launcher(launcher).backend or ("horovod" if horovod_installed() else "torch")
+    def commit(self) -> None:
+        """Nothing to do: without elastic mode no reset ever rolls back to a commit."""
 
 
 class Collectives(ABC):
@@ -47,8 +50,30 @@ class Collectives(ABC):
     rank: int
     size: int
     local_size: int
-    elastic = None  # horovod.torch.elastic where the backend has elastic training
+    elastic = False  # the loop runs under Horovod elastic: ranks may leave and join
     mpi_built = False  # Adasum on CPU needs Horovod built with MPI
+
+    def loop_state(self, model: torch.nn.Module, optimizer, **fields) -> LoopState:
+        """The state the loop trains (`state.step`, `state.commit()`...)."""
+        return LoopState(model, optimizer, **fields)
+
+    def run(self, loop, state, *args):
+        """`loop(state, *args)`; under Horovod elastic, again from the last commit after
+        ranks leave or join."""
+        return loop(state, *args)
+
+    def describe(self, train: TrainConfig) -> dict:
+        """The run summary's `collectives` block: the backend and how it reduces."""
+        return {
+            "backend": self.backend,
+            "compression": "fp16" if train.fp16_allreduce else "none",
+            "op": train.allreduce_op,
+            "backward_passes_per_step": train.backward_passes_per_step,
+            "lr_scaled_by_ranks": train.scale_lr_by_ranks,
+            "elastic": self.elastic,
+            # Horovod's background thread period; torch.distributed has none
+            "cycle_time_ms": None,
+        }
 
     @abstractmethod
     def distributed_optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, train: TrainConfig):
@@ -93,19 +118,44 @@ class Collectives(ABC):
         """Leave the group (a process that trains again re-initialises)."""
 
 
+# Marks HOROVOD_CYCLE_TIME as set from a config, not by the user: an earlier run in the
+# same process (the local launcher, a notebook) or in a parent (ranks inherit the
+# driver's environment) must not pin its value on the next run's config.
+_CYCLE_TIME_FROM_CONFIG = "HOROVOD_LLM_CYCLE_TIME_FROM_CONFIG"
+
+
+def set_horovod_environment(train: TrainConfig) -> None:
+    """Horovod's settings read from the environment at hvd.init(); a value the user (or
+    horovodrun's --cycle-time-ms) set wins over the config."""
+    current = os.environ.get("HOROVOD_CYCLE_TIME")
+    if current is None or current == os.environ.get(_CYCLE_TIME_FROM_CONFIG):
+        os.environ["HOROVOD_CYCLE_TIME"] = os.environ[_CYCLE_TIME_FROM_CONFIG] = str(train.horovod_cycle_time_ms)
+
+
 class HorovodCollectives(Collectives):
     backend = "horovod"
 
     def __init__(self, train: TrainConfig):
         import horovod.torch as hvd
 
-        from horovod_llm.job import set_horovod_environment
-
         set_horovod_environment(train)
         hvd.init()
         self.hvd = hvd
-        self.elastic = hvd.elastic
+        self.elastic = train.elastic
         self.mpi_built = hvd.mpi_built()
+
+    def loop_state(self, model, optimizer, **fields):
+        if not self.elastic:
+            return super().loop_state(model, optimizer, **fields)
+        # Horovod elastic: on a change every rank rolls back to the last commit (in
+        # memory) and the loop starts again at the new size.
+        return self.hvd.elastic.TorchState(model=model, optimizer=optimizer, **fields)
+
+    def run(self, loop, state, *args):
+        return self.hvd.elastic.run(loop)(state, *args) if self.elastic else loop(state, *args)
+
+    def describe(self, train):
+        return {**super().describe(train), "cycle_time_ms": float(os.environ["HOROVOD_CYCLE_TIME"])}
 
     # Read at each use: an elastic reset changes them.
     @property

@@ -100,7 +100,7 @@ def check_only_our_files(output_url: str, split: str) -> None:
     `_common_metadata` and `_metadata` and unpickles a schema from them: one placed under
     a shared output_url would run code on every rank and in `evaluate`. This package
     never writes either."""
-    from horovod_llm.manifest import read_manifest
+    from horovod_llm.data.manifest import read_manifest
 
     expected = set(read_manifest(output_url).splits[split].files)
     split_url = layout.split_url(output_url, split)

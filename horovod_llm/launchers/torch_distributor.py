@@ -1,76 +1,88 @@
 """train.launcher=torch_distributor: one rank per Spark task through Spark's own
 TorchDistributor (pyspark.ml.torch, in Spark 3.4 and later, so in EMR 7.x), which runs
 torchrun in each task of a barrier stage. The ranks use torch.distributed with Gloo
-(comm.py) and the same worker as every other launcher; nothing here needs Horovod.
+(training/comm.py) and the same worker as every other launcher; nothing here needs
+Horovod. How this launcher learns each rank's exit: torchrun's reports, read from the
+ranks' lines (RankExitLog), and Spark's account of a lost executor.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
 import re
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 
-from horovod_llm.cluster import executor_hosts
-from horovod_llm.config import RunConfig, redacted_dict, secret_values
-from horovod_llm.errors import JobFailed
-from horovod_llm.launch import driver_address, spark_ranks
-from horovod_llm.rank_failures import PEER_LOST_STATUS, SILENT_STATUS, RankExit, job_failure
-from horovod_llm.secret_channel import serving_secrets
+from horovod_llm.launchers.cluster import executor_hosts
+from horovod_llm.launchers.exits import PEER_LOST_GRACE_S, PEER_LOST_STATUS, SILENT_STATUS, RankExit, job_failed
+from horovod_llm.launchers.spark_tasks import SparkTaskLauncher, driver_address, spark_task_failures_quiet
 from horovod_llm.spark import is_local
-from horovod_llm.train import rank_entry
-from horovod_llm.watchdog import stall_guard
 
 log = logging.getLogger(__name__)
 
 
-def torch_distributor_rank(config_values: dict, launch_info: dict) -> dict:
+class TorchDistributor(SparkTaskLauncher):
+    name = "torch_distributor"
+    backend = "torch"
+    elastic = False
+    needs_horovod = False
+    # Spark reports the first of a barrier stage's tasks to fail and stops the others:
+    # a rank that only lost a peer waits, so that the one that failed on its own is first.
+    peer_lost_grace_s = PEER_LOST_GRACE_S
+
+    def run(self, worker, config, spark=None) -> dict:
+        from pyspark.ml.torch.distributor import TorchDistributor as SparkTorchDistributor
+
+        from horovod_llm.launchers.secret_channel import serving_secrets
+        from horovod_llm.launchers.watchdog import stall_guard
+        from horovod_llm.redaction import redacted_dict, secret_values
+
+        config, context, launch_info = self.prepare(config, spark)
+        tc, local = config.train, is_local(context.master)
+        launch_info["gloo_iface"] = "lo" if local else ",".join(tc.nics) or None
+        _bind_log_server_to_driver_host()
+        distributor = SparkTorchDistributor(num_processes=tc.num_proc, local_mode=False, use_gpu=False)
+        log.info("starting %d ranks with Spark's TorchDistributor (torch.distributed, Gloo%s)", tc.num_proc, ", loopback" if local else "")
+        exits = RankExitLog(sys.stderr)
+        watched = stall_guard(tc.stall_timeout, driver_address(context), abort=context.cancelAllJobs, start_allowance_s=tc.start_timeout)
+        # TorchDistributor pickles the arguments into a folder of each executor: redacted, and
+        # the ranks fetch the hidden values from this driver (secret_channel.py).
+        with watched as watchdog, serving_secrets(secret_values(config), None if local else driver_address(context)) as secrets_at:
+            launch_info["watchdog"], launch_info["secrets"] = watchdog and watchdog.address, secrets_at
+            try:
+                # The ranks' lines come back on stderr (stdout carries generated text only), where
+                # torchrun's reports of its rank's exit are read.
+                with redirect_stdout(sys.stderr), redirect_stderr(exits), spark_task_failures_quiet(context):
+                    rank = functools.partial(torch_distributor_rank, worker, peer_lost_grace_s=self.peer_lost_grace_s)
+                    return distributor.run(rank, redacted_dict(config), launch_info)
+            except Exception as exc:
+                hosts = watchdog.hosts() if watchdog else {}
+                if "TorchDistributor failed" in str(exc):
+                    reported = exits.exits + unreported_ranks(exits.exits, tc.num_proc, hosts)
+                elif _EXECUTOR_LOST.search(str(exc)):
+                    # Spark dropped a host's executor (its heartbeat timeout) before torchrun
+                    # reported anything: the ranks that ran there are the ones lost.
+                    reported = exits.exits + ranks_on_lost_hosts(context, hosts)
+                else:
+                    raise
+                raise job_failed(
+                    reported, "TorchDistributor", "a TorchDistributor training task failed before its rank reported an exit status: see the task logs above"
+                ) from None
+
+
+def torch_distributor_rank(worker, config_values: dict, launch_info: dict, *, peer_lost_grace_s: float) -> dict:
     """A rank, in the process torchrun starts in a Spark task."""
+    from horovod_llm.launchers.rank_process import rank_process
+
     if launch_info.get("gloo_iface"):
         # Gloo's own setting; without it Gloo uses the address the host name resolves
         # to, which cluster.check_hosts has checked other hosts can reach.
         os.environ.setdefault("GLOO_SOCKET_IFNAME", launch_info["gloo_iface"])
-    return rank_entry(config_values, launch_info)
-
-
-def run_with_torch_distributor(config: RunConfig, spark=None) -> dict:
-    from pyspark.ml.torch.distributor import TorchDistributor
-
-    config, context, launch_info = spark_ranks(config, spark, "torch_distributor")
-    tc, local = config.train, is_local(context.master)
-    launch_info["gloo_iface"] = "lo" if local else ",".join(tc.nics) or None
-    _bind_log_server_to_driver_host()
-    distributor = TorchDistributor(num_processes=tc.num_proc, local_mode=False, use_gpu=False)
-    log.info("starting %d ranks with Spark's TorchDistributor (torch.distributed, Gloo%s)", tc.num_proc, ", loopback" if local else "")
-    exits = RankExitLog(sys.stderr)
-    watched = stall_guard(tc.stall_timeout, driver_address(context), abort=context.cancelAllJobs, start_allowance_s=tc.start_timeout)
-    # TorchDistributor pickles the arguments into a folder of each executor: redacted, and
-    # the ranks fetch the hidden values from this driver (secret_channel.py).
-    with watched as watchdog, serving_secrets(secret_values(config), None if local else driver_address(context)) as secrets_at:
-        launch_info["watchdog"], launch_info["secrets"] = watchdog and watchdog.address, secrets_at
-        try:
-            # The ranks' lines come back on stderr (stdout carries generated text only), where
-            # torchrun's reports of its rank's exit are read.
-            with redirect_stdout(sys.stderr), redirect_stderr(exits), spark_task_failures_quiet(context):
-                return distributor.run(torch_distributor_rank, redacted_dict(config), launch_info)
-        except Exception as exc:
-            hosts = watchdog.hosts() if watchdog else {}
-            if "TorchDistributor failed" in str(exc):
-                reported = exits.exits + unreported_ranks(exits.exits, tc.num_proc, hosts)
-            elif _EXECUTOR_LOST.search(str(exc)):
-                # Spark dropped a host's executor (its heartbeat timeout) before torchrun
-                # reported anything: the ranks that ran there are the ones lost.
-                reported = exits.exits + ranks_on_lost_hosts(context, hosts)
-            else:
-                raise
-            failure = job_failure(reported, "TorchDistributor") or JobFailed(
-                "a TorchDistributor training task failed before its rank reported an exit status: see the task logs above"
-            )
-            raise failure from None
+    return rank_process(worker, config_values, launch_info, peer_lost_grace_s=peer_lost_grace_s)
 
 
 # How Spark words a stage failed by a lost executor (a host that stopped answering).
@@ -185,38 +197,3 @@ class RankExitLog(io.TextIOBase):
 
     def isatty(self) -> bool:
         return self.stream.isatty()
-
-
-# Spark logs every failed task of the barrier stage with its Python and Java stack traces,
-# after the ranks' own lines have said what went wrong; this module reports the failure
-# in one line. Driver-side loggers (and, in local mode, the executor's).
-_TASK_FAILURE_LOGGERS = (
-    "org.apache.spark.scheduler.TaskSetManager",
-    "org.apache.spark.scheduler.DAGScheduler",
-    "org.apache.spark.executor.Executor",
-    "org.apache.spark.sql.execution.python",
-    "org.apache.spark.api.python",
-)
-
-
-@contextmanager
-def spark_task_failures_quiet(context) -> Iterator[None]:
-    jvm = context._jvm
-    log4j = jvm.org.apache.logging.log4j
-    saved = {name: log4j.LogManager.getLogger(name).getLevel() for name in _TASK_FAILURE_LOGGERS}
-    for name in _TASK_FAILURE_LOGGERS:
-        log4j.core.config.Configurator.setLevel(name, log4j.Level.OFF)
-    try:
-        yield
-    finally:
-        # A failed stage's other tasks are killed after the job has failed: their
-        # reports come a moment later.
-        deadline = time.monotonic() + 10
-        while _running_tasks(context) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for name, level in saved.items():
-            log4j.core.config.Configurator.setLevel(name, level)
-
-
-def _running_tasks(context) -> int:
-    return sum(info.numRunningTasks() for info in context._jsc.sc().statusTracker().getExecutorInfos())

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from horovod_llm.config import TrainConfig
-from horovod_llm.evaluate import score_split, summarize
-from horovod_llm.metrics import batch_metrics
+from horovod_llm.inference.evaluate import score_split, summarize
 from horovod_llm.model import GPT
+from horovod_llm.training.metrics import batch_metrics
 
 
 def distributed_optimizer(model: GPT, train: TrainConfig, learning_rate: float, comm):
@@ -99,7 +99,7 @@ def validate(
     model.train()
     if totals.tokens == 0:
         nan = float("nan")
-        return {"val_loss": nan, "val_perplexity": nan, "val_accuracy": nan, "val_nats_per_character": nan, "val_tokens": 0}
+        return {"val_loss": nan, "val_perplexity": nan, "val_accuracy": nan, "val_nats_per_character": nan, "val_tokens": 0, "val_windows": 0}
     figures = summarize(totals)
     return {
         "val_loss": figures["nll_per_token"],
@@ -107,4 +107,7 @@ def validate(
         "val_accuracy": figures["token_accuracy"],
         "val_nats_per_character": figures["nats_per_character"],
         "val_tokens": totals.tokens,
+        # at most train.eval_max_batches batches per rank: the whole split only when it is
+        # that small (the run's report says which; `evaluate --split val` scores it all)
+        "val_windows": totals.windows,
     }

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 
-from horovod_llm import checkpoint, storage, tokenizer
+from horovod_llm import checkpoint, storage
+from horovod_llm.data import tokenizer
 from horovod_llm.errors import UserError
 from horovod_llm.model import GPT, GPTConfig
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from horovod_llm.tokenizer import PAD_ID
+from horovod_llm.data.tokenizer import PAD_ID
 
 
 def batch_metrics(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:

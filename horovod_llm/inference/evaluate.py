@@ -29,9 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from horovod_llm import dataset, storage, tokenizer
+from horovod_llm import storage
+from horovod_llm.data import dataset, tokenizer
+from horovod_llm.data.manifest import read_manifest
 from horovod_llm.errors import UserError
-from horovod_llm.manifest import read_manifest
 from horovod_llm.model import GPT
 
 
@@ -42,6 +43,7 @@ class Totals:
     tokens: int = 0
     characters: int = 0
     words: int = 0
+    windows: int = 0  # windows scored
 
     def add(self, nll: float, correct: int, tokens: int) -> None:
         self.nll += nll
@@ -166,6 +168,7 @@ def score_windows(model: GPT, batches: Iterable[np.ndarray], overlap: int, texts
         scored = torch.zeros_like(targets, dtype=torch.bool)
         scored[:, overlap:] = True
         totals.add(*score_batch(model, inputs, targets, scored))
+        totals.windows += len(batch)
         for row in batch.tolist():
             segment = "".join(texts[i] for i in row[overlap + 1 :])
             before = texts[row[overlap]]  # the input just before the first scored target
@@ -196,9 +199,9 @@ def score_split(
     with dataset.window_batches(output_url, split, rank, world_size, batch_size, num_epochs=1, seed=0, shuffle=False) as batches:
         totals = score_windows(model, itertools.islice(batches, max_batches or None), overlap, texts)
     if reduce_sum is not None:
-        summed = reduce_sum(torch.tensor([totals.nll, totals.correct, totals.tokens, totals.characters, totals.words], dtype=torch.float64))
-        nll, correct, tokens, characters, words = summed.tolist()
-        totals = Totals(nll, int(correct), int(tokens), int(characters), int(words))
+        summed = reduce_sum(torch.tensor([totals.nll, totals.correct, totals.tokens, totals.characters, totals.words, totals.windows], dtype=torch.float64))
+        nll, correct, tokens, characters, words, windows = summed.tolist()
+        totals = Totals(nll, int(correct), int(tokens), int(characters), int(words), int(windows))
     return totals
 
 

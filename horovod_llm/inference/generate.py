@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from horovod_llm import tokenizer
 from horovod_llm.checkpoint import LoadedCheckpoint
+from horovod_llm.data import tokenizer
+from horovod_llm.inference.sampling import Sampling
 from horovod_llm.model import GPT
-from horovod_llm.sampling import Sampling
 
 
 @dataclass

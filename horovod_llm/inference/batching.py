@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from horovod_llm import tokenizer
-from horovod_llm.generate import Completion, Continuation, TextGenerator
+from horovod_llm.data import tokenizer
+from horovod_llm.inference.generate import Completion, Continuation, TextGenerator
+from horovod_llm.inference.sampling import MAX_SEED, Sampling
 from horovod_llm.model import ROW_BLOCK, KVCache, crop_length, draw, padded_rows, sampling_probs
-from horovod_llm.sampling import MAX_SEED, Sampling
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,12 @@ bystanders, and that sends the user to the wrong log. So a rank that stops only 
 a peer was lost exits with `PEER_LOST_STATUS`, and the launcher, which sees every rank's
 exit status, names the first rank that exited for a reason of its own.
 
-Pure functions; `launch.py` collects the exits from `horovod.spark.run` or `horovodrun`.
+Pure functions. Each launcher collects the exits its own way (horovod_spark.py,
+horovodrun.py, torch_distributor.py) and turns them into its failure with `job_failed`.
 """
 
 from __future__ import annotations
 
-import re
 import signal
 from dataclasses import dataclass
 
@@ -28,7 +28,8 @@ PEER_LOST_STATUS = 3
 # notices within 0.1 s).
 PEER_LOST_GRACE_S = 5.0
 # Not a process status: the launcher's mark for a rank whose exit never came back after
-# the others had stopped, because its host is gone or unreachable (launch.py).
+# the others had stopped, because its host is gone or unreachable (horovod_spark.py,
+# torch_distributor.py).
 SILENT_STATUS = -1000
 
 
@@ -82,12 +83,7 @@ def job_failure(exits: list[RankExit], launcher: str = "Horovod") -> JobFailed |
     return JobFailed(f"training rank {culprit.rank} exited with {describe_status(culprit.status)}{consequence}: see rank {culprit.rank}'s log above")
 
 
-# horovodrun's launcher prints this line for each rank that ends with a non-zero status,
-# in the order it sees them end (horovod/runner/gloo_run.py).
-_HOROVODRUN_EXIT = re.compile(r"^Process (\d+) exit with status code (-?\d+)\.$")
-
-
-def horovodrun_exit(line: str, order: int) -> RankExit | None:
-    """A RankExit from one line of horovodrun's output, if it is an exit report."""
-    match = _HOROVODRUN_EXIT.match(line.strip())
-    return RankExit(int(match.group(1)), int(match.group(2)), float(order)) if match else None
+def job_failed(exits: list[RankExit], launcher: str, otherwise: str) -> JobFailed:
+    """What a launcher raises when its ranks failed: `job_failure`, or, when no exit
+    says which rank failed, `otherwise` (the launcher's own account)."""
+    return job_failure(exits, launcher) or JobFailed(otherwise)

@@ -32,12 +32,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from horovod_llm import corpus, embeddings, layout, progress, recipe, storage, tokenizer
-from horovod_llm.config import RunConfig, redacted_dict, to_dict
+from horovod_llm import layout, progress, storage
+from horovod_llm.config import RunConfig, to_dict
+from horovod_llm.data import corpus, embeddings, tokenizer
+from horovod_llm.data.manifest import FORMAT_VERSION, CorpusInfo, EmbeddingsInfo, Manifest, SplitInfo, TokenizerInfo, read_manifest_if_complete, write_manifest
+from horovod_llm.data.windows import join_documents, sliding_windows
 from horovod_llm.errors import UserError
-from horovod_llm.manifest import FORMAT_VERSION, CorpusInfo, EmbeddingsInfo, Manifest, SplitInfo, TokenizerInfo, read_manifest_if_complete, write_manifest
+from horovod_llm.redaction import redacted_dict
 from horovod_llm.spark import last_stage_id, stage_metrics, summarize_stages
-from horovod_llm.windows import join_documents, sliding_windows
+from horovod_llm.training import recipe
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ MAX_REPORTED_BINARY_FILES = 20
 
 
 def _read_files(
-    batches: Iterator[pd.DataFrame], on_blank_lines: bool, unit_chars: int, val_fraction: float, normalization: str, storage_settings: dict
+    batches: Iterator[pd.DataFrame], on_blank_lines: bool, unit_chars: int, val_fraction: float, normalization: str, storage_settings: storage.S3Settings
 ) -> Iterator[pd.DataFrame]:
     """mapInPandas: rows of (url, doc_id) -> documents (files, or their paragraph
     units), read inside the task, split by hash (`with_tail_split` may redo it).
@@ -70,7 +73,7 @@ def _read_files(
     A binary file becomes one row with `binary_file` set and no text: skipped, and
     reported by the driver.
     """
-    storage.configure(**storage_settings)
+    storage.use(storage_settings)
     columns = ["doc_id", "split", "text", "num_bytes", "replaced", "binary_file"]
     for batch in batches:
         rows = []
@@ -244,13 +247,13 @@ def _write_part(
     overlap: int,
     row_groups_per_part: int,
     seed: int,
-    storage_settings: dict,
+    storage_settings: storage.S3Settings,
 ) -> Iterator[pd.DataFrame]:
     """mapInPandas over one partition of documents (sorted by doc_id): encode, join with
     EOS, cut windows, write one Parquet part file; yield one row of counts."""
     from pyspark import TaskContext
 
-    storage.configure(**storage_settings)
+    storage.use(storage_settings)
     started = time.perf_counter()
     partition = TaskContext.get().partitionId()
     processor = tokenizer.load(model_bytes.value)  # once per task

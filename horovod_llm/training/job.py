@@ -1,21 +1,24 @@
 """What the driver and every rank decide alike about a training job.
 
 The model's shape (from the run config and the dataset's manifest), the checks that
-refuse a job, torch threads per rank, Horovod's environment, and the step and
-learning-rate arithmetic. The driver calls `check_job` before it starts any rank, and
-every rank calls it again (under `horovodrun` no driver ran it), so both refuse the same
-jobs with the same words. Pure, but for `set_horovod_environment`.
+refuse a job, torch threads per rank, and the step and learning-rate arithmetic. The
+driver calls `check_job` before it starts any rank, and every rank calls it again (under
+`horovodrun` no driver ran it), so both refuse the same jobs with the same words. Pure.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from horovod_llm.config import RunConfig, TrainConfig
+
 import os
 
-from horovod_llm.config import RunConfig, TrainConfig
+from horovod_llm.data.manifest import Manifest
+from horovod_llm.data.tokenizer import PAD_ID
 from horovod_llm.errors import UserError
-from horovod_llm.manifest import Manifest
 from horovod_llm.model import GPTConfig
-from horovod_llm.tokenizer import PAD_ID
 
 
 def gpt_config(config: RunConfig, vocab_size: int, block_size: int) -> GPTConfig:
@@ -59,20 +62,6 @@ def threads_for_rank(configured: int, local_size: int) -> int:
     if configured > 0:
         return configured
     return max(1, (os.cpu_count() or 1) // max(local_size, 1))
-
-
-# Marks HOROVOD_CYCLE_TIME as set from a config, not by the user: an earlier run in the
-# same process (the local launcher, a notebook) or in a parent (ranks inherit the
-# driver's environment) must not pin its value on the next run's config.
-_CYCLE_TIME_FROM_CONFIG = "HOROVOD_LLM_CYCLE_TIME_FROM_CONFIG"
-
-
-def set_horovod_environment(train: TrainConfig) -> None:
-    """Horovod's settings read from the environment at hvd.init(); a value the user (or
-    horovodrun's --cycle-time-ms) set wins over the config."""
-    current = os.environ.get("HOROVOD_CYCLE_TIME")
-    if current is None or current == os.environ.get(_CYCLE_TIME_FROM_CONFIG):
-        os.environ["HOROVOD_CYCLE_TIME"] = os.environ[_CYCLE_TIME_FROM_CONFIG] = str(train.horovod_cycle_time_ms)
 
 
 def steps_per_epoch(num_windows: int, windows_per_step: int) -> int:

@@ -1,0 +1,301 @@
+"""The training loop of a rank: the steps from a start (or an elastic reset) to the end,
+in nanoGPT's order (learning rate, step, log, evaluation, checkpoint, stop), and the
+pieces it calls at their intervals. `train.py` sets a rank up and runs it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from horovod_llm import checkpoint, layout, storage
+from horovod_llm.config import RunConfig
+from horovod_llm.data import dataset
+from horovod_llm.data.manifest import Manifest
+from horovod_llm.launchers.watchdog import Heartbeat
+from horovod_llm.log import rank_logger
+from horovod_llm.model import GPT
+from horovod_llm.progress import is_terminal, training_bar, training_fraction, wants_bars
+from horovod_llm.training.comm import Collectives
+from horovod_llm.training.metrics import peak_rss_mb
+from horovod_llm.training.schedule import TrainingClock, learning_rate_at
+from horovod_llm.training.stats import NullStats, StatsWriter, epoch_record, step_record, summary_record, write_run_outputs
+from horovod_llm.training.step import Interval, train_step, validate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    """What every (re)entry of the training loop needs; fixed for the whole job."""
+
+    config: RunConfig
+    manifest: Manifest
+    tokenizer_bytes: bytes
+    launch_info: dict
+    threads: int
+    total_steps: int | None  # None: only the wall-clock budget ends the run
+    steps_per_epoch: int
+    max_lr: float
+    min_lr: float
+    peak_per_rank: float
+    peak_source: str  # measured, calibrated (an earlier, better reading) or the config
+    resumed_step: int
+    started: float
+    ranks_ready_at: float  # wall clock after the ranks met: stage timings
+    comm: Collectives
+    beat: Heartbeat  # progress reports to the driver's watchdog
+    # Elastic: this rank's clock (perf_counter) at its last commit. Not part of the
+    # state, so a reset does not roll it back: the time since, lost to the reset and to
+    # the steps it undid, still counts against the budget.
+    committed_at: float | None = None
+
+    @property
+    def budget_seconds(self) -> float:
+        return budget_seconds(self.config.train)
+
+    def ends(self) -> str:
+        """How the run ends, for the log: 'step 400 or 4 minutes of training'."""
+        minutes = self.config.train.max_minutes
+        ends = f"step {self.total_steps}" if self.total_steps else "the budget"
+        if minutes:
+            ends += f" or {minutes:g} minutes of training" if self.total_steps else f" ({minutes:g} minutes of training)"
+        return ends
+
+
+def budget_seconds(train) -> float:
+    """The wall-clock budget of training (0: none)."""
+    return 60.0 * train.max_minutes
+
+
+@dataclass
+class Entry:
+    """One entry of the loop (a run, or the steps after an elastic reset): what it
+    measures and keeps between its steps."""
+
+    step: int
+    trained_seconds: float
+    world_size: int
+    tokens_per_step: int
+    peak_flops: float
+    flops_per_token: float
+    placement: list
+    entered: float = field(default_factory=time.perf_counter)
+    loop_started_at: float = field(default_factory=time.time)  # wall clock: stage timings
+    epoch_started: float = field(default_factory=time.perf_counter)
+    interval: Interval = field(default_factory=Interval)
+    epoch_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(2, dtype=torch.float64))  # summed loss, steps
+    last_eval: dict = field(default_factory=dict)
+    checkpoint_url: str | None = None
+    mfu_values: list = field(default_factory=list)
+
+    def seconds_per_step(self, step: int) -> float:
+        return (time.perf_counter() - self.entered) / (step - self.step)
+
+
+def train_loop(state, job: Job) -> dict:
+    """The steps from `state.step` to the end, at the current world size; the summary.
+
+    Each step: learning rate, the step, then (at their intervals) a log line, an
+    evaluation, an epoch's end, a checkpoint, an elastic commit; until the last step or
+    the budget."""
+    config, train, comm = job.config, job.config.train, job.comm
+    model, optimizer, is_main = state.model, state.optimizer, comm.rank == 0
+    job.beat.rank = comm.rank  # elastic: a reset may have re-ranked this process
+    job.beat("loop", state.step)
+    progress = rank_logger(__name__, is_main)  # the other ranks log warnings and errors only
+    if state.reader_world != comm.size:  # elastic: the shards changed, so does the order
+        state.data_seed, state.consumed, state.reader_world = train.seed + state.step, 0, comm.size
+    if comm.elastic:
+        _count_time_lost_to_reset(state, job, progress)
+    entry = _enter(state, job, model)
+    stats = StatsWriter(config.output_url) if is_main else NullStats()
+    stats.resume(state.step)
+    clock = TrainingClock(job.budget_seconds, synced_seconds=state.trained_seconds, synced_step=state.step)
+    progress.info(
+        "training %.2fM parameters on %d rank(s) x %d thread(s): from step %d to %s (%d steps per epoch), %d tokens per step, peak %.0f GFLOP/s",
+        model.num_parameters() / 1e6, comm.size, job.threads, state.step + 1, job.ends(), job.steps_per_epoch, entry.tokens_per_step, entry.peak_flops / 1e9,
+    )  # fmt: skip
+    model.train()
+    micro, last = train.backward_passes_per_step, False
+    reader = dataset.window_batches(
+        config.output_url, "train", comm.rank, comm.size, train.batch_size, num_epochs=None, seed=state.data_seed, shuffle=True, skip_batches=state.consumed
+    )
+    drawn = training_bar(is_main and wants_bars(config.progress, is_terminal(sys.stderr)), job.total_steps)
+    with storage.storage_errors_as(config.output_url), reader as batches, drawn as bar:
+        while not last:
+            step = state.step + 1
+            epoch = (step - 1) // job.steps_per_epoch
+            lr = learning_rate_at(
+                step,
+                max_lr=job.max_lr,
+                min_lr=job.min_lr,
+                warmup_steps=train.warmup_steps,
+                total_steps=job.total_steps,
+                elapsed_fraction=clock.fraction(step - 1),
+            )
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_started = time.perf_counter()
+            result = train_step(model, optimizer, [torch.from_numpy(next(batches)) for _ in range(micro)], train.grad_clip)
+            state.step, state.consumed = step, state.consumed + micro
+            # Step time covers loading, compute and allreduce, not evaluation or checkpoints.
+            entry.interval.add(result, time.perf_counter() - step_started)
+            entry.epoch_loss += torch.tensor([result.loss, 1.0], dtype=torch.float64)
+            job.beat("step", step)
+            # Every rank decides alike: from the step count and the synced clock.
+            last = step == job.total_steps or clock.spent(step)
+            end_of_epoch = step % job.steps_per_epoch == 0 or last
+
+            if step % train.log_interval == 0 or end_of_epoch:
+                record = _log_step(entry, job, clock, stats, step, epoch, lr, result.grad_norm)
+                bar.set_loss(record["loss"])
+                progress.info(
+                    "step %d%s | epoch %d | loss %.4f | acc %.3f | grad %.2f | lr %.2e | %.0f tok/s | mfu %.0f%% | %s",
+                    step, f"/{job.total_steps}" if job.total_steps else "", epoch, record["loss"], record["accuracy"], result.grad_norm, lr,
+                    record["tokens_per_s"], 100 * record["mfu"], _remaining(clock, step, job.total_steps, entry.seconds_per_step(step)),
+                )  # fmt: skip
+            # Between the step lines, rank 0's bar (on a terminal) counts down as they do.
+            bar.show(
+                step,
+                training_fraction(step, job.total_steps, clock.fraction(step)),
+                _remaining(clock, step, job.total_steps, entry.seconds_per_step(step)),
+                force=last,
+            )
+            if (train.eval_interval and step % train.eval_interval == 0) or end_of_epoch:
+                _evaluate(entry, job, model, stats, step, epoch, progress)
+            if end_of_epoch:
+                epoch_totals = comm.allreduce(entry.epoch_loss, "sum", name="metrics_sum")
+                stats.log_epoch(epoch_record(epoch, step, time.perf_counter() - entry.epoch_started, epoch_totals, entry.last_eval))
+                entry.epoch_loss.zero_()
+                entry.epoch_started = time.perf_counter()
+            if (train.checkpoint_interval and step % train.checkpoint_interval == 0) or last:
+                _save_checkpoint(entry, job, state, clock, step, epoch, progress)
+            if comm.elastic and (step % train.elastic_commit_interval == 0 or last):
+                state.trained_seconds = clock.seconds_at(step)
+                job.committed_at = time.perf_counter()
+                stats.flush()  # a new rank 0 after a reset continues from these records
+                state.commit()  # Horovod elastic: the point a reset rolls back to
+
+    summary = run_summary(job, entry, state.step, clock, model.num_parameters())
+    if is_main:
+        write_run_outputs(stats, summary, entry.checkpoint_url, config.output_url)
+    job.beat("done", state.step)
+    return summary
+
+
+def _count_time_lost_to_reset(state, job: Job, progress) -> None:
+    """After an elastic reset, the wall time since the last commit (a rank that just
+    joined has none: the max across ranks) is spent cluster time: a budget counts it."""
+    lost = 0.0 if job.committed_at is None else time.perf_counter() - job.committed_at
+    lost = float(job.comm.allreduce(torch.tensor([lost], dtype=torch.float64), "max", name="lost_seconds")[0])
+    if lost:
+        state.trained_seconds += lost
+        progress.warning("resuming at step %d after a reset: the %.1f s since the last commit count against the budget", state.step, lost)
+
+
+def _enter(state, job: Job, model: GPT) -> Entry:
+    """The loop's measures at this world size, and where the ranks run: host names and
+    the interface Gloo was given ("lo" locally), in stats/placement.json from the start
+    (again after an elastic reset), so that the host of each rank is known while it trains."""
+    comm, train = job.comm, job.config.train
+    peak_flops = float(comm.allreduce(torch.tensor([job.peak_per_rank], dtype=torch.float64), "sum", name="metrics_sum")[0])
+    mine = {"host": socket.gethostname(), "gloo_iface": os.environ.get("HOROVOD_GLOO_IFACE") or os.environ.get("GLOO_SOCKET_IFNAME")}
+    placement = [{"rank": r, **p} for r, p in enumerate(comm.allgather_object(mine, name="placement"))]
+    if comm.rank == 0:
+        storage.write_json(storage.join(layout.stats_url(job.config.output_url), "placement.json"), {"step": state.step, "ranks": placement})
+    tokens_per_step = train.batch_size * train.backward_passes_per_step * job.manifest.window_size * comm.size
+    return Entry(state.step, state.trained_seconds, comm.size, tokens_per_step, peak_flops, model.flops_per_token(), placement)
+
+
+def _log_step(entry: Entry, job: Job, clock: TrainingClock, stats, step: int, epoch: int, lr: float, grad_norm: float) -> dict:
+    """The interval's figures, reduced across ranks, as a step record (logged by rank 0);
+    the clock synced to the slowest rank, which sets the pace of a synchronous step."""
+    comm = job.comm
+    sums = comm.allreduce(entry.interval.sums, "sum", name="metrics_sum").tolist()
+    mine = [float(entry.interval.sums[4]), peak_rss_mb(), entry.trained_seconds + time.perf_counter() - entry.entered]
+    elapsed, rss, trained = comm.allreduce(torch.tensor(mine, dtype=torch.float64), "max", name="max_time_rss").tolist()
+    record = step_record(
+        step, epoch, lr, grad_norm, sums, elapsed, rss, trained, entry.world_size, entry.tokens_per_step, entry.flops_per_token, entry.peak_flops
+    )
+    clock.sync(step, trained, record["step_time_s"])
+    entry.mfu_values.append(record["mfu"])
+    stats.log_step(record)
+    entry.interval.reset()
+    return record
+
+
+def _evaluate(entry: Entry, job: Job, model: GPT, stats, step: int, epoch: int, progress) -> None:
+    comm, train = job.comm, job.config.train
+
+    def allreduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+        return comm.allreduce(tensor, "sum", name="metrics_sum")
+
+    entry.last_eval = validate(
+        model, job.tokenizer_bytes, job.config.output_url, job.manifest.overlap, comm.rank, comm.size, train.batch_size, train.eval_max_batches, allreduce_sum
+    )
+    stats.log_eval({"step": step, "epoch": epoch, **entry.last_eval})
+    job.beat("eval", step)
+    progress.info(
+        "step %d | val loss %.4f | val ppl %.1f | val acc %.3f | val nats/char %.3f",
+        step, entry.last_eval["val_loss"], entry.last_eval["val_perplexity"], entry.last_eval["val_accuracy"], entry.last_eval["val_nats_per_character"],
+    )  # fmt: skip
+
+
+def _save_checkpoint(entry: Entry, job: Job, state, clock: TrainingClock, step: int, epoch: int, progress) -> None:
+    """A collective, so every rank takes part (their RNG states); rank 0 writes."""
+    comm, out, train = job.comm, job.config.output_url, job.config.train
+    rng_states = comm.allgather_object(torch.get_rng_state(), name="rng_states")
+    if comm.rank == 0:
+        data = {"seed": state.data_seed, "world_size": comm.size, "batches_consumed": state.consumed}
+        meta = {"epoch": epoch, "metrics": entry.last_eval, "dataset": job.manifest.fingerprint, "data": data, "trained_seconds": clock.seconds_at(step)}
+        entry.checkpoint_url = checkpoint.save_checkpoint(out, step, state.model, state.optimizer, job.config, job.tokenizer_bytes, meta, rng_states)
+        checkpoint.prune_checkpoints(out, train.keep_last)
+        progress.info("checkpoint written: %s", entry.checkpoint_url)
+    job.beat("checkpoint", step)
+
+
+def run_summary(job: Job, entry: Entry, step: int, clock: TrainingClock, parameters: int) -> dict:
+    """The run's summary.json (stats.summary_record), from this loop entry's figures."""
+    return summary_record(
+        steps=step,
+        total_steps=job.total_steps,
+        trained_seconds=clock.seconds_at(step),
+        budget_seconds=job.budget_seconds,
+        resumed_from_step=job.resumed_step,
+        steps_per_epoch=job.steps_per_epoch,
+        ranks=entry.world_size,
+        threads_per_rank=job.threads,
+        launch=job.launch_info,
+        placement=entry.placement,
+        collectives=job.comm.describe(job.config.train),
+        global_batch_windows=job.config.train.batch_size * job.config.train.backward_passes_per_step * entry.world_size,
+        tokens_per_step=entry.tokens_per_step,
+        total_seconds=time.perf_counter() - job.started,
+        steps_run=step - job.resumed_step,
+        peak_flops=entry.peak_flops,
+        peak_source=job.peak_source,
+        mfu_values=entry.mfu_values,
+        parameters=parameters,
+        flops_per_token=entry.flops_per_token,
+        final=entry.last_eval,
+        checkpoint_url=entry.checkpoint_url,
+        timeline={"ranks_ready_at": job.ranks_ready_at, "loop_started_at": entry.loop_started_at, "loop_ended_at": time.time()},
+    )
+
+
+def _remaining(clock: TrainingClock, step: int, total_steps: int | None, seconds_per_step: float) -> str:
+    """The log's countdown: the budget left, or an estimate from the steps left."""
+    if clock.budget_seconds:
+        return f"{_format_eta(max(clock.budget_seconds - clock.seconds_at(step), 0.0))} of budget left"
+    return f"eta {_format_eta(seconds_per_step * (total_steps - step))}"
+
+
+def _format_eta(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}m{seconds:02d}s"
