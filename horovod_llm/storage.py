@@ -16,6 +16,7 @@ goes silent (a cut link, a vanished host) fails an attempt after `read_timeout` 
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -75,6 +76,7 @@ def settings() -> S3Settings:
     return _settings
 
 
+@functools.cache  # once per process: botocore's list is global
 def without_expect_continue() -> None:
     """S3 clients made from now on in this process send PUT bodies without first asking
     for "100 Continue". Applied where S3 clients' options are made (`s3_options`).
@@ -88,8 +90,7 @@ def without_expect_continue() -> None:
     """
     from botocore import handlers
 
-    if any(entry[1] is handlers.add_expect_header for entry in handlers.BUILTIN_HANDLERS):
-        handlers.BUILTIN_HANDLERS[:] = [entry for entry in handlers.BUILTIN_HANDLERS if entry[1] is not handlers.add_expect_header]
+    handlers.BUILTIN_HANDLERS[:] = [entry for entry in handlers.BUILTIN_HANDLERS if entry[1] is not handlers.add_expect_header]
 
 
 def s3_options() -> dict:

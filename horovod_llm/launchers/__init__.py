@@ -24,10 +24,10 @@ def launcher(name: str) -> Launcher:
         raise ValueError(f"train.launcher ('{name}') must be one of {names()}") from None
 
 
-def names(entries=None) -> str:
-    """'spark', 'torch_distributor', 'horovodrun' or 'local' (or of `entries`)."""
-    quoted = [f"'{name}'" for name in (entries or LAUNCHERS)]
-    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+def names() -> str:
+    """'spark', 'torch_distributor', 'horovodrun' or 'local'."""
+    quoted = [f"'{name}'" for name in LAUNCHERS]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
 def on_spark_tasks() -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
 import threading
 import time
@@ -86,13 +87,14 @@ class HorovodOnSpark(SparkTaskLauncher):
         return next(r for r in results if "summary" in r)
 
 
+_LOCAL_WITH_RETRIES = re.compile(r"^local\[[^,\]]+,\s*(\d+)\]$")
+
+
 def check_task_retries(context) -> None:
     """Elastic Horovod on Spark brings a lost rank back by Spark re-running its task,
     which local mode only does with a failure count in the master URL."""
-    import re
-
     master = context.master
-    match = re.match(r"^local\[[^,\]]+,\s*(\d+)\]$", master)
+    match = _LOCAL_WITH_RETRIES.match(master)
     retries = int(match.group(1)) if match else int(context.getConf().get("spark.task.maxFailures", "1" if is_local(master) else "4"))
     if retries < 2:
         raise UserError(
