@@ -150,6 +150,8 @@ def run_arm(corpus_dir: Path, arm: str, budget_s: float, seed: int, overrides: l
         "steps": summary["steps"],
         "trained_seconds": summary["trained_seconds"],
         "tokens_per_s": summary["tokens_per_s"],
+        # what the ranks trained in (train.precision=auto decides by measuring); older runs: fp32
+        "precision": summary.get("precision", {}).get("used", "fp32"),
         "parameters": summary["parameters"],
         "epochs": summary["steps"] * summary["global_batch_windows"] / manifest.splits["train"].windows,
         "recipe": trained_with,

@@ -151,6 +151,7 @@ def render(results: dict) -> str:
     lines += _serving_details(results, _get(results, "serve_batching"))
     lines += _decode_block_details(_get(results, "decode_blocks"))
     lines += _e2e_details(_get(results, "end_to_end"))
+    lines += _precision_details(_get(results, "precision"))
     lines += _gpu_details(_get(results, "gpu_check"))
     return "\n".join(lines)
 
@@ -429,18 +430,19 @@ def _sweep_details(sweeps: list[dict]) -> list[str]:
             "",
             f"### Recipe sweep: {sweep['corpus']}, {sweep['budget_s']:.0f} s of training (`bench/sweep.py`, 1 seed each, measured {sweep['machine']['date']})",
             "",
-            "Each variant changes the rule as it stood when the sweep ran (the `recipe` row); the settings column is what each run "
-            "trained with, as its dataset's manifest records it.",
+            f"On {sweep['machine']['nproc']} cores of an {sweep['machine']['cpu_model']}{_flags(sweep['machine'])}. Each variant changes the rule "
+            "as it stood when the sweep ran (the `recipe` row); the settings column is what each run trained with, as its dataset's manifest "
+            "records it, and the precision what its ranks trained in (fp32 before `train.precision` existed).",
             "",
-            "| variant | overrides | settings | held-out nats/char | parameters | steps | tokens/s | epochs |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| variant | overrides | settings | precision | held-out nats/char | parameters | steps | tokens/s | epochs |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in sweep["runs"]:
             changed = " ".join(o for o in r["overrides"]) or "(the rule)"
             settings = ", ".join(f"{k}={v}" for k, v in r["recipe"].items() if k != "model_type")
             lines.append(
-                f"| {r['variant']} | {changed} | {settings} | {r['nats_per_character']:.3f} | {r['parameters'] / 1e6:.2f}M | {r['steps']} | "
-                f"{r['tokens_per_s']:.0f} | {r['epochs']:.1f} |"
+                f"| {r['variant']} | {changed} | {settings} | {r.get('precision', 'fp32')} | {r['nats_per_character']:.3f} | {r['parameters'] / 1e6:.2f}M | "
+                f"{r['steps']} | {r['tokens_per_s']:.0f} | {r['epochs']:.1f} |"
             )
     return lines
 
@@ -646,6 +648,41 @@ def _gpu_details(gpu: dict | None) -> list[str]:
         f"A {point['file_mb']:.0f} MB checkpoint written on the GPU and loaded on the CPU gives logits within {point['max_abs_diff']:.1e} "
         f"(tolerance {point['tolerance']:g}) of the GPU's; the all_reduce over NCCL summed right: {gpu['distributed']['allreduce_ok']}.",
     ]
+    return lines
+
+
+def _precision_details(precision: dict | None) -> list[str]:
+    """bench/precision.py: fp32 against bf16 steps of each recipe row, on the CPU it ran on."""
+    if not precision:
+        return []
+    m = precision["machine"]
+    peaks = precision["peak_gflops"]
+    lines = [
+        "",
+        "### fp32 and bf16 training steps (`bench/precision.py`)",
+        "",
+        f"Each model row of the recipe's rule, one process, {precision['threads']} torch thread(s), {precision['batch']} windows a step "
+        f"(forward, backward, AdamW), the arms alternating step by step, on an {m['cpu_model']}{_flags(m)}. MFU against each precision's own "
+        f"matmul peak ({peaks['fp32']:.0f} GFLOP/s fp32, {peaks['bf16']:.0f} bf16). `auto` chooses bf16 from a calibrated training step "
+        f"{precision['min_speedup']:.2f}x as fast as fp32's.",
+        "",
+        "| budget up to | model | fp32 tokens/s | bf16 tokens/s | bf16 / fp32 | MFU fp32 | MFU bf16 | `auto` |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in precision["rows"]:
+        budget = "any longer" if row["budget_up_to_s"] == float("inf") else f"{row['budget_up_to_s'] / 60:g} min"
+        lines.append(
+            f"| {budget} | {row['n_layer']} x {row['n_embd']}, context {row['block_size']}, vocabulary {row['vocab_size']} | "
+            f"{row['fp32']['tokens_per_s']:,.0f} | {row['bf16']['tokens_per_s']:,.0f} | {row['bf16_over_fp32']:.2f} | "
+            f"{row['fp32']['mfu']:.0%} | {row['bf16']['mfu']:.0%} | {row['auto']['chooses']} ({row['auto']['bf16_speedup']:.2f}x) |"
+        )
+    c = precision.get("compile")
+    if c:
+        lines += [
+            "",
+            f"`train.compile` on the first row, in {c['precision']}: {c['compile_s']:.0f} s of compilation, then {c['compiled_over_eager']:.2f}x "
+            f"the eager step ({c['eager_step_s'] * 1000:.0f} ms eager, {c['compiled_step_s'] * 1000:.0f} ms compiled): off by default.",
+        ]
     return lines
 
 

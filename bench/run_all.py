@@ -66,6 +66,10 @@ def commands(args) -> dict[str, list[str]]:
             "dropout_0.1",
             "lr_1e-3",
         ],
+        # Issue 27: the recipe's model in fp32 and bf16, and bf16's speed spent on a wider or
+        # deeper model, at both quality budgets (each arm records the CPU it ran on).
+        "sweep_precision_90": ["sweep.py", "--budget", "90", "--corpus", "shakespeare", "--variants", "fp32", "bf16", "bf16_width_192", "bf16_layers_3"],
+        "sweep_precision_350": ["sweep.py", "--budget", "350", "--corpus", "shakespeare", "--variants", "fp32", "bf16", "bf16_width_192", "bf16_dropout_0.1"],
         # Horovod and Spark's TorchDistributor on the same recipe, 1 and 2 ranks.
         "launchers": ["launchers.py", "--repeats", str(args.repeats)],
         # emr/bootstrap.sh of each launcher into fresh venvs (about 12 minutes: it builds horovod once)
@@ -76,6 +80,8 @@ def commands(args) -> dict[str, list[str]]:
         "serve_batching": ["serve_batching.py", "--repeats", str(args.repeats)],
         # What batch-invariant decoding (fixed row blocks) costs against unpadded steps.
         "decode_blocks": ["decode_blocks.py", "--repeats", str(args.repeats)],
+        # fp32 against bf16 steps for every row of the recipe's model rule, on this CPU.
+        "precision": ["precision.py"],
         # Needs one CUDA GPU and only torch (run with --only, or on the lent device machine
         # and gathered): bf16 tokens/s and MFU, NCCL, the loss falling, a GPU-to-CPU checkpoint.
         "gpu_check": ["gpu_check.py"],

@@ -35,6 +35,12 @@ VARIANTS = {
     "lr_4e-3": ["train.learning_rate=0.004"],
     "dropout_0.1": ["model.dropout=0.1"],
     "no_word2vec": ["model.init_from_word2vec=false", "embedding.word2vec.enabled=false"],
+    # precision (issue 27): the recipe's model in each, and bf16's steps spent on a larger model
+    "fp32": ["train.precision=fp32"],
+    "bf16": ["train.precision=bf16"],
+    "bf16_width_192": ["train.precision=bf16", "model.n_embd=192", "model.n_head=6"],
+    "bf16_layers_3": ["train.precision=bf16", "model.n_layer=3"],
+    "bf16_dropout_0.1": ["train.precision=bf16", "model.dropout=0.1"],
     # combinations, after the single changes above (dropout 0: at 90 s a run sees the text about once)
     "ctx64_l2": ["data.window_size=64", "data.overlap=32", "model.n_layer=2", "model.dropout=0"],
     "ctx64_l2_lr4": ["data.window_size=64", "data.overlap=32", "model.n_layer=2", "model.dropout=0", "train.learning_rate=0.004"],

@@ -5,7 +5,7 @@
 #
 #   bootstrap.sh --stack URL --package URL [--horovod-wheel URL | --without-horovod]
 #                [--venv DIR] [--home DIR] [--python BIN] [--torch-index-url URL]
-#                [--wheel-cache DIR] [--local-test]
+#                [--wheel-cache DIR] [--gpu] [--local-test]
 #
 #   --stack URL          stack.tar.gz: scripts/install-stack.sh, constraints.txt, setup.cfg
 #                        (the installation script of the local set-up: one source of truth)
@@ -18,6 +18,9 @@
 #   --home DIR           unpacked stack, downloads, horovod wheel cache (default /opt/horovod-llm)
 #   --torch-index-url U  where torch comes from (default: PyPI's torch is a CUDA build,
 #                        so https://download.pytorch.org/whl/cpu); "" for the usual index
+#   --gpu                GPU core nodes: the cgroup-v1 devices mount YARN's GPU isolation
+#                        needs on AL2023; torch from --torch-index-url (a CUDA index);
+#                        horovod built with NCCL (install-stack.sh --gpu)
 #   --local-test         no system package manager, no sudo: install into --venv on any
 #                        Linux with python3.11 and a compiler (the test suite runs this)
 #
@@ -35,6 +38,7 @@ torch_index_url="https://download.pytorch.org/whl/cpu"
 wheel_cache=""
 local_test=0
 with_horovod=1
+gpu=0
 
 die() { echo "bootstrap: $*" >&2; exit 1; }
 log() { echo "bootstrap: $(date '+%H:%M:%S') $*" >&2; }
@@ -51,7 +55,8 @@ while [[ $# -gt 0 ]]; do
     --wheel-cache) wheel_cache="$2"; shift 2 ;;
     --local-test) local_test=1; shift ;;
     --without-horovod) with_horovod=0; shift ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    --gpu) gpu=1; shift ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -97,6 +102,15 @@ if [[ $local_test -eq 0 ]]; then
   install_system_packages
   sudo mkdir -p "$home" "$(dirname "$venv")"
   sudo chown "$(id -u):$(id -g)" "$home" "$(dirname "$venv")"
+  if [[ $gpu -eq 1 ]] && ! mountpoint -q /spark-rapids-cgroup/devices; then
+    # YARN's GPU isolation (the container-executor's gpu module) works on the cgroup-v1
+    # devices controller; AL2023 mounts cgroup v2 only. AWS's EMR 7.x GPU set-up mounts
+    # it here, where the yarn-site and container-executor classifications point.
+    log "mounting the cgroup-v1 devices controller for YARN's GPU isolation"
+    sudo mkdir -p /spark-rapids-cgroup/devices
+    sudo mount -t cgroup -o devices cgroupv1-devices /spark-rapids-cgroup/devices
+    sudo chmod a+rwx -R /spark-rapids-cgroup
+  fi
 fi
 command -v "$python_bin" >/dev/null 2>&1 || die "$python_bin not found: install Python 3.11 or pass --python"
 
@@ -121,6 +135,9 @@ if [[ -n "$torch_index_url" ]]; then
 fi
 if [[ $with_horovod -eq 0 ]]; then
   args+=(--without-horovod)
+fi
+if [[ $gpu -eq 1 ]]; then
+  args+=(--gpu)
 fi
 log "installing the stack into $venv"
 bash "$src/scripts/install-stack.sh" "${args[@]}"

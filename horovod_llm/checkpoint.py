@@ -122,6 +122,18 @@ def _safetensors_bytes(state: dict[str, torch.Tensor]) -> bytes:
     return safetensors.torch.save({name: tensor.contiguous() for name, tensor in state.items()}, metadata={"format": "pt"})
 
 
+def _cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict on the CPU, as a checkpoint holds it wherever the model trained; a
+    tied lm_head.weight still the same tensor as wte.weight."""
+    if all(tensor.device.type == "cpu" for tensor in state.values()):
+        return state
+    tied = TIED in state and state[TIED].data_ptr() == state["wte.weight"].data_ptr()
+    moved = {name: tensor.detach().cpu() for name, tensor in state.items()}
+    if tied:
+        moved[TIED] = moved["wte.weight"]
+    return moved
+
+
 def save_checkpoint(
     output_url: str,
     step: int,
@@ -138,7 +150,7 @@ def save_checkpoint(
     """
     url = storage.join(layout.checkpoints_url(output_url), step_dir_name(step))
     storage.remove(url)  # a partial folder left by a crashed writer at this step
-    state = model.state_dict()
+    state = _cpu_state(model.state_dict())
     storage.write_bytes(storage.join(url, WEIGHTS), _safetensors_bytes(state))
     storage.write_bytes(storage.join(url, PICKLED_WEIGHTS), _tensor_bytes(state))
     if optimizer is not None:

@@ -108,6 +108,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from horovod_llm.checkpoint import load_checkpoint
     from horovod_llm.inference.generate import TextGenerator
+    from horovod_llm.training.device import inference_device
 
     setup_logging(args.log_level or "WARNING")
     sampling = Sampling(**{f.name: getattr(args, f.name) for f in sampling_fields()} | {"stop": tuple(args.stop)})
@@ -118,9 +119,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if problems:
         raise UserError("; ".join(problems))
     _set_threads(args.threads)
+    device = inference_device(args.device)
     prompt = _read_prompt(args)
     started = time.perf_counter()
     loaded = load_checkpoint(args.checkpoint)
+    loaded.model.to(device)
     generator = TextGenerator.from_checkpoint(loaded, use_cache=not args.no_cache)
     loaded_at = time.perf_counter()
     completions = generator.complete(prompt, sampling, args.num_samples)
@@ -143,6 +146,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from horovod_llm import storage
     from horovod_llm.checkpoint import load_checkpoint
     from horovod_llm.inference.evaluate import evaluate_split, evaluate_text, run_of_checkpoint
+    from horovod_llm.training.device import inference_device
 
     setup_logging(args.log_level or "WARNING")
     if args.batch_size < 1:
@@ -150,8 +154,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.stride is not None and args.stride < 1:
         raise UserError(f"--stride ({args.stride}) must be at least 1")
     _set_threads(args.threads)
+    device = inference_device(args.device)
     started = time.perf_counter()
     loaded = load_checkpoint(args.checkpoint)
+    loaded.model.to(device)
     if args.text_file is not None:
         if not storage.exists(args.text_file):
             raise UserError(f"--text-file {args.text_file} does not exist: pass an existing file or URL")
@@ -199,7 +205,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     bound = () if loopback or args.host in ("0.0.0.0", "::") else (args.host,)
     access = Access(allowed_hosts=(*LOOPBACK_NAMES, *bound, *args.allowed_host), api_key=api_key, cors_origins=tuple(args.cors_origin))
     _set_threads(args.threads)
-    serve(args.checkpoint, args.host, args.port, limits, log_level=args.log_level or "INFO", model_name=args.model_name, access=access)
+    serve(args.checkpoint, args.host, args.port, limits, log_level=args.log_level or "INFO", model_name=args.model_name, access=access, device=args.device)
     return 0
 
 
@@ -245,6 +251,12 @@ def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag(f.name), dest=f.name, type=type(f.default), default=f.default, help=f.metadata["help"])
 
 
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    # cpu by default: this package's models decode one token at a time, which a GPU
+    # speeds up only for large ones; and batch invariance is tested on CPUs.
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="where the model computes (auto: cuda where torch finds a GPU)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="horovod-llm", description="Train a GPT-style decoder from raw text with Spark and Horovod.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -280,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1, help="samples to draw (printed one after another, separated by a line ---)")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole context at every step (slower; for comparison)")
     p.add_argument("--threads", type=int, default=1, help=decode_threads_help)
+    add_device_flag(p)
 
     p = add("evaluate", cmd_evaluate)
     p.add_argument("--checkpoint", required=True, help=checkpoint_help)
@@ -290,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, help="with --text-file: ids between window starts (default: half the model's block_size)")
     p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
     p.add_argument("--threads", type=int, default=0, help=threads_help)
+    add_device_flag(p)
 
     p = add("serve", cmd_serve)
     p.add_argument("--checkpoint", required=True, help=checkpoint_help)
@@ -302,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together (1: one at a time); a request's n must fit")
     p.add_argument("--model-name", help="the model id /v1/models shows and requests may name (default: the run's folder and step)")
     p.add_argument("--threads", type=int, default=1, help=decode_threads_help)
+    add_device_flag(p)
     p.add_argument(
         "--api-key",
         help="require 'Authorization: Bearer KEY' on every route but /health (prefer the environment variable HOROVOD_LLM_API_KEY: "

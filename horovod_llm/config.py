@@ -18,6 +18,10 @@ from horovod_llm.errors import UserError
 from horovod_llm.inference.sampling import Sampling, default
 from horovod_llm.storage import S3Settings
 
+# train.precision and train.device (training/precision.py, training/device.py).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -144,7 +148,19 @@ class TrainConfig:
     # second; with every core busy computing, that cost 2 ranks on 2 cores about 10% of
     # their throughput here (bench/results.md). Steps take a second: 10 ms costs nothing.
     horovod_cycle_time_ms: float = 10.0
-    # Peak fp32 FLOP/s of one rank for model FLOPs utilisation; 0: measured at start.
+    # The arithmetic of the forward and backward passes: fp32; bf16 or fp16 under autocast,
+    # with fp32 weights, optimizer state and checkpoints (fp16 with a gradient scaler, for
+    # GPUs without bf16); auto: bf16 where a short calibration at rank start finds it
+    # measurably faster for this model on this machine, else fp32 (training/precision.py).
+    precision: str = "auto"
+    # cpu, cuda (a GPU per rank: the one Spark scheduled for its task, else its local
+    # rank's), or auto: cuda where torch finds a GPU and the collectives can reduce on it.
+    device: str = "auto"
+    # torch.compile the model for training (minutes of compilation first; pays on GPUs
+    # and large models, bench/results.md).
+    compile: bool = False
+    # Peak FLOP/s of one rank, in the precision trained in, for model FLOPs utilisation;
+    # 0: measured at start.
     peak_flops_per_rank: float = 0.0
     log_interval: int = 10
     eval_interval: int = 0  # 0: evaluate at the end of each epoch only
@@ -223,7 +239,12 @@ class EmrConfig:
     # A horovod wheel built on EMR (AL2023, Python 3.11, this torch); empty: each node builds one.
     horovod_wheel_url: str = ""
     # PyPI's torch for Linux x86_64 is a CUDA build (GBs); this index has the CPU build.
+    # GPU nodes (emr.gpu) take a CUDA build's index instead (configs/emr-gpu.yaml).
     torch_index_url: str = "https://download.pytorch.org/whl/cpu"
+    # Core nodes with NVIDIA GPUs (g5, g6, p4d, p5...): YARN schedules and isolates GPUs,
+    # Spark discovers them, the bootstrap installs a CUDA torch and (Horovod launcher)
+    # builds Horovod with NCCL. docs/emr.md, "GPU instances".
+    gpu: bool = False
     step_action_on_failure: str = "CANCEL_AND_WAIT"  # or CONTINUE, TERMINATE_CLUSTER
     # spark.driver.memoryOverhead of the cluster-mode steps: their driver is a YARN
     # container whose Python process (torch, Horovod's driver service, sentencepiece
@@ -403,6 +424,8 @@ def validate(config: RunConfig) -> None:
     need(tr.backward_passes_per_step >= 1, f"train.backward_passes_per_step ({tr.backward_passes_per_step}) must be at least 1")
     need(tr.allreduce_op in ("average", "adasum"), f"train.allreduce_op ('{tr.allreduce_op}') must be 'average' or 'adasum'")
     need(tr.horovod_cycle_time_ms > 0, f"train.horovod_cycle_time_ms ({tr.horovod_cycle_time_ms}) must be positive")
+    need(tr.precision in PRECISIONS, f"train.precision ('{tr.precision}') must be {', '.join(PRECISIONS)}")
+    need(tr.device in DEVICES, f"train.device ('{tr.device}') must be {', '.join(DEVICES)}")
     need(tr.peak_flops_per_rank >= 0, f"train.peak_flops_per_rank ({tr.peak_flops_per_rank}) must be 0 (measure) or more")
     need(tr.epochs is None or tr.epochs >= 1, f"train.epochs ({tr.epochs}) must be at least 1, or null")
     need(tr.max_minutes >= 0, f"train.max_minutes ({tr.max_minutes}) must be 0 (no budget) or more")

@@ -241,6 +241,10 @@ class GPT(nn.Module):
             raise ValueError(f"embedding matrix has shape {tuple(matrix.shape)}, the model needs {tuple(self.wte.weight.shape)}")
         self.wte.weight.copy_(matrix)
 
+    @property
+    def device(self) -> torch.device:
+        return self.wte.weight.device
+
     def num_parameters(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
         if non_embedding and self.config.positional == "learned":
@@ -413,7 +417,9 @@ def sample_next(
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     probs = sampling_probs(logits, temperature, top_k, top_p)
-    return draw(probs, torch.rand(probs.size(0), 1, generator=generator, device=probs.device))
+    # Drawn on the CPU (the generator's device) whatever the model's: a seed gives the
+    # same numbers on a GPU as on a CPU.
+    return draw(probs, torch.rand(probs.size(0), 1, generator=generator).to(probs.device))
 
 
 def draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from horovod_llm.config import RunConfig
 from horovod_llm.data.preprocess import run_preprocess
 from horovod_llm.inference.generate import generate_text
 from horovod_llm.launchers.cluster import check_for_ranks
-from horovod_llm.launchers.launch import launch_training
+from horovod_llm.launchers.launch import check_device_here, launch_training
 from horovod_llm.spark import spark_session
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def train_stage_split(started_at: float, ended_at: float, timeline: dict) -> dic
 def run_pipeline(config: RunConfig, force: bool = False) -> str:
     """Run every stage; return the report printed at the end (sample and final metrics).
     Stage seconds go to `stats/pipeline.json` under output_url."""
+    check_device_here(config)  # before Spark starts
     timings = {}
     started = time.perf_counter()
     # The Horovod launcher needs the session too; the local launchers do not.

@@ -18,6 +18,9 @@
 #                       build (EMR: emr/bootstrap.sh).
 #   --without-horovod   neither build nor install horovod: the stack of
 #                       train.launcher=torch_distributor (and local), which needs no compiler.
+#   --gpu               GPU nodes: build horovod with HOROVOD_GPU_OPERATIONS=NCCL against
+#                       the CUDA toolkit (CUDA_HOME, default /usr/local/cuda) and the NCCL
+#                       of the CUDA torch (pass a CUDA --torch-index-url); its own cache key.
 set -euo pipefail
 
 HOROVOD_VERSION=0.28.1
@@ -35,6 +38,7 @@ wheel_cache="${XDG_CACHE_HOME:-$HOME/.cache}/horovod-llm/wheels"
 skip_system=0
 torch_index_url=""
 with_horovod=1
+gpu=0
 
 die() { echo "install-stack: $*" >&2; exit 1; }
 log() { echo "install-stack: $*" >&2; }
@@ -49,12 +53,17 @@ while [[ $# -gt 0 ]]; do
     --skip-system) skip_system=1; shift ;;
     --torch-index-url) torch_index_url="$2"; shift 2 ;;
     --without-horovod) with_horovod=0; shift ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    --gpu) gpu=1; shift ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
 [[ -n "$venv" ]] || die "--venv DIR is required"
 [[ $with_horovod -eq 1 || -z "$horovod_wheel" ]] || die "--horovod-wheel and --without-horovod contradict each other: pass one"
+cuda_home="${CUDA_HOME:-/usr/local/cuda}"
+if [[ $gpu -eq 1 && $with_horovod -eq 1 && -z "$horovod_wheel" && ! -x "$cuda_home/bin/nvcc" ]]; then
+  die "--gpu builds horovod's NCCL operations with the CUDA toolkit, but there is no $cuda_home/bin/nvcc: install the toolkit (or set CUDA_HOME), pass --horovod-wheel, or use --without-horovod (train.launcher=torch_distributor)"
+fi
 mkdir -p "$(dirname "$venv")"
 venv="$(cd "$(dirname "$venv")" && pwd)/$(basename "$venv")"   # absolute: the build cds away
 
@@ -112,7 +121,7 @@ pip_plain=("$py" -m pip install --disable-pip-version-check -q)
 # The stamp records what was installed from which inputs; an unchanged stamp means
 # nothing to do, which keeps `make test` on a set-up machine at a few seconds.
 stamp="$venv/.horovod-llm-stack"
-stamp_inputs=$(cat "$CONSTRAINTS" "$REPO_ROOT/setup.cfg" "$0"; echo "$package $horovod_wheel $torch_index_url $with_horovod"
+stamp_inputs=$(cat "$CONSTRAINTS" "$REPO_ROOT/setup.cfg" "$0"; echo "$package $horovod_wheel $torch_index_url $with_horovod $gpu"
   if [[ -f "$package" ]]; then sha256sum "$package"; fi)   # a rebuilt wheel keeps its name
 stamp_hash=$(printf '%s' "$stamp_inputs" | sha256sum | cut -d' ' -f1)
 imports="petastorm, pyspark, horovod_llm"
@@ -189,7 +198,19 @@ live = (
 )
 path.write_text(head + found + tail.replace(connect, live, 1))
 PATCH
-  (cd "$src" && HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+  local gpu_env=()
+  if [[ $gpu -eq 1 ]]; then
+    # NCCL as the CUDA torch ships it (the nvidia-nccl wheel): headers and libnccl.so.2,
+    # which the build finds through a libnccl.so link of its own.
+    local nccl nccl_lib
+    nccl=$("$py" -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__))' 2>/dev/null) \
+      || die "--gpu: torch has no NCCL wheel (nvidia-nccl): install a CUDA build with --torch-index-url"
+    nccl_lib="$work/nccl-lib"
+    mkdir -p "$nccl_lib"
+    ln -sf "$nccl/lib/libnccl.so.2" "$nccl_lib/libnccl.so"
+    gpu_env=(HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_CUDA_HOME="$cuda_home" HOROVOD_NCCL_INCLUDE="$nccl/include" HOROVOD_NCCL_LIB="$nccl_lib")
+  fi
+  (cd "$src" && env "${gpu_env[@]}" HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
     HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_CPU_OPERATIONS=gloo \
     MAKEFLAGS="-j$(nproc)" "$py" -m pip wheel -q --no-build-isolation --no-deps -w "$out" .)
 }
@@ -197,7 +218,8 @@ PATCH
 if [[ $with_horovod -eq 1 && -z "$horovod_wheel" ]]; then
   py_tag=$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
   torch_tag=$("$py" -c 'import torch; print(torch.__version__.replace("+", "-"))')
-  key_dir="$wheel_cache/horovod-$HOROVOD_VERSION-p$HOROVOD_PATCH_LEVEL-$py_tag-torch-$torch_tag"
+  # A GPU build (NCCL) is another wheel than the CPU one of the same torch.
+  key_dir="$wheel_cache/horovod-$HOROVOD_VERSION-p$HOROVOD_PATCH_LEVEL-$py_tag-torch-$torch_tag$([[ $gpu -eq 1 ]] && echo -nccl)"
   cached=("$key_dir"/horovod-*.whl)
   horovod_wheel=""
   [[ -f "${cached[0]}" ]] && horovod_wheel="${cached[0]}"
@@ -233,6 +255,9 @@ fi
 
 if [[ $with_horovod -eq 1 ]]; then
   "$py" -c 'import horovod.torch as hvd, petastorm; assert hvd.gloo_built(), "horovod was built without Gloo"'
+  if [[ $gpu -eq 1 ]]; then
+    "$py" -c 'import horovod.torch as hvd; assert hvd.nccl_built(), "horovod was built without NCCL"'
+  fi
 else
   "$py" -c 'import petastorm, pyspark.ml.torch.distributor, torch.distributed; assert torch.distributed.is_gloo_available()'
 fi

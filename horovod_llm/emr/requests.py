@@ -121,13 +121,59 @@ def configurations(emr: EmrConfig) -> list[dict]:
     properties are what spark-submit itself reads, in client and cluster mode.
     """
     python = python_path(emr)
+    spark_defaults = {"spark.pyspark.python": python, "spark.pyspark.driver.python": python}
+    if emr.gpu:
+        # How each executor finds the GPUs YARN gave its container (EMR ships the script).
+        spark_defaults["spark.executor.resource.gpu.discoveryScript"] = GPU_DISCOVERY_SCRIPT
     return [
         {
             "Classification": "spark-env",
             "Properties": {},
             "Configurations": [{"Classification": "export", "Properties": {"PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python}}],
         },
-        {"Classification": "spark-defaults", "Properties": {"spark.pyspark.python": python, "spark.pyspark.driver.python": python}},
+        {"Classification": "spark-defaults", "Properties": spark_defaults},
+        *(yarn_gpu_configurations() if emr.gpu else []),
+    ]
+
+
+# Spark's GPU discovery script as EMR installs it.
+GPU_DISCOVERY_SCRIPT = "/usr/lib/spark/scripts/gpu/getGpusResources.sh"
+# Where bootstrap.sh --gpu mounts the cgroup-v1 devices controller YARN's GPU isolation
+# needs on Amazon Linux 2023, whose own hierarchy is cgroup v2.
+GPU_CGROUP_ROOT = "/spark-rapids-cgroup"
+
+
+def yarn_gpu_configurations() -> list[dict]:
+    """YARN GPU scheduling and isolation, the classifications AWS documents for Spark on
+    EMR 7.x GPU nodes (the Spark RAPIDS guide's, without its SQL plugin): GPUs as a YARN
+    resource type, the NodeManager's GPU plugin under the Linux container executor with
+    cgroups, and a dominant-resource calculator so that GPUs count in scheduling."""
+    return [
+        {
+            "Classification": "yarn-site",
+            "Properties": {
+                "yarn.resource-types": "yarn.io/gpu",
+                "yarn.nodemanager.resource-plugins": "yarn.io/gpu",
+                "yarn.nodemanager.resource-plugins.gpu.allowed-gpu-devices": "auto",
+                "yarn.nodemanager.resource-plugins.gpu.path-to-discovery-executables": "/usr/bin",
+                "yarn.nodemanager.container-executor.class": "org.apache.hadoop.yarn.server.nodemanager.LinuxContainerExecutor",
+                "yarn.nodemanager.linux-container-executor.cgroups.mount": "true",
+                "yarn.nodemanager.linux-container-executor.cgroups.mount-path": GPU_CGROUP_ROOT,
+                "yarn.nodemanager.linux-container-executor.cgroups.hierarchy": "yarn",
+            },
+        },
+        {
+            "Classification": "container-executor",
+            "Properties": {},
+            "Configurations": [
+                {"Classification": "gpu", "Properties": {"module.enabled": "true"}},
+                {"Classification": "cgroups", "Properties": {"root": GPU_CGROUP_ROOT, "yarn-hierarchy": "yarn"}},
+            ],
+        },
+        {
+            "Classification": "capacity-scheduler",
+            "Properties": {"yarn.scheduler.capacity.resource-calculator": "org.apache.hadoop.yarn.util.resource.DominantResourceCalculator"},
+        },
     ]
 
 
@@ -135,6 +181,8 @@ def bootstrap_action(emr: EmrConfig, urls: ReleaseUrls, launcher: str = "spark")
     """The bootstrap of every node. Under train.launcher=torch_distributor (Spark's
     TorchDistributor) the nodes get no Horovod, and so no compiler and no build."""
     args = ["--stack", urls.stack, "--package", urls.wheel, "--venv", emr.venv, "--torch-index-url", emr.torch_index_url]
+    if emr.gpu:
+        args += ["--gpu"]  # the cgroup mount for YARN; a CUDA torch; Horovod with NCCL
     if not launchers.launcher(launcher).needs_horovod:
         args += ["--without-horovod"]
     elif emr.horovod_wheel_url:

@@ -11,6 +11,15 @@ if TYPE_CHECKING:
 
 
 _EMR_STEP_ACTIONS = ("CONTINUE", "CANCEL_AND_WAIT", "TERMINATE_CLUSTER")
+# EC2 families with NVIDIA GPUs that EMR 7.x offers (g4dn T4, g5 A10G, g6 L4, g6e L40S,
+# p3 V100, p4d/p4de A100, p5/p5e H100/H200).
+_GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p3", "p3dn", "p4d", "p4de", "p5", "p5e", "p5en")
+# A CUDA build of torch for emr.gpu (PyTorch's index of CUDA 12.8 wheels).
+CUDA_TORCH_INDEX = "https://download.pytorch.org/whl/cu128"
+
+
+def is_gpu_instance(instance_type: str) -> bool:
+    return instance_type.split(".", 1)[0] in _GPU_FAMILIES
 
 
 def emr_problems(config: RunConfig) -> list[str]:
@@ -37,6 +46,15 @@ def emr_problems(config: RunConfig) -> list[str]:
         e.step_action_on_failure in _EMR_STEP_ACTIONS,
         f"emr.step_action_on_failure ('{e.step_action_on_failure}') must be one of {', '.join(_EMR_STEP_ACTIONS)}",
     )
+    if e.gpu:
+        need(
+            is_gpu_instance(e.core_instance_type),
+            f"emr.gpu=true, but emr.core_instance_type ({e.core_instance_type}) has no NVIDIA GPU: pick a GPU type such as g5.2xlarge, or set emr.gpu=false",
+        )
+        need(
+            "/cpu" not in e.torch_index_url,
+            f"emr.gpu=true, but emr.torch_index_url ({e.torch_index_url}) serves CPU builds of torch: use a CUDA index such as {CUDA_TORCH_INDEX}",
+        )
     overhead = e.driver_memory_overhead.lower()
     need(
         (overhead[:-1] if overhead[-1:] in ("k", "m", "g", "t") else overhead).isdigit(),
@@ -51,15 +69,31 @@ def emr_problems(config: RunConfig) -> list[str]:
     except ValueError:
         problems.append("emr.train_conf: " + ", ".join(sizing) + " must be whole numbers")
         return problems
+    gpu_sizing = ("spark.executor.resource.gpu.amount", "spark.task.resource.gpu.amount")
+    try:
+        executor_gpus, task_gpus = (float(conf[key]) if key in conf else None for key in gpu_sizing)
+    except ValueError:
+        problems.append("emr.train_conf: " + ", ".join(gpu_sizing) + " must be numbers")
+        return problems
+    if e.gpu:
+        need(
+            bool(executor_gpus and task_gpus),
+            "emr.gpu=true needs emr.train_conf to set spark.executor.resource.gpu.amount and spark.task.resource.gpu.amount: "
+            "without them Spark schedules no GPU and the ranks train on the CPU",
+        )
     if task_cpus is not None and cores is not None:
         need(1 <= task_cpus <= cores, f"emr.train_conf spark.task.cpus ({task_cpus}) must be between 1 and spark.executor.cores ({cores})")
     if instances is not None and cores is not None and task_cpus:
         # Every rank is one Spark task and all of them must run at once.
-        slots = instances * (cores // task_cpus)
+        per_executor = cores // task_cpus
+        detail = f"spark.executor.instances {instances} x spark.executor.cores {cores} // spark.task.cpus {task_cpus}"
+        if executor_gpus and task_gpus:
+            per_executor = min(per_executor, int(executor_gpus / task_gpus + 1e-9))
+            detail += f", and at most spark.executor.resource.gpu.amount {executor_gpus:g} // spark.task.resource.gpu.amount {task_gpus:g} per executor"
+        slots = instances * per_executor
         need(
             config.train.num_proc <= slots,
-            f"train.num_proc ({config.train.num_proc}) needs that many task slots at once, but emr.train_conf gives {slots} "
-            f"(spark.executor.instances {instances} x spark.executor.cores {cores} // spark.task.cpus {task_cpus}): "
+            f"train.num_proc ({config.train.num_proc}) needs that many task slots at once, but emr.train_conf gives {slots} ({detail}): "
             "lower train.num_proc or add executors",
         )
     if conf:

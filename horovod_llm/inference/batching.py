@@ -176,7 +176,7 @@ class Batcher:
     def _prefill(self, row: int, context: list[int]) -> None:
         """Every id of context but the last into cache row `row`, in one pass."""
         if len(context) > 1:
-            self.model.hidden(torch.tensor([context[:-1]], dtype=torch.long), self.cache.rows(row, row + 1))
+            self.model.hidden(torch.tensor([context[:-1]], dtype=torch.long, device=self.model.device), self.cache.rows(row, row + 1))
 
     def _admit(self, job: Job) -> None:
         first = len(self.rows)
@@ -198,8 +198,8 @@ class Batcher:
 
     def _step(self) -> None:
         rows = self.rows
-        ids = torch.tensor([r.context[-1] for r in rows], dtype=torch.long)
-        positions = torch.tensor([len(r.context) - 1 for r in rows], dtype=torch.long)
+        ids = torch.tensor([r.context[-1] for r in rows], dtype=torch.long, device=self.model.device)
+        positions = torch.tensor([len(r.context) - 1 for r in rows], dtype=torch.long, device=self.model.device)
         try:
             logits = self.model.decode_step(ids, self.cache, positions, self.row_block)  # (B, vocab)
         except Exception as exc:
@@ -260,7 +260,7 @@ class Batcher:
                     continue
                 probs = sampling_probs(logits[members], temperature, top_k, top_p)
                 # each row's number from its own generator, as sample_next draws it alone
-                uniform = torch.cat([torch.rand(1, 1, generator=self.rows[b].generator) for b in members])
+                uniform = torch.cat([torch.rand(1, 1, generator=self.rows[b].generator) for b in members]).to(probs.device)
                 for b, next_id in zip(members, draw(probs, uniform)[:, 0].tolist(), strict=True):
                     next_ids[b] = next_id
             except Exception as exc:

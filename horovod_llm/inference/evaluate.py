@@ -106,6 +106,8 @@ def summarize(totals: Totals) -> dict:
 @torch.no_grad()
 def score_batch(model: GPT, inputs: torch.Tensor, targets: torch.Tensor, scored: torch.Tensor) -> tuple[float, int, int]:
     """(summed NLL in nats, correct, count) over the targets (B, T) where `scored` (B, T) is true."""
+    device = model.wte.weight.device  # the model's: a GPU, or the CPU
+    inputs, targets, scored = inputs.to(device), targets.to(device), scored.to(device)
     logits, _ = model(inputs)  # (B, T, vocab)
     nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T)
     correct = logits.argmax(dim=-1) == targets

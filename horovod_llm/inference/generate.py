@@ -102,7 +102,7 @@ class TextGenerator:
         """`num_samples` completions of the prompt, drawn together as one batch. The same
         seed, settings and number of samples give the same texts."""
         prompt_ids = self.encode(prompt)
-        idx = torch.tensor([[tokenizer.BOS_ID] + prompt_ids] * num_samples, dtype=torch.long)
+        idx = torch.tensor([[tokenizer.BOS_ID] + prompt_ids] * num_samples, dtype=torch.long, device=self.model.device)
         generator = torch.Generator().manual_seed(sampling.seed)
         steps = self.model.generate_tokens(
             idx, temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p, generator=generator, use_cache=self.use_cache

@@ -363,13 +363,18 @@ def serve(
     log_level: str = "info",
     model_name: str | None = None,
     access: Access = Access(),
+    device: str = "cpu",
 ) -> None:
-    """Load the checkpoint, bind host:port (0: any free port) and answer until interrupted."""
+    """Load the checkpoint onto `device` (cpu, cuda or auto), bind host:port (0: any free
+    port) and answer until interrupted."""
     import uvicorn
 
     from horovod_llm.checkpoint import load_checkpoint
+    from horovod_llm.training.device import inference_device
 
+    placed = inference_device(device)
     loaded = load_checkpoint(checkpoint_url)
+    loaded.model.to(placed)
     generator = TextGenerator.from_checkpoint(loaded)
     model_id = model_name or default_model_id(loaded.url, loaded.step)
     info = {

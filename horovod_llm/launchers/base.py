@@ -43,6 +43,11 @@ class Launcher(ABC):
         """The backend its ranks use here: `local` takes Horovod when it is installed."""
         return self.backend or ("horovod" if horovod_installed() else "torch")
 
+    def task_gpus(self) -> list[str]:
+        """In a rank: the GPU addresses Spark scheduled for its task (none unless the
+        ranks are Spark tasks and spark.task.resource.gpu.amount is set)."""
+        return []
+
     def launch_info(self, **details) -> dict:
         """What a rank and the run summary's `launch` block learn of the launch."""
         return {"launcher": self.name, **details}

@@ -1,7 +1,8 @@
 """What the ranks need from a Spark cluster, checked before any rank starts.
 
 Horovod on Spark runs one rank per task and needs all of them at once, each on
-`spark.task.cpus` cores of one executor; and ranks on different hosts must reach each
+`spark.task.cpus` cores of one executor (and `spark.task.resource.gpu.amount` of its
+GPUs, where Spark schedules GPUs); and ranks on different hosts must reach each
 other at the addresses their host names resolve to. Both fail late and obscurely when
 they do not hold (Horovod waits out its start timeout; Gloo times out connecting), so
 the driver checks them first and refuses in one line.
@@ -26,6 +27,12 @@ class Executor:
     id: str
     host: str
     cores: int
+    gpus: int = 0  # GPU addresses Spark gave it (spark.executor.resource.gpu.amount)
+
+
+def _gpus(summary) -> int:
+    found = summary.resources().get("gpu")  # a Scala Option of a ResourceInformation
+    return len(found.get().addresses()) if found.isDefined() else 0
 
 
 def executors(context) -> list[Executor]:
@@ -36,7 +43,7 @@ def executors(context) -> list[Executor]:
     while listed.hasNext():
         summary = listed.next()
         if (summary.id() == "driver") == local:
-            found.append(Executor(summary.id(), summary.hostPort().rsplit(":", 1)[0], summary.totalCores()))
+            found.append(Executor(summary.id(), summary.hostPort().rsplit(":", 1)[0], summary.totalCores(), _gpus(summary)))
     return found
 
 
@@ -48,29 +55,67 @@ def task_cpus(context) -> int:
     return max(int(context.getConf().get("spark.task.cpus", "1")), 1)
 
 
-def task_slots(found: list[Executor], cpus: int) -> int:
-    """Tasks of `cpus` cores that can run at once: whole slots per executor (executors of
-    10 and 6 cores give 2 + 1 slots of 4 cores, not 16 // 4)."""
-    return sum(e.cores // cpus for e in found)
+def task_gpus(context) -> float:
+    """GPUs each task takes (spark.task.resource.gpu.amount; 0: Spark schedules none).
+    Local mode schedules no task resources, whatever the setting."""
+    if is_local(context.master):
+        return 0.0
+    return max(float(context.getConf().get("spark.task.resource.gpu.amount", "0")), 0.0)
+
+
+def spark_schedules_gpus(context) -> bool:
+    """Whether Spark gives each task GPUs: task GPU amounts on a cluster; in local mode,
+    the driver's GPUs (which TorchDistributor then shares out)."""
+    if is_local(context.master):
+        return float(context.getConf().get("spark.driver.resource.gpu.amount", "0")) > 0
+    return task_gpus(context) > 0
+
+
+def executor_slots(executor: Executor, cpus: int, gpus: float = 0.0) -> int:
+    """Tasks of `cpus` cores (and `gpus` GPUs, when Spark schedules them) one executor
+    runs at once: whole slots of both (a fraction of a GPU shares it between tasks)."""
+    slots = executor.cores // cpus
+    if gpus > 0:
+        slots = min(slots, int(executor.gpus / gpus + 1e-9))
+    return slots
+
+
+def task_slots(found: list[Executor], cpus: int, gpus: float = 0.0) -> int:
+    """Tasks that can run at once: whole slots per executor (executors of 10 and 6 cores
+    give 2 + 1 slots of 4 cores, not 16 // 4; one of 4 cores and 1 GPU gives one slot of
+    a GPU each)."""
+    return sum(executor_slots(e, cpus, gpus) for e in found)
 
 
 def check_task_slots(context, num_proc: int, wait_s: float = 0.0) -> int:
     """Refuse, with the numbers, a rank count the executors cannot run at once; return
     the slot count. On a cluster, executors still registering get `wait_s` seconds."""
-    cpus, deadline = task_cpus(context), time.monotonic() + wait_s
+    cpus, gpus, deadline = task_cpus(context), task_gpus(context), time.monotonic() + wait_s
     while True:
         found = executors(context)
-        slots = task_slots(found, cpus)
+        slots = task_slots(found, cpus, gpus)
         if slots >= num_proc:
+            if gpus:
+                log.info("task slots: %d (%s)", slots, _slot_detail(found, cpus, gpus))
             return slots
         if time.monotonic() >= deadline:
             break
         time.sleep(1.0)
-    detail = ", ".join(f"executor {e.id} on {e.host}: {e.cores} cores, {e.cores // cpus} slots" for e in found) or "no executor registered"
+    detail = _slot_detail(found, cpus, gpus) or "no executor registered"
+    if gpus:
+        raise UserError(
+            f"train.num_proc={num_proc} ranks need {num_proc} task slots of spark.task.cpus={cpus} cores and spark.task.resource.gpu.amount={gpus:g} GPUs "
+            f"at once, but the executors give {slots} ({detail}): lower train.num_proc, or give the executors more GPUs (spark.executor.resource.gpu.amount)"
+        )
     raise UserError(
         f"train.num_proc={num_proc} ranks need {num_proc} task slots of spark.task.cpus={cpus} cores at once, but the executors give {slots} "
         f"({detail}): lower train.num_proc, or give each executor a multiple of spark.task.cpus cores"
     )
+
+
+def _slot_detail(found: list[Executor], cpus: int, gpus: float) -> str:
+    gpu_part = (lambda e: f", {e.gpus} GPUs") if gpus else (lambda e: "")
+    return ", ".join(f"executor {e.id} on {e.host}: {e.cores} cores{gpu_part(e)}, {executor_slots(e, cpus, gpus)} slots" for e in found)
 
 
 def check_for_ranks(context, train) -> None:

@@ -30,6 +30,13 @@ class HorovodOnSpark(SparkTaskLauncher):
     # Local mode: ranks inherit the driver's terminal, so their progress shows live.
     live_rank_output_locally = True
 
+    def task_gpus(self) -> list[str]:
+        # What the rank's task service read from its TaskContext.resources() before
+        # Horovod ran the rank's function.
+        from horovod.spark.task import get_available_devices
+
+        return list(get_available_devices())
+
     def run(self, worker, config, spark=None) -> dict:
         require_horovod(self.name)
         import horovod.spark

@@ -12,17 +12,27 @@ from horovod_llm.data.dataset import check_only_our_files
 from horovod_llm.data.manifest import read_manifest
 from horovod_llm.errors import JobFailed
 from horovod_llm.launchers.horovod_env import horovod_mpi_built
+from horovod_llm.spark import is_local
 from horovod_llm.training import recipe
+from horovod_llm.training.device import check_cuda_here
 from horovod_llm.training.job import check_job, model_config
 from horovod_llm.training.train import train_worker
 
 log = logging.getLogger(__name__)
 
 
+def check_device_here(config: RunConfig) -> None:
+    """train.device=cuda refused at once where the ranks will run on this machine
+    (local mode, horovodrun, the in-process rank) and it has no CUDA."""
+    if not launchers.launcher(config.train.launcher).on_spark_tasks or is_local(config.spark.master):
+        check_cuda_here(config.train.device)
+
+
 def preflight(config: RunConfig) -> RunConfig:
     """The config with the recipe resolved for the dataset; refuse, in the driver and
     before any rank starts, what the ranks would refuse."""
     validate(config)  # a config built in code, not loaded, is checked here
+    check_device_here(config)
     mpi_built = horovod_mpi_built(launchers.launcher(config.train.launcher))
     manifest = read_manifest(config.output_url)
     for split in layout.SPLITS:  # what every rank would refuse, refused once, here

@@ -17,7 +17,8 @@ import sys
 import time
 from contextlib import redirect_stderr, redirect_stdout
 
-from horovod_llm.launchers.cluster import executor_hosts
+from horovod_llm.errors import UserError
+from horovod_llm.launchers.cluster import executor_hosts, spark_schedules_gpus
 from horovod_llm.launchers.exits import PEER_LOST_GRACE_S, PEER_LOST_STATUS, SILENT_STATUS, RankExit, job_failed
 from horovod_llm.launchers.spark_tasks import SparkTaskLauncher, driver_address, spark_task_failures_quiet
 from horovod_llm.spark import is_local
@@ -34,6 +35,11 @@ class TorchDistributor(SparkTaskLauncher):
     # a rank that only lost a peer waits, so that the one that failed on its own is first.
     peer_lost_grace_s = PEER_LOST_GRACE_S
 
+    def task_gpus(self) -> list[str]:
+        # TorchDistributor(use_gpu=True) narrows each rank's CUDA_VISIBLE_DEVICES to the
+        # GPUs of its task (use_gpu=False empties it).
+        return [a for a in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if a]
+
     def run(self, worker, config, spark=None) -> dict:
         from pyspark.ml.torch.distributor import TorchDistributor as SparkTorchDistributor
 
@@ -45,7 +51,15 @@ class TorchDistributor(SparkTaskLauncher):
         tc, local = config.train, is_local(context.master)
         launch_info["gloo_iface"] = "lo" if local else ",".join(tc.nics) or None
         _bind_log_server_to_driver_host()
-        distributor = SparkTorchDistributor(num_processes=tc.num_proc, local_mode=False, use_gpu=False)
+        # Spark hands each task its GPUs when it schedules them, and TorchDistributor passes
+        # them on only with use_gpu (without, it hides every GPU from the ranks).
+        use_gpu = spark_schedules_gpus(context)
+        if tc.device == "cuda" and not use_gpu:
+            raise UserError(
+                "train.device=cuda with train.launcher=torch_distributor needs Spark to schedule the GPUs (TorchDistributor hides them otherwise): "
+                "set spark.conf.spark.task.resource.gpu.amount=1 (and spark.executor.resource.gpu.amount), or spark.driver.resource.gpu.amount in local mode"
+            )
+        distributor = SparkTorchDistributor(num_processes=tc.num_proc, local_mode=False, use_gpu=use_gpu)
         log.info("starting %d ranks with Spark's TorchDistributor (torch.distributed, Gloo%s)", tc.num_proc, ", loopback" if local else "")
         exits = RankExitLog(sys.stderr)
         watched = stall_guard(tc.stall_timeout, driver_address(context), abort=context.cancelAllJobs, start_allowance_s=tc.start_timeout)

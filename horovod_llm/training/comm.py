@@ -135,7 +135,7 @@ def set_horovod_environment(train: TrainConfig) -> None:
 class HorovodCollectives(Collectives):
     backend = "horovod"
 
-    def __init__(self, train: TrainConfig):
+    def __init__(self, train: TrainConfig, device: torch.device | None = None):
         import horovod.torch as hvd
 
         set_horovod_environment(train)
@@ -207,7 +207,7 @@ class TorchCollectives(Collectives):
 
     backend = "torch"
 
-    def __init__(self, train: TrainConfig):
+    def __init__(self, train: TrainConfig, device: torch.device | None = None):
         import torch.distributed as dist
 
         self.dist = dist
@@ -223,7 +223,10 @@ class TorchCollectives(Collectives):
         # closing its connections); a killed rank's peers fail at once. Rank 0 writing a
         # checkpoint to slow storage keeps the others waiting too: the same bound as
         # Horovod's start timeout keeps both launchers' patience alike.
-        dist.init_process_group("gloo", timeout=timedelta(seconds=max(train.start_timeout, 60)), **rendezvous)
+        # On CUDA, one group with two backends: NCCL for the gradients (CUDA tensors), Gloo
+        # for the metrics and objects (CPU tensors).
+        backend = "cpu:gloo,cuda:nccl" if device is not None and device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(seconds=max(train.start_timeout, 60)), **rendezvous)
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
         # torchrun starts one rank per Spark task, so its LOCAL_WORLD_SIZE is 1 even where
         # two tasks share a host: count the ranks on this host instead, as Horovod does.
@@ -328,8 +331,23 @@ def lost_peer(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and _GLOO_LOST_PEER.search(str(exc)) is not None
 
 
-def init_collectives(backend: str, train: TrainConfig) -> Collectives:
-    """This process's ranks, through `backend` ("horovod" or "torch")."""
+def cuda_unsupported(backend: str) -> str | None:
+    """Why the collectives of `backend` cannot reduce CUDA tensors here, or None: Horovod
+    needs a build with NCCL (HOROVOD_GPU_OPERATIONS=NCCL), torch.distributed its NCCL."""
     if backend == "horovod":
-        return HorovodCollectives(train)
-    return TorchCollectives(train)
+        import horovod.torch as hvd
+
+        if not hvd.nccl_built():
+            return "this Horovod was built without NCCL (build it with HOROVOD_GPU_OPERATIONS=NCCL, as the GPU bootstrap does, or use train.launcher=torch_distributor)"
+        return None
+    import torch.distributed as dist
+
+    return None if dist.is_nccl_available() else "this torch has no NCCL"
+
+
+def init_collectives(backend: str, train: TrainConfig, device: torch.device | None = None) -> Collectives:
+    """This process's ranks, through `backend` ("horovod" or "torch"), for tensors on
+    `device` (CPU: Gloo; CUDA: NCCL)."""
+    if backend == "horovod":
+        return HorovodCollectives(train, device)
+    return TorchCollectives(train, device)

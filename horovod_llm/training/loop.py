@@ -23,6 +23,7 @@ from horovod_llm.model import GPT
 from horovod_llm.progress import is_terminal, training_bar, training_fraction, wants_bars
 from horovod_llm.training.comm import Collectives
 from horovod_llm.training.metrics import peak_rss_mb
+from horovod_llm.training.precision import MIN_SPEEDUP, Calibration, Precision, choose
 from horovod_llm.training.schedule import TrainingClock, learning_rate_at
 from horovod_llm.training.stats import NullStats, StatsWriter, epoch_record, step_record, summary_record, write_run_outputs
 from horovod_llm.training.step import Interval, train_step, validate
@@ -43,8 +44,12 @@ class Job:
     steps_per_epoch: int
     max_lr: float
     min_lr: float
-    peak_per_rank: float
-    peak_source: str  # measured, calibrated (an earlier, better reading) or the config
+    # {precision: (peak FLOP/s of one rank, measured, calibrated (an earlier, better
+    # reading) or the config)} for each precision the loop may train in
+    peaks: dict[str, tuple[float, str]]
+    device: torch.device
+    spark_gpus: list[str]  # the GPU addresses Spark scheduled for this rank's task
+    calibration: Calibration | None  # train.precision=auto: this rank's fp32 and bf16 times
     resumed_step: int
     started: float
     ranks_ready_at: float  # wall clock after the ranks met: stage timings
@@ -83,11 +88,16 @@ class Entry:
     world_size: int
     tokens_per_step: int
     peak_flops: float
+    peak_source: str
     flops_per_token: float
     placement: list
+    precision: Precision
+    precision_report: dict  # the summary's `precision` block: setting, choice, why
+    forward: torch.nn.Module  # the model, or its torch.compile'd module (train.compile)
     entered: float = field(default_factory=time.perf_counter)
     loop_started_at: float = field(default_factory=time.time)  # wall clock: stage timings
     epoch_started: float = field(default_factory=time.perf_counter)
+    scaler: torch.amp.GradScaler | None = None  # fp16's loss scaling (a pass-through otherwise)
     interval: Interval = field(default_factory=Interval)
     epoch_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(2, dtype=torch.float64))  # summed loss, steps
     last_eval: dict = field(default_factory=dict)
@@ -118,8 +128,9 @@ def train_loop(state, job: Job) -> dict:
     stats.resume(state.step)
     clock = TrainingClock(job.budget_seconds, synced_seconds=state.trained_seconds, synced_step=state.step)
     progress.info(
-        "training %.2fM parameters on %d rank(s) x %d thread(s): from step %d to %s (%d steps per epoch), %d tokens per step, peak %.0f GFLOP/s",
-        model.num_parameters() / 1e6, comm.size, job.threads, state.step + 1, job.ends(), job.steps_per_epoch, entry.tokens_per_step, entry.peak_flops / 1e9,
+        "training %.2fM parameters on %d rank(s) x %d thread(s) on %s in %s: from step %d to %s (%d steps per epoch), %d tokens per step, peak %.0f GFLOP/s",
+        model.num_parameters() / 1e6, comm.size, job.threads, job.device.type, entry.precision.name, state.step + 1, job.ends(), job.steps_per_epoch,
+        entry.tokens_per_step, entry.peak_flops / 1e9,
     )  # fmt: skip
     model.train()
     micro, last = train.backward_passes_per_step, False
@@ -142,7 +153,8 @@ def train_loop(state, job: Job) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             step_started = time.perf_counter()
-            result = train_step(model, optimizer, [torch.from_numpy(next(batches)) for _ in range(micro)], train.grad_clip)
+            micro_batches = [torch.from_numpy(next(batches)).to(job.device, non_blocking=True) for _ in range(micro)]
+            result = train_step(entry.forward, optimizer, micro_batches, train.grad_clip, entry.precision, entry.scaler)
             state.step, state.consumed = step, state.consumed + micro
             # Step time covers loading, compute and allreduce, not evaluation or checkpoints.
             entry.interval.add(result, time.perf_counter() - step_started)
@@ -200,17 +212,52 @@ def _count_time_lost_to_reset(state, job: Job, progress) -> None:
 
 
 def _enter(state, job: Job, model: GPT) -> Entry:
-    """The loop's measures at this world size, and where the ranks run: host names and
-    the interface Gloo was given ("lo" locally), in stats/placement.json from the start
-    (again after an elastic reset), so that the host of each rank is known while it trains."""
+    """The loop's measures at this world size, the precision the ranks agree on, and
+    where the ranks run: host names, the interface Gloo was given ("lo" locally), the
+    device and Spark's GPUs, in stats/placement.json from the start (again after an
+    elastic reset), so that the host of each rank is known while it trains."""
     comm, train = job.comm, job.config.train
-    peak_flops = float(comm.allreduce(torch.tensor([job.peak_per_rank], dtype=torch.float64), "sum", name="metrics_sum")[0])
-    mine = {"host": socket.gethostname(), "gloo_iface": os.environ.get("HOROVOD_GLOO_IFACE") or os.environ.get("GLOO_SOCKET_IFNAME")}
+    precision, report = _agree_on_precision(job)
+    peak_per_rank, peak_source = job.peaks[precision.name]
+    peak_flops = float(comm.allreduce(torch.tensor([peak_per_rank], dtype=torch.float64), "sum", name="metrics_sum")[0])
+    mine = {
+        "host": socket.gethostname(),
+        "gloo_iface": os.environ.get("HOROVOD_GLOO_IFACE") or os.environ.get("GLOO_SOCKET_IFNAME"),
+        "device": str(job.device),
+        "spark_gpus": job.spark_gpus,
+    }
     placement = [{"rank": r, **p} for r, p in enumerate(comm.allgather_object(mine, name="placement"))]
     if comm.rank == 0:
         storage.write_json(storage.join(layout.stats_url(job.config.output_url), "placement.json"), {"step": state.step, "ranks": placement})
     tokens_per_step = train.batch_size * train.backward_passes_per_step * job.manifest.window_size * comm.size
-    return Entry(state.step, state.trained_seconds, comm.size, tokens_per_step, peak_flops, model.flops_per_token(), placement)
+    # A compiled module shares the model's parameters: checkpoints keep the model's keys.
+    forward = torch.compile(model) if train.compile else model
+    return Entry(
+        state.step, state.trained_seconds, comm.size, tokens_per_step, peak_flops, peak_source, model.flops_per_token(), placement,
+        precision, report, forward, scaler=precision.grad_scaler(),
+    )  # fmt: skip
+
+
+def _agree_on_precision(job: Job) -> tuple[Precision, dict]:
+    """train.precision, or for `auto` the choice from the slowest rank's bf16 gain (every
+    rank then trains alike, and on a mixed cluster the gain holds for the step's pace)."""
+    train, comm = job.config.train, job.comm
+    report = {"setting": train.precision}
+    if job.calibration is not None:
+        # a minimum over the ranks, as the maximum of the negated gains
+        speedup = -float(comm.allreduce(torch.tensor([-job.calibration.bf16_speedup], dtype=torch.float64), "max", name="bf16_speedup")[0])
+        chosen = choose(train.precision, speedup)
+        report.update(
+            bf16_speedup=round(speedup, 3), min_speedup=MIN_SPEEDUP, calibration=job.calibration.source,
+            fp32_step_s=job.calibration.fp32_s, bf16_step_s=job.calibration.bf16_s,
+        )  # fmt: skip
+        rank_logger(__name__, comm.rank == 0).info(
+            "train.precision=auto: %s (a bf16 training step is %.2fx as fast as fp32's on the slowest rank; bf16 from %.2fx; %s)",
+            chosen, speedup, MIN_SPEEDUP, "measured now" if job.calibration.source == "measured" else "best readings of this machine type",
+        )  # fmt: skip
+    else:
+        chosen = train.precision
+    return Precision(chosen, job.device.type), {**report, "used": chosen}
 
 
 def _log_step(entry: Entry, job: Job, clock: TrainingClock, stats, step: int, epoch: int, lr: float, grad_norm: float) -> dict:
@@ -253,7 +300,11 @@ def _save_checkpoint(entry: Entry, job: Job, state, clock: TrainingClock, step: 
     rng_states = comm.allgather_object(torch.get_rng_state(), name="rng_states")
     if comm.rank == 0:
         data = {"seed": state.data_seed, "world_size": comm.size, "batches_consumed": state.consumed}
-        meta = {"epoch": epoch, "metrics": entry.last_eval, "dataset": job.manifest.fingerprint, "data": data, "trained_seconds": clock.seconds_at(step)}
+        meta = {
+            "epoch": epoch, "metrics": entry.last_eval, "dataset": job.manifest.fingerprint, "data": data, "trained_seconds": clock.seconds_at(step),
+            # what it trained in; the weights themselves are fp32 whatever it was
+            "precision": entry.precision.name,
+        }  # fmt: skip
         entry.checkpoint_url = checkpoint.save_checkpoint(out, step, state.model, state.optimizer, job.config, job.tokenizer_bytes, meta, rng_states)
         checkpoint.prune_checkpoints(out, train.keep_last)
         progress.info("checkpoint written: %s", entry.checkpoint_url)
@@ -279,7 +330,9 @@ def run_summary(job: Job, entry: Entry, step: int, clock: TrainingClock, paramet
         total_seconds=time.perf_counter() - job.started,
         steps_run=step - job.resumed_step,
         peak_flops=entry.peak_flops,
-        peak_source=job.peak_source,
+        peak_source=entry.peak_source,
+        precision=entry.precision_report,
+        device=job.device.type,
         mfu_values=entry.mfu_values,
         parameters=parameters,
         flops_per_token=entry.flops_per_token,

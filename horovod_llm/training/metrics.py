@@ -25,32 +25,57 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
-def measure_matmul_flops(size: int = 1024, seconds: float = 0.5, readings: int = 5) -> float:
-    """fp32 matmul FLOP/s this process reaches with its current torch threads: the best
-    of `readings` readings over `seconds` in all. The best, not the mean: other work on
-    the machine can only slow a reading down, never speed it up."""
+def measure_matmul_flops(
+    size: int = 1024, seconds: float = 0.5, readings: int = 5, dtype: torch.dtype = torch.float32, device: torch.device | None = None
+) -> float:
+    """Matmul FLOP/s in `dtype` this process reaches on `device` (its current torch
+    threads on a CPU): the best of `readings` readings over `seconds` in all. The best,
+    not the mean: other work on the machine can only slow a reading down, never speed it up."""
+    device = device or torch.device("cpu")
     generator = torch.Generator().manual_seed(0)  # leaves the global RNG (dropout) alone
-    a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
+    a, b = (torch.randn(size, size, generator=generator).to(device=device, dtype=dtype) for _ in range(2))
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
     for _ in range(3):
         a @ b  # warm-up: thread pool start, caches
+    synchronize()
     best = 0.0
     for _ in range(readings):
         runs, started = 0, time.perf_counter()
         while runs == 0 or time.perf_counter() - started < seconds / readings:
             a @ b
             runs += 1
+            if runs % 8 == 0:
+                synchronize()  # a GPU queues asynchronously: time what it finished
+        synchronize()
         best = max(best, 2 * size**3 * runs / (time.perf_counter() - started))
     return best
 
 
-# Where the best peak seen so far is kept, per CPU model, torch, threads and ranks on the
-# host: one machine type, one denominator, whatever the load when a run starts.
+# Where the best peak seen so far is kept, per CPU model (or GPU), torch, precision,
+# threads and ranks on the host: one machine type, one denominator, whatever the load
+# when a run starts.
 PEAK_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "horovod-llm" / "peak-flops.json"
 
 
-def peak_key(threads: int, ranks_on_host: int) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")), platform.machine())
-    return f"{cpu} | torch {torch.__version__} | {threads} thread(s) x {ranks_on_host} rank(s) on the host"
+def cpu_model() -> str:
+    return next((line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")), platform.machine())
+
+
+def device_name(device: torch.device | None = None) -> str:
+    """The machine type a measurement belongs to: the GPU's name, or the CPU model's."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model()
+
+
+def peak_key(threads: int, ranks_on_host: int, precision: str = "fp32", device: torch.device | None = None) -> str:
+    # fp32 keeps the key it always had, so earlier readings still count
+    dtype = "" if precision == "fp32" else f" | {precision}"
+    return f"{device_name(device)} | torch {torch.__version__}{dtype} | {threads} thread(s) x {ranks_on_host} rank(s) on the host"
 
 
 def _cpuinfo() -> str:
@@ -60,16 +85,21 @@ def _cpuinfo() -> str:
         return ""
 
 
-def calibrated_peak_flops(threads: int, ranks_on_host: int, cache: Path = PEAK_CACHE) -> tuple[float, str]:
-    """(fp32 matmul FLOP/s of one rank, where it came from): the best of a fresh reading
-    and every earlier one on this machine type with this layout (kept in `cache`).
+def calibrated_peak_flops(
+    threads: int, ranks_on_host: int, cache: Path = PEAK_CACHE, precision: str = "fp32", device: torch.device | None = None
+) -> tuple[float, str]:
+    """(matmul FLOP/s of one rank in `precision`, where it came from): the best of a
+    fresh reading and every earlier one on this machine type with this layout (kept in
+    `cache`).
 
     The ranks of a host measure at the same moment, as they will compute. A busy machine
     lowers a reading, and a lowered peak would raise MFU; the best reading ever seen is
     the stable denominator ("measured" when this reading set it, else "calibrated").
     """
-    reading = measure_matmul_flops()
-    key = peak_key(threads, ranks_on_host)
+    from horovod_llm.training.precision import DTYPES
+
+    reading = measure_matmul_flops(dtype=DTYPES[precision], device=device)
+    key = peak_key(threads, ranks_on_host, precision, device)
     try:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):

@@ -141,6 +141,8 @@ def summary_record(
     steps_run: int,
     peak_flops: float,
     peak_source: str,
+    precision: dict,
+    device: str,
     mfu_values: list[float],
     parameters: int,
     flops_per_token: float,
@@ -170,6 +172,9 @@ def summary_record(
         "tokens_per_s": tokens_per_step * steps_run / total_seconds,
         "peak_flops": peak_flops,
         "peak_source": peak_source,
+        # the precision trained in (the peak above is that precision's), and how it was chosen
+        "precision": precision,
+        "device": device,
         "model_flops_per_s": flops_per_token * tokens_per_step * steps_run / total_seconds,
         "mfu_mean": float(np.nanmean(mfu_values)) if mfu_values else float("nan"),
         "parameters": parameters,

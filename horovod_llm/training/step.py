@@ -18,6 +18,7 @@ from horovod_llm.config import TrainConfig
 from horovod_llm.inference.evaluate import score_split, summarize
 from horovod_llm.model import GPT
 from horovod_llm.training.metrics import batch_metrics
+from horovod_llm.training.precision import Precision
 
 
 def distributed_optimizer(model: GPT, train: TrainConfig, learning_rate: float, comm):
@@ -36,26 +37,36 @@ class StepResult:
     sync_seconds: float  # waiting for the allreduce after the last backward pass
 
 
-def train_step(model: GPT, optimizer, micro_batches: list[torch.Tensor], grad_clip: float) -> StepResult:
-    """One optimizer step over `backward_passes_per_step` micro-batches of (B, T+1) ids."""
+def train_step(
+    model: GPT, optimizer, micro_batches: list[torch.Tensor], grad_clip: float, precision: Precision | None = None, scaler: torch.amp.GradScaler | None = None
+) -> StepResult:
+    """One optimizer step over `backward_passes_per_step` micro-batches of (B, T+1) ids,
+    the forward passes under `precision`'s autocast (fp32 by default); with fp16, the
+    loss scaled by `scaler` and the step skipped where the scaled gradient overflowed."""
+    precision = precision or Precision("fp32")
+    scaler = scaler or precision.grad_scaler()
     optimizer.zero_grad()
     loss_sum = correct = tokens = 0.0
     for ids in micro_batches:
         inputs, targets = ids[:, :-1], ids[:, 1:]
-        logits, loss = model(inputs, targets)
+        with precision.autocast():
+            logits, loss = model(inputs, targets)
         # The optimizer averages over ranks; dividing by the micro-batch count averages over them.
-        (loss / len(micro_batches)).backward()
+        scaler.scale(loss / len(micro_batches)).backward()
         loss_sum += loss.item()
         c, t = batch_metrics(logits.detach(), targets)
         correct, tokens = correct + c, tokens + t
     # Finish the allreduce before clipping, so every rank clips the same averaged
-    # gradient, then step without a second synchronisation.
+    # gradient, then step without a second synchronisation. The ranks unscale the same
+    # averaged gradient, so they agree on an overflow and skip the same steps.
     sync_started = time.perf_counter()
     optimizer.synchronize()
     sync_seconds = time.perf_counter() - sync_started
+    scaler.unscale_(optimizer)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf")))
     with optimizer.skip_synchronize():
-        optimizer.step()
+        scaler.step(optimizer)
+    scaler.update()
     return StepResult(loss_sum / len(micro_batches), correct, tokens, grad_norm, sync_seconds)
 
 

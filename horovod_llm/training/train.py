@@ -33,7 +33,10 @@ from horovod_llm.model import GPT
 from horovod_llm.progress import is_terminal, wants_bars
 from horovod_llm.storage import storage_settings
 from horovod_llm.training import recipe
-from horovod_llm.training.comm import Collectives, init_collectives
+from horovod_llm.training.calibration import calibrate
+from horovod_llm.training.comm import Collectives, cuda_unsupported, init_collectives
+from horovod_llm.training.device import Placement, cuda_problem
+from horovod_llm.training.device import resolve as resolve_device
 from horovod_llm.training.job import check_job, learning_rates, model_config, steps_per_epoch, threads_for_rank, total_steps
 from horovod_llm.training.loop import Job, budget_seconds, train_loop
 from horovod_llm.training.metrics import calibrated_peak_flops
@@ -76,16 +79,35 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
     # stderr, so that stdout carries nothing but generated text.
     sys.stdout = sys.stderr
     launcher = launchers.launcher(config.train.launcher)
-    comm = init_collectives(launcher.backend_name(), config.train)  # the ranks meet
+    placement = place_rank(config.train.device, launcher)  # before anything starts CUDA
+    comm = init_collectives(launcher.backend_name(), config.train, placement.device)  # the ranks meet
     beat = Heartbeat.from_launch(launch_info, comm.rank)
     beat("start")
     try:
-        return _train_ranks(config, comm, launch_info or launcher.launch_info(), beat)
+        return _train_ranks(config, comm, launch_info or launcher.launch_info(), beat, placement)
     finally:
         comm.close()
 
 
-def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict, beat: Heartbeat) -> dict:
+def place_rank(setting: str, launcher) -> Placement:
+    """This rank's device (training/device.py) and the GPUs Spark gave its task."""
+    gpus = launcher.task_gpus()
+    why_not = None
+    if setting != "cpu" and cuda_problem() is None:
+        why_not = cuda_unsupported(launcher.backend_name())
+    return resolve_device(setting, gpus, collectives_carry_cuda=why_not is None, why_not_collectives=why_not or "")
+
+
+def peak_flops(train, precisions: list[str], threads: int, ranks_on_host: int, device) -> dict[str, tuple[float, str]]:
+    """{precision: (peak FLOP/s of one rank, its source)} for each precision the rank may
+    train in: the config's, or the best reading of this machine type (every rank
+    measures at once, as they will compute)."""
+    if train.peak_flops_per_rank:
+        return {name: (train.peak_flops_per_rank, "train.peak_flops_per_rank") for name in precisions}
+    return {name: calibrated_peak_flops(threads, ranks_on_host, precision=name, device=device) for name in precisions}
+
+
+def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict, beat: Heartbeat, placement: Placement) -> dict:
     ranks_ready_at = time.time()  # wall clock (comparable with the driver's): stage timings
     rank, world_size = comm.rank, comm.size
     is_main = rank == 0
@@ -104,6 +126,12 @@ def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict, beat: 
     model = GPT(model_config(config, manifest))
     if is_main and config.model.init_from_word2vec:
         init_from_word2vec(model, out, manifest)  # reaches the other ranks by broadcast
+    device = placement.device
+    model.to(device)  # fp32 weights wherever it computes: autocast lowers only the arithmetic
+    # train.precision=auto: this rank's fp32 and bf16 pass times (no collective here, so
+    # that an elastic rank that joins late can run this alone); the loop's entry agrees
+    # on the slowest rank's gain.
+    calibration = calibrate(model, train.batch_size, device, threads, comm.local_size) if train.precision == "auto" else None
     # Optionally scale the learning rate with the number of ranks (Horovod's rule).
     max_lr, min_lr = learning_rates(train, world_size)
     optimizer = distributed_optimizer(model, train, max_lr, comm)
@@ -142,12 +170,8 @@ def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict, beat: 
     position = data_position(resumed, train.seed, world_size)
     if resumed.step and position.consumed == 0:
         rank_logger(__name__, is_main).warning("resuming on %d ranks from a checkpoint of another world size: the data order restarts", world_size)
-    # The fp32 peak MFU is measured against: the config's, or the best reading of this
-    # machine type (every rank measures at once, as they will compute).
-    if train.peak_flops_per_rank:
-        peak_per_rank, peak_source = train.peak_flops_per_rank, "train.peak_flops_per_rank"
-    else:
-        peak_per_rank, peak_source = calibrated_peak_flops(threads, comm.local_size)
+    # MFU's denominator: the peak of the precision the loop trains in.
+    peaks = peak_flops(train, ["fp32", "bf16"] if calibration else [train.precision], threads, comm.local_size, device)
     job = Job(
         config=config,
         manifest=manifest,
@@ -158,8 +182,10 @@ def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict, beat: 
         steps_per_epoch=per_epoch,
         max_lr=max_lr,
         min_lr=min_lr,
-        peak_per_rank=peak_per_rank,
-        peak_source=peak_source,
+        peaks=peaks,
+        device=device,
+        spark_gpus=list(placement.spark_gpus),
+        calibration=calibration,
         resumed_step=resumed.step,
         started=time.perf_counter(),
         ranks_ready_at=ranks_ready_at,

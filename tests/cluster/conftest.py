@@ -6,9 +6,10 @@ set: there it fails."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,9 @@ class SparkCluster:
     work: Path
     env: dict[str, str]
     worker_cores: dict[str, int]
+    # Fake GPU addresses a worker declares (none: no GPUs). Spark schedules them as it
+    # would real ones: its worker runs a discovery script that prints them.
+    worker_gpus: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def driver_host(self) -> Host:
@@ -69,11 +73,18 @@ class SparkCluster:
         log = self.work / f"worker-{host.name}.log"
         worker_dir = self.work / f"worker-{host.name}"
         worker_dir.mkdir(exist_ok=True)
+        env = dict(self.env)
+        gpus = self.worker_gpus.get(host.name)
+        if gpus:
+            script = self.work / f"gpus-{host.name}.sh"
+            script.write_text(f"#!/bin/sh\necho '{json.dumps({'name': 'gpu', 'addresses': gpus})}'\n")
+            script.chmod(0o755)
+            env["SPARK_WORKER_OPTS"] = f"-Dspark.worker.resource.gpu.amount={len(gpus)} -Dspark.worker.resource.gpu.discoveryScript={script}"
         argv = self.spark_class(
             "org.apache.spark.deploy.worker.Worker", "--host", host.name, "--cores", str(self.worker_cores[host.name]),
             "--memory", "6g", "--work-dir", str(worker_dir), "--webui-port", "8081", self.master_url,
         )  # fmt: skip
-        process = self.net.start(host, argv, self.env, log)
+        process = self.net.start(host, argv, env, log)
         self.net.wait_for(log, "Successfully registered with master", 120, process)
 
     def rank_host(self, rank: int) -> Host | None:
@@ -118,7 +129,9 @@ def cluster_env(work: Path) -> dict[str, str]:
     return env
 
 
-def start_cluster(work: Path, worker_cores: dict[str, int], own_name_on_loopback: bool = False) -> SparkCluster:
+def start_cluster(
+    work: Path, worker_cores: dict[str, int], own_name_on_loopback: bool = False, worker_gpus: dict[str, list[str]] | None = None
+) -> SparkCluster:
     reason = unavailable()
     if reason:
         message = f"multi-host tests need network namespaces: {reason}"
@@ -127,7 +140,7 @@ def start_cluster(work: Path, worker_cores: dict[str, int], own_name_on_loopback
         pytest.skip(message)
     remove_stale()
     net = Cluster(1 + len(worker_cores)).up()  # node1 (driver, master, S3) and the workers
-    cluster = SparkCluster(net, work, cluster_env(work), worker_cores)
+    cluster = SparkCluster(net, work, cluster_env(work), worker_cores, worker_gpus or {})
     try:
         for host in cluster.workers:
             net.write_hosts_file(host, own_name_on_loopback=own_name_on_loopback)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.conftest import start_cluster
-from tests.cluster.jobs import RUN_URL, cli, copy_prefix, read_s3, upload_corpus
+from tests.cluster.jobs import EXECUTORS, RUN_URL, cli, copy_prefix, read_s3, upload_corpus
 
 pytestmark = [pytest.mark.spark, pytest.mark.horovod, pytest.mark.cluster]
 
@@ -30,10 +30,16 @@ def task_hosts_by_call_site(event_log: Path) -> dict[str, set[str]]:
     return hosts
 
 
+# Fake GPUs of the workers: an address apiece, told apart by the host they are on.
+WORKER_GPUS = {"node2": ["2"], "node3": ["5"]}
+# Executors of one GPU, a GPU per task: Spark schedules the fake GPUs as real ones.
+GPU_EXECUTORS = {**EXECUTORS, "spark.executor.resource.gpu.amount": "1", "spark.task.resource.gpu.amount": "1"}
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """Workers of 1 core each: 2 task slots, one per host."""
-    started = start_cluster(tmp_path_factory.mktemp("cluster"), {"node2": 1, "node3": 1})
+    """Workers of 1 core and 1 (fake) GPU each: 2 task slots, one per host."""
+    started = start_cluster(tmp_path_factory.mktemp("cluster"), {"node2": 1, "node3": 1}, worker_gpus=WORKER_GPUS)
     try:
         upload_corpus(started)
         yield started
@@ -43,11 +49,12 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipeline(cluster):
-    """`horovod-llm run` from S3 to S3 across the hosts."""
+    """`horovod-llm run` from S3 to S3 across the hosts, on executors with a GPU each
+    (the ranks train on the CPU: the GPUs are fake, and train.device=auto finds none)."""
     event_log = cluster.work / "events"
     # train.nics pins the interface Horovod would pick anyway (tests/cluster/host_loss.py
     # leaves the choice to Horovod).
-    done = cli(cluster, "run", "train.nics=[eth0]", event_log=event_log)
+    done = cli(cluster, "run", "train.nics=[eth0]", event_log=event_log, spark_conf=GPU_EXECUTORS)
     assert done.returncode == 0, done.stderr[-4000:]
     return done, json.loads(read_s3(cluster, f"{RUN_URL}/stats/summary.json")), event_log
 
@@ -72,6 +79,16 @@ def test_the_ranks_train_on_two_hosts_over_the_cluster_interface(pipeline):
     assert summary["launch"]["executors"] == 2
 
 
+def test_each_rank_gets_the_gpu_spark_scheduled_for_its_task(pipeline):
+    done, summary, _ = pipeline
+    # Slots counted by GPUs as well as cores, before preprocessing.
+    (slots,) = {line.split("task slots: ", 1)[1] for line in done.stderr.splitlines() if "cluster: task slots: " in line}
+    assert slots.startswith("2 (") and all(f" on {host}: 1 cores, 1 GPUs, 1 slots" in slots for host in WORKER_GPUS), slots
+    seen = {p["host"]: p["spark_gpus"] for p in summary["placement"]}
+    assert seen == WORKER_GPUS  # each rank its own task's GPU (TaskContext.resources, via Horovod's task service)
+    assert {p["device"] for p in summary["placement"]} == {"cpu"} and summary["device"] == "cpu"
+
+
 def test_the_pipeline_generates_from_the_s3_checkpoint(pipeline, cluster):
     done, _, _ = pipeline
     assert "--- sample from s3://runs/tiny" in done.stdout
@@ -85,9 +102,11 @@ def test_torch_distributor_trains_on_two_hosts_over_the_cluster_interface(pipeli
     Spark task, a rank on each worker host, Gloo over eth0 (train.nics)."""
     for part in ("dataset", "tokenizer", "embeddings"):
         copy_prefix(cluster, f"runs/tiny/{part}/", f"runs/torch/{part}/")
-    done = cli(cluster, "train", "train.launcher=torch_distributor", "train.nics=[eth0]", output_url="s3://runs/torch", timeout=600)
+    # On the GPU executors: TorchDistributor(use_gpu=True) hands each rank its task's GPU.
+    done = cli(cluster, "train", "train.launcher=torch_distributor", "train.nics=[eth0]", output_url="s3://runs/torch", timeout=600, spark_conf=GPU_EXECUTORS)
     assert done.returncode == 0, done.stderr[-4000:]
     summary = json.loads(read_s3(cluster, "s3://runs/torch/stats/summary.json"))
+    assert {p["host"]: p["spark_gpus"] for p in summary["placement"]} == WORKER_GPUS
     assert summary["backend"] == "torch" and summary["launch"]["launcher"] == "torch_distributor"
     assert {p["host"] for p in summary["placement"]} == {"node2", "node3"}
     assert {p["gloo_iface"] for p in summary["placement"]} == {"eth0"}
@@ -104,8 +123,8 @@ def test_an_interface_missing_on_a_host_is_refused(pipeline, cluster):
 @pytest.fixture(scope="module")
 def misconfigured_cluster(tmp_path_factory):
     """Workers of 3 and 1 cores whose hosts files map their own names to 127.0.1.1, as
-    Debian's installer writes them."""
-    started = start_cluster(tmp_path_factory.mktemp("misconfigured"), {"node2": 3, "node3": 1}, own_name_on_loopback=True)
+    Debian's installer writes them; node2 has one (fake) GPU."""
+    started = start_cluster(tmp_path_factory.mktemp("misconfigured"), {"node2": 3, "node3": 1}, own_name_on_loopback=True, worker_gpus={"node2": ["0"]})
     try:
         upload_corpus(started)
         yield started
@@ -126,6 +145,21 @@ def test_task_slots_are_counted_per_executor(misconfigured_cluster):
     assert error.startswith("error: train.num_proc=2 ranks need 2 task slots of spark.task.cpus=2 cores at once, but the executors give 1 ("), error
     assert ": 3 cores, 1 slots" in error and ": 1 cores, 0 slots" in error
     assert "preprocess" not in refused.stderr  # refused before any preprocessing
+
+
+def test_fewer_gpus_than_ranks_are_refused_before_preprocessing(misconfigured_cluster):
+    # 3 + 1 cores make 4 slots of 1 core, but only node2 has a GPU (node3 gets no
+    # executor that asks for one), and its executor's one GPU makes one slot.
+    gpus = {"spark.task.cpus": "1", "spark.executor.resource.gpu.amount": "1", "spark.task.resource.gpu.amount": "1"}
+    refused = cli(misconfigured_cluster, "run", "train.start_timeout=20", spark_conf=gpus, timeout=300)
+    assert refused.returncode != 0
+    error = refused.stderr.strip().splitlines()[-1]
+    assert error == (
+        "error: train.num_proc=2 ranks need 2 task slots of spark.task.cpus=1 cores and spark.task.resource.gpu.amount=1 GPUs at once, "
+        "but the executors give 1 (executor 0 on node2: 3 cores, 1 GPUs, 1 slots): lower train.num_proc, or give the executors more GPUs "
+        "(spark.executor.resource.gpu.amount)"
+    ), error
+    assert "horovod_llm.data.preprocess" not in refused.stderr
 
 
 def test_host_names_on_loopback_are_refused_before_preprocessing(misconfigured_cluster):

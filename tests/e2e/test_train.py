@@ -1,12 +1,14 @@
 """2 real Horovod ranks (Gloo over loopback) train a few steps, by each launcher."""
 
 import dataclasses
+import io
 import json
 import math
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from horovod_llm import checkpoint, layout, storage
 from horovod_llm.checkpoint import load_checkpoint
@@ -81,19 +83,27 @@ def test_documented_horovodrun_command_runs_the_worker(fresh_run, tiny_dataset, 
 def test_one_rank_in_process(fresh_run, tiny_dataset):
     config, _ = tiny_dataset
     stdout = sys.stdout
-    result = launch_training(with_output(config, fresh_run, launcher="local", num_proc=1, max_steps=3, checkpoint_interval=0))
+    # in fp16, whose gradient scaler the other runs leave out
+    result = launch_training(with_output(config, fresh_run, launcher="local", num_proc=1, max_steps=3, checkpoint_interval=0, precision="fp16"))
     assert sys.stdout is stdout  # the rank's stdout-to-stderr swap ends with it: `run` prints its sample on stdout
     assert result["summary"]["ranks"] == 1 and result["summary"]["steps"] == 3
+    assert result["summary"]["precision"] == {"setting": "fp16", "used": "fp16"} and result["summary"]["device"] == "cpu"
     assert [s for s, _ in checkpoint.complete_checkpoints(fresh_run)] == [3]
 
 
 def test_a_rerun_resumes_from_the_latest_checkpoint(fresh_run, tiny_dataset):
+    """... also under another precision: checkpoints hold fp32 weights whatever the run trained in."""
     config, _ = tiny_dataset
-    first = with_output(config, fresh_run, launcher="local", num_proc=1, max_steps=4, checkpoint_interval=2)
+    first = with_output(config, fresh_run, launcher="local", num_proc=1, max_steps=4, checkpoint_interval=2, precision="fp32")
     launch_training(first)
     assert [s for s, _ in checkpoint.complete_checkpoints(fresh_run)] == [2, 4]
-    result = launch_training(with_output(config, fresh_run, launcher="local", num_proc=1, max_steps=6, checkpoint_interval=2))
-    assert result["summary"]["steps"] == 6
+    result = launch_training(with_output(config, fresh_run, launcher="local", num_proc=1, max_steps=6, checkpoint_interval=2, precision="bf16"))
+    assert result["summary"]["steps"] == 6 and result["summary"]["precision"]["used"] == "bf16"
+    complete = dict(checkpoint.complete_checkpoints(fresh_run))
+    assert [storage.read_json(storage.join(complete[s], "meta.json"))["precision"] for s in (4, 6)] == ["fp32", "bf16"]
+    assert {t.dtype for t in load_checkpoint(complete[6]).model.state_dict().values()} == {torch.float32}
+    optimizer = torch.load(io.BytesIO(storage.read_bytes(storage.join(complete[6], "optimizer.pt"))), weights_only=True)
+    assert {t.dtype for moments in optimizer["state"].values() for t in moments.values()} == {torch.float32}
     steps = [json.loads(line)["step"] for line in storage.read_text(storage.join(layout.stats_url(fresh_run), "steps.jsonl")).splitlines()]
     assert steps == [2, 4, 6]  # the records of the first run are kept, none repeated
     again = launch_training(with_output(config, fresh_run, launcher="local", num_proc=1, max_steps=6))

@@ -158,8 +158,9 @@ def test_statistics_curves_and_horovod_options(fresh_run, tiny_dataset):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     config, _ = tiny_dataset
-    # peak_flops_per_rank=0: the ranks measure the matmul peak (tiny.yaml gives one)
-    options = {"fp16_allreduce": True, "backward_passes_per_step": 2, "horovod_cycle_time_ms": 5.0, "peak_flops_per_rank": 0.0}
+    # peak_flops_per_rank=0: the ranks measure the matmul peak (tiny.yaml gives one);
+    # precision=auto: they time fp32 and bf16 passes and agree on one (tiny.yaml: fp32)
+    options = {"fp16_allreduce": True, "backward_passes_per_step": 2, "horovod_cycle_time_ms": 5.0, "peak_flops_per_rank": 0.0, "precision": "auto"}
     run = with_output(config, fresh_run, launcher="horovodrun", max_steps=8, eval_interval=4, eval_max_batches=0, **options)
     summary = launch_training(run)["summary"]
     expected = {
@@ -175,6 +176,15 @@ def test_statistics_curves_and_horovod_options(fresh_run, tiny_dataset):
     assert summary["launch"]["launcher"] == "horovodrun" and summary["ranks"] == 2
     assert summary["global_batch_windows"] == config.train.batch_size * 2 * 2
     assert summary["peak_flops"] > 1e9 and 0 < summary["mfu_mean"] < 1 and summary["peak_source"] in ("measured", "calibrated")
+    chosen = summary["precision"]
+    assert chosen["setting"] == "auto" and chosen["bf16_speedup"] > 0 and chosen["calibration"] in ("measured", "calibrated")
+    assert chosen["used"] == ("bf16" if chosen["bf16_speedup"] >= chosen["min_speedup"] else "fp32")
+    # MFU against the peak of the precision used: the cached best reading of that precision
+    from horovod_llm.training.metrics import PEAK_CACHE, peak_key
+
+    # (each rank's own reading or a better earlier one: the two ranks read at once)
+    best = json.loads(PEAK_CACHE.read_text())[peak_key(1, 2, chosen["used"])]
+    assert 0.5 * 2 * best <= summary["peak_flops"] <= 2 * best * (1 + 1e-9)
     steps = read_jsonl(fresh_run, "steps.jsonl")
     for record in steps:
         assert 0 < record["mfu"] < 1 and 0 <= record["allreduce_share"] < 1

@@ -28,6 +28,7 @@ from horovod_llm.cli import main
 from horovod_llm.config import CONFIG_DIR, load_config, to_yaml
 from horovod_llm.emr import requests as rq
 from horovod_llm.emr.release import describe_release, source_root
+from horovod_llm.errors import UserError
 
 EMR_YAML = str(CONFIG_DIR / "emr.yaml")
 REGION = "us-east-1"
@@ -590,3 +591,40 @@ def test_a_denied_precheck_warns_and_the_cluster_still_starts(aws, endpoint, mon
     denied = [line.split(" horovod_llm.emr.client: ", 1)[1] for line in err.splitlines() if "access denied" in line]
     assert [line.split(": access denied, not checked (grant ")[0] for line in denied] == [check.format(bucket=bucket) for check in skipped]
     assert emr_client.describe_cluster(ClusterId=out.strip())["Cluster"]["Status"]["State"] in ("STARTING", "WAITING", "RUNNING")
+
+
+def test_the_gpu_config_shows_every_gpu_setting_and_moto_accepts_it(aws, capsys):
+    """configs/emr-gpu.yaml (docs/emr.md, GPU instances): a GPU core type, YARN GPU
+    scheduling and isolation, Spark's discovery script, GPU amounts per executor and
+    task, and the bootstrap's --gpu; --without-horovod (TorchDistributor) compiles nothing."""
+    emr_client, _, bucket = aws
+    gpu_yaml = str(CONFIG_DIR / "emr-gpu.yaml")
+    status, out, err = emr(capsys, "up", "--dry-run", "--config", gpu_yaml, s3_url(bucket))
+    assert status == 0, err
+    (request,) = [r["params"] for r in json.loads(out)["requests"] if r["operation"] == "RunJobFlow"]
+    assert request["Instances"]["InstanceGroups"][1]["InstanceType"] == "g5.2xlarge"
+    classifications = {c["Classification"]: c for c in request["Configurations"]}
+    yarn = classifications["yarn-site"]["Properties"]
+    assert yarn["yarn.resource-types"] == yarn["yarn.nodemanager.resource-plugins"] == "yarn.io/gpu"
+    assert yarn["yarn.nodemanager.container-executor.class"].endswith("LinuxContainerExecutor")
+    executor = {c["Classification"]: c["Properties"] for c in classifications["container-executor"]["Configurations"]}
+    assert executor["gpu"] == {"module.enabled": "true"} and executor["cgroups"]["root"] == yarn["yarn.nodemanager.linux-container-executor.cgroups.mount-path"]
+    assert classifications["capacity-scheduler"]["Properties"]["yarn.scheduler.capacity.resource-calculator"].endswith("DominantResourceCalculator")
+    assert classifications["spark-defaults"]["Properties"]["spark.executor.resource.gpu.discoveryScript"] == "/usr/lib/spark/scripts/gpu/getGpusResources.sh"
+    args = request["BootstrapActions"][0]["ScriptBootstrapAction"]["Args"]
+    assert "--gpu" in args and "--without-horovod" not in args and args[args.index("--torch-index-url") + 1].endswith("/cu128")
+    cluster_id = emr_client.run_job_flow(**request)["JobFlowId"]  # a request EMR's API takes
+    assert emr_client.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"] in ("STARTING", "WAITING", "RUNNING")
+
+    config = load_config(gpu_yaml, [s3_url(bucket)])
+    train_conf = config.emr.train_conf
+    assert (train_conf["spark.executor.resource.gpu.amount"], train_conf["spark.task.resource.gpu.amount"]) == ("1", "1")
+    assert (config.train.device, config.train.num_proc) == ("cuda", 2)
+    with pytest.raises(UserError, match=r"emr.train_conf gives 2 .*spark.executor.resource.gpu.amount 1 // spark.task.resource.gpu.amount 1 per executor"):
+        load_config(gpu_yaml, [s3_url(bucket), "train.num_proc=3"])  # 8 cores // 8, and 1 GPU each: 2 slots
+
+    status, out, err = emr(capsys, "up", "--dry-run", "--config", gpu_yaml, s3_url(bucket), "train.launcher=torch_distributor")
+    assert status == 0, err
+    (request,) = [r["params"] for r in json.loads(out)["requests"] if r["operation"] == "RunJobFlow"]
+    args = request["BootstrapActions"][0]["ScriptBootstrapAction"]["Args"]
+    assert "--gpu" in args and "--without-horovod" in args

@@ -1,5 +1,6 @@
 """The shell scripts: clean under shellcheck, and bootstrap.sh's argument checks."""
 
+import os
 import shutil
 import subprocess
 
@@ -39,3 +40,17 @@ def test_bootstrap_names_what_is_missing(tmp_path):
     assert result.returncode == 1 and f"{tmp_path}/none.tar.gz does not exist" in result.stderr
     result = bootstrap("--frobnicate")
     assert result.returncode == 1 and "unknown argument '--frobnicate'" in result.stderr
+
+
+def test_a_gpu_build_without_the_cuda_toolkit_is_refused_before_installing_anything(tmp_path):
+    venv = tmp_path / "venv"
+    result = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts/install-stack.sh"), "--venv", str(venv), "--gpu", "--skip-system"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "CUDA_HOME": str(tmp_path / "no-cuda")},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"install-stack: --gpu builds horovod's NCCL operations with the CUDA toolkit, but there is no {tmp_path}/no-cuda/bin/nvcc: "
+        "install the toolkit (or set CUDA_HOME), pass --horovod-wheel, or use --without-horovod (train.launcher=torch_distributor)"
+    )
+    assert not venv.exists()
