@@ -219,7 +219,9 @@ if [[ $with_horovod -eq 1 && -z "$horovod_wheel" ]]; then
   py_tag=$("$py" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
   torch_tag=$("$py" -c 'import torch; print(torch.__version__.replace("+", "-"))')
   # A GPU build (NCCL) is another wheel than the CPU one of the same torch.
-  key_dir="$wheel_cache/horovod-$HOROVOD_VERSION-p$HOROVOD_PATCH_LEVEL-$py_tag-torch-$torch_tag$([[ $gpu -eq 1 ]] && echo -nccl)"
+  build_tag=""
+  if [[ $gpu -eq 1 ]]; then build_tag="-nccl"; fi
+  key_dir="$wheel_cache/horovod-$HOROVOD_VERSION-p$HOROVOD_PATCH_LEVEL-$py_tag-torch-$torch_tag$build_tag"
   cached=("$key_dir"/horovod-*.whl)
   horovod_wheel=""
   [[ -f "${cached[0]}" ]] && horovod_wheel="${cached[0]}"
