@@ -1,7 +1,7 @@
 """Quality per CPU-second: held-out nats per character after a wall-clock budget of
 training, the product's recipe against a reference arm, on two corpora, in one run.
 
-    .venv/bin/python bench/quality.py [--budgets 90 350] [--seeds 3] [--corpora shakespeare code]
+    .venv/bin/python bench/quality.py [--budgets 90 350] [--seeds 3] [--corpora shakespeare code python_docs]
                                       [--arms recipe reference] [--json PATH] [--recipe key=value ...]
 
 Corpora (built here, from what every machine with this stack has; nothing downloaded):
@@ -9,8 +9,13 @@ Corpora (built here, from what every machine with this stack has; nothing downlo
                about the size of tiny-Shakespeare
   code         the first 1.1 M characters of CPython's standard library (Lib/*.py, in
                name order): a corpus with nothing of Shakespeare in it
-Each is split by position: the first 90% trains, the last 10% is held out (cut at a line
-break) and never seen in training.
+  python_docs  the Python documentation's topics as CPython ships them (pydoc_data, about
+               0.47 M characters of English technical prose): a corpus neither the sweeps
+               nor the recipe's rule ever saw
+Each is split by position, cut at line breaks (`split_by_position`): the first 80% trains,
+80-90% is the development slice the sweeps (bench/sweep.py) score on and tune the rule
+by, and the last 10% is the test slice only this bench scores on, with seeds no sweep
+uses (QUALITY_SEEDS): no figure here comes from text or seeds the rule was tuned on.
 
 Arms, each one the product's own main job: `horovod-llm run --config configs/local.yaml`
 with data.input_url = the training text and train.max_minutes = the budget (2 ranks x 1
@@ -42,8 +47,11 @@ from pathlib import Path
 from common import BENCH_RUNS, LOCAL_CONFIG, REPO_ROOT, report, write_result
 
 QUALITY_RUNS = BENCH_RUNS / "quality"
-TRAIN_FRACTION = 0.9
+# Where the development and the test slice start, as fractions of a corpus by position.
+DEV_FROM, TEST_FROM = 0.8, 0.9
 CORPUS_CHARS = 1_100_000
+# Sweeps train with seed 1 (bench/sweep.py); the quality bench's seeds start here.
+QUALITY_SEEDS_FROM = 101
 HOROVOD_LLM = str(Path(sys.executable).parent / "horovod-llm")
 
 REFERENCE = [
@@ -85,32 +93,47 @@ def code_text() -> str:
     return "\n\n".join(path.read_text(encoding="utf-8", errors="replace") for path in sorted(library.glob("*.py")))
 
 
-CORPORA = {"shakespeare": shakespeare_text, "code": code_text}
+def python_docs_text() -> str:
+    import pydoc_data.topics
+
+    return "\n\n".join(pydoc_data.topics.topics[name].strip("\n") for name in sorted(pydoc_data.topics.topics)) + "\n"
 
 
-def split_by_position(text: str, fraction: float = TRAIN_FRACTION) -> tuple[str, str]:
-    """(first `fraction` of the text, the rest), cut at the line break before the mark."""
-    mark = int(len(text) * fraction)
-    cut = text.rfind("\n", 0, mark) + 1 or mark
-    return text[:cut], text[cut:]
+CORPORA = {"shakespeare": shakespeare_text, "code": code_text, "python_docs": python_docs_text}
+# The text each kind of run scores on: the sweeps tune on "dev", this bench reports "test".
+SLICES = ("train", "dev", "test")
+
+
+def split_by_position(text: str) -> dict[str, str]:
+    """{train, dev, test}: the text cut at the line breaks before DEV_FROM and TEST_FROM of
+    its length; consecutive, disjoint, and together the whole text."""
+    cuts = []
+    for fraction in (DEV_FROM, TEST_FROM):
+        mark = int(len(text) * fraction)
+        cuts.append(text.rfind("\n", 0, mark) + 1 or mark)
+    return {"train": text[: cuts[0]], "dev": text[cuts[0] : cuts[1]], "test": text[cuts[1] :]}
 
 
 def prepare_corpus(name: str) -> Path:
-    """runs/bench/quality/corpora/NAME/{train,val}.txt: a slice of CORPUS_CHARS, split by position."""
-    folder = QUALITY_RUNS / "corpora" / name
-    if not (folder / "val.txt").exists():
+    """runs/bench/quality/corpora-v2/NAME/{train,dev,test}.txt: a slice of CORPUS_CHARS,
+    split by position (a folder of its own: the older one held a 90/10 split)."""
+    folder = QUALITY_RUNS / "corpora-v2" / name
+    if not (folder / "test.txt").exists():
         text = CORPORA[name]()[:CORPUS_CHARS]
         text = text[: text.rfind("\n") + 1]
-        train, val = split_by_position(text)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "train.txt").write_text(train, encoding="utf-8")
-        (folder / "val.txt").write_text(val, encoding="utf-8")  # written last: the folder is complete
+        slices = split_by_position(text)
+        for part in SLICES:  # test.txt last: the folder is complete
+            (folder / f"{part}.txt").write_text(slices[part], encoding="utf-8")
     return folder
 
 
-def run_arm(corpus_dir: Path, arm: str, budget_s: float, seed: int, overrides: list[str], out: Path) -> dict:
-    """One `horovod-llm run`, then `horovod-llm evaluate` on the held-out text, from an
-    empty folder: a run left there would be resumed, and its dataset reused."""
+def run_arm(corpus_dir: Path, arm: str, budget_s: float, seed: int, overrides: list[str], out: Path, score_on: str = "test") -> dict:
+    """One `horovod-llm run` on the train slice, then `horovod-llm evaluate` on the
+    `score_on` slice ("dev" for sweeps, "test" for this bench), from an empty folder: a
+    run left there would be resumed, and its dataset reused."""
+    if score_on not in ("dev", "test"):
+        raise ValueError(f"score_on must be 'dev' or 'test', not {score_on!r}")
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
     args = [
@@ -129,7 +152,7 @@ def run_arm(corpus_dir: Path, arm: str, budget_s: float, seed: int, overrides: l
     if done.returncode != 0:
         raise SystemExit(f"{arm} on {corpus_dir.name} failed ({done.returncode}):\n{done.stderr[-4000:]}")
     scored = subprocess.run(
-        [HOROVOD_LLM, "evaluate", "--checkpoint", str(out), "--text-file", str(corpus_dir / "val.txt"), "--batch-size", "16", "--threads", "2"],
+        [HOROVOD_LLM, "evaluate", "--checkpoint", str(out), "--text-file", str(corpus_dir / f"{score_on}.txt"), "--batch-size", "16", "--threads", "2"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     scores = json.loads(scored.stdout)
@@ -143,6 +166,7 @@ def run_arm(corpus_dir: Path, arm: str, budget_s: float, seed: int, overrides: l
         "arm": arm,
         "budget_s": budget_s,
         "seed": seed,
+        "scored_on": score_on,
         "overrides": [*ARMS[arm], *overrides],
         "nats_per_character": scores["nats_per_character"],
         "nll_per_token": scores["nll_per_token"],
@@ -214,7 +238,7 @@ def main() -> None:
     args = parser.parse_args()
     runs = json.loads(Path(args.json).read_text())["runs"] if args.resume and args.json and Path(args.json).exists() else []
     # Seeds outermost: a bench stopped early still has every corpus and budget, with fewer seeds.
-    for seed in range(1, args.seeds + 1):
+    for seed in range(QUALITY_SEEDS_FROM, QUALITY_SEEDS_FROM + args.seeds):
         for name in args.corpora:
             corpus_dir = prepare_corpus(name)
             for budget in args.budgets:
@@ -246,7 +270,7 @@ def _results(runs: list[dict]) -> dict:
     budgets = sorted({r["budget_s"] for r in runs})
     return {
         "budgets_s": budgets,
-        "seeds": max((r["seed"] for r in runs), default=0),
+        "seeds": len({r["seed"] for r in runs}),
         "corpus_chars": CORPUS_CHARS,
         "runs": runs,
         "summary": summarize(runs, corpora, budgets),

@@ -20,7 +20,8 @@
 #                        so https://download.pytorch.org/whl/cpu); "" for the usual index
 #   --gpu                GPU core nodes: the cgroup-v1 devices mount YARN's GPU isolation
 #                        needs on AL2023; torch from --torch-index-url (a CUDA index);
-#                        horovod built with NCCL (install-stack.sh --gpu)
+#                        horovod built with NCCL (install-stack.sh --gpu). Acted on only
+#                        where nvidia-smi finds a GPU: the primary node gets the CPU build
 #   --local-test         no system package manager, no sudo: install into --venv on any
 #                        Linux with python3.11 and a compiler (the test suite runs this)
 #
@@ -97,6 +98,11 @@ fetch() {
   echo "$dest"
 }
 
+if [[ $gpu -eq 1 ]] && ! nvidia-smi -L >/dev/null 2>&1; then
+  # The same bootstrap runs on every node; the primary has no GPU and runs no rank.
+  log "--gpu, but nvidia-smi finds no GPU on this node: installing the CPU stack here"
+  gpu=0
+fi
 if [[ $local_test -eq 0 ]]; then
   log "installing python3.11 and build tools with dnf"
   install_system_packages

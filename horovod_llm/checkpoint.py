@@ -42,6 +42,7 @@ from horovod_llm.config import RunConfig, from_dict
 from horovod_llm.errors import UserError
 from horovod_llm.model import GPT, GPTConfig
 from horovod_llm.redaction import redacted_dict, redacted_yaml
+from horovod_llm.training.device import on_cpu
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ def save_checkpoint(
     """Write one checkpoint folder, marker last; return its URL.
 
     `rng_states` holds every rank's torch RNG state (dropout), for exact resumption.
+    Tensors are written from the CPU wherever the model trained.
     """
     url = storage.join(layout.checkpoints_url(output_url), step_dir_name(step))
     storage.remove(url)  # a partial folder left by a crashed writer at this step
@@ -156,7 +158,7 @@ def save_checkpoint(
     if optimizer is not None:
         # The optimizer state is nested (param groups, step counts, a dict per parameter):
         # safetensors holds only a flat map of tensors, so it stays in torch's format.
-        storage.write_bytes(storage.join(url, "optimizer.pt"), _tensor_bytes(optimizer.state_dict()))
+        storage.write_bytes(storage.join(url, "optimizer.pt"), _tensor_bytes(on_cpu(optimizer.state_dict())))
     if rng_states is not None:
         storage.write_bytes(storage.join(url, "rng.pt"), _tensor_bytes(rng_states))
     storage.write_bytes(storage.join(url, "tokenizer.model"), tokenizer_bytes)

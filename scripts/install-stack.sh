@@ -61,7 +61,9 @@ done
 [[ -n "$venv" ]] || die "--venv DIR is required"
 [[ $with_horovod -eq 1 || -z "$horovod_wheel" ]] || die "--horovod-wheel and --without-horovod contradict each other: pass one"
 cuda_home="${CUDA_HOME:-/usr/local/cuda}"
-if [[ $gpu -eq 1 && $with_horovod -eq 1 && -z "$horovod_wheel" && ! -x "$cuda_home/bin/nvcc" ]]; then
+# A GPU horovod wheel built earlier needs no toolkit (the build's cache key ends in -nccl).
+nccl_cached=$(compgen -G "$wheel_cache/horovod-$HOROVOD_VERSION-p$HOROVOD_PATCH_LEVEL-*-nccl/horovod-*.whl" || true)
+if [[ $gpu -eq 1 && $with_horovod -eq 1 && -z "$horovod_wheel" && -z "$nccl_cached" && ! -x "$cuda_home/bin/nvcc" ]]; then
   die "--gpu builds horovod's NCCL operations with the CUDA toolkit, but there is no $cuda_home/bin/nvcc: install the toolkit (or set CUDA_HOME), pass --horovod-wheel, or use --without-horovod (train.launcher=torch_distributor)"
 fi
 mkdir -p "$(dirname "$venv")"

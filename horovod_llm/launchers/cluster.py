@@ -64,11 +64,12 @@ def task_gpus(context) -> float:
 
 
 def spark_schedules_gpus(context) -> bool:
-    """Whether Spark gives each task GPUs: task GPU amounts on a cluster; in local mode,
-    the driver's GPUs (which TorchDistributor then shares out)."""
-    if is_local(context.master):
-        return float(context.getConf().get("spark.driver.resource.gpu.amount", "0")) > 0
-    return task_gpus(context) > 0
+    """Whether Spark gives each task GPUs as TorchDistributor reads them: a whole task GPU
+    amount, and in local mode the driver's GPUs too (which it then shares out)."""
+    task_amount = float(context.getConf().get("spark.task.resource.gpu.amount", "0"))
+    if is_local(context.master) and float(context.getConf().get("spark.driver.resource.gpu.amount", "0")) <= 0:
+        return False
+    return task_amount >= 1
 
 
 def executor_slots(executor: Executor, cpus: int, gpus: float = 0.0) -> int:

@@ -53,11 +53,18 @@ class TorchDistributor(SparkTaskLauncher):
         _bind_log_server_to_driver_host()
         # Spark hands each task its GPUs when it schedules them, and TorchDistributor passes
         # them on only with use_gpu (without, it hides every GPU from the ranks).
+        task_amount = context.getConf().get("spark.task.resource.gpu.amount", "0")
+        if not float(task_amount).is_integer():
+            raise UserError(
+                f"spark.task.resource.gpu.amount={task_amount}: TorchDistributor gives each rank whole GPUs: set a whole number (1), "
+                "or use train.launcher=spark"
+            )
         use_gpu = spark_schedules_gpus(context)
         if tc.device == "cuda" and not use_gpu:
             raise UserError(
                 "train.device=cuda with train.launcher=torch_distributor needs Spark to schedule the GPUs (TorchDistributor hides them otherwise): "
-                "set spark.conf.spark.task.resource.gpu.amount=1 (and spark.executor.resource.gpu.amount), or spark.driver.resource.gpu.amount in local mode"
+                "set spark.conf.spark.task.resource.gpu.amount=1, with spark.executor.resource.gpu.amount on a cluster "
+                "or spark.driver.resource.gpu.amount in local mode"
             )
         distributor = SparkTorchDistributor(num_processes=tc.num_proc, local_mode=False, use_gpu=use_gpu)
         log.info("starting %d ranks with Spark's TorchDistributor (torch.distributed, Gloo%s)", tc.num_proc, ", loopback" if local else "")
@@ -96,6 +103,7 @@ def torch_distributor_rank(worker, config_values: dict, launch_info: dict, *, pe
         # Gloo's own setting; without it Gloo uses the address the host name resolves
         # to, which cluster.check_hosts has checked other hosts can reach.
         os.environ.setdefault("GLOO_SOCKET_IFNAME", launch_info["gloo_iface"])
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", launch_info["gloo_iface"])  # NCCL's own, on CUDA
     return rank_process(worker, config_values, launch_info, peer_lost_grace_s=peer_lost_grace_s)
 
 

@@ -21,6 +21,8 @@ from horovod_llm.training.precision import Calibration, Precision
 from horovod_llm.training.step import train_step
 
 PRECISION_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "horovod-llm" / "precision.json"
+# Readings of a key after which rank starts take the cached best instead of measuring.
+READINGS_TO_TRUST = 3
 
 
 class LocalOptimizer:
@@ -90,10 +92,10 @@ def measure(model, batch_size: int, device: torch.device, seconds: float = 1.0) 
 
 
 def calibrate(model, batch_size: int, device: torch.device, threads: int, ranks_on_host: int, cache: Path = PRECISION_CACHE) -> Calibration:
-    """This rank's fp32 and bf16 step times for `model`: a fresh reading merged with the
-    best earlier ones of the same key in `cache` (each precision's minimum: load only
-    ever slows a reading down)."""
-    fp32_s, bf16_s = measure(model, batch_size, device)
+    """This rank's fp32 and bf16 step times for `model`. Once `cache` holds
+    READINGS_TO_TRUST readings of this key, their best without measuring again (a large
+    model's steps take seconds, at every rank start); before, a fresh reading merged
+    with the earlier ones (each precision's minimum: load only ever slows a reading down)."""
     key = calibration_key(device, threads, ranks_on_host, model, batch_size)
     try:
         known = json.loads(cache.read_text())
@@ -101,14 +103,20 @@ def calibrate(model, batch_size: int, device: torch.device, threads: int, ranks_
     except (OSError, ValueError):
         known = {}
     earlier = known.get(key) if isinstance(known.get(key), dict) else {}
-    best = {"fp32_s": min(fp32_s, earlier.get("fp32_s", float("inf"))), "bf16_s": min(bf16_s, earlier.get("bf16_s", float("inf")))}
+    if earlier.get("readings", 0) >= READINGS_TO_TRUST:
+        return Calibration(earlier["fp32_s"], earlier["bf16_s"], "calibrated")
+    fp32_s, bf16_s = measure(model, batch_size, device)
+    best = {
+        "fp32_s": min(fp32_s, earlier.get("fp32_s", float("inf"))),
+        "bf16_s": min(bf16_s, earlier.get("bf16_s", float("inf"))),
+        "readings": earlier.get("readings", 0) + 1,
+    }
     source = "measured" if (best["fp32_s"], best["bf16_s"]) != (earlier.get("fp32_s"), earlier.get("bf16_s")) else "calibrated"
-    if source == "measured":
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            temporary = cache.with_name(f".{cache.name}.{os.getpid()}")
-            temporary.write_text(json.dumps({**known, key: best}, indent=2, sort_keys=True) + "\n")
-            os.replace(temporary, cache)  # whole or not at all: ranks of one host write at once
-        except OSError:
-            pass  # a read-only home: the reading still serves this run
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache.with_name(f".{cache.name}.{os.getpid()}")
+        temporary.write_text(json.dumps({**known, key: best}, indent=2, sort_keys=True) + "\n")
+        os.replace(temporary, cache)  # whole or not at all: ranks of one host write at once
+    except OSError:
+        pass  # a read-only home: the reading still serves this run
     return Calibration(best["fp32_s"], best["bf16_s"], source)

@@ -30,6 +30,8 @@ from datetime import timedelta
 
 import torch
 
+from horovod_llm.training.device import on_cpu
+
 
 class LoopState:
     """The mutable part of training (the model, the optimizer, the step and the data
@@ -95,7 +97,9 @@ class Collectives(ABC):
         the weights rank 0 had just sent).
         """
         self.broadcast_parameters(model)
-        state = self.broadcast_object(optimizer.state_dict() if self.rank == 0 else None, name="optimizer_state")
+        # From the CPU: pickled CUDA tensors would land on each receiver's first GPU,
+        # whichever its own is; load_state_dict moves the state to the parameters' device.
+        state = self.broadcast_object(on_cpu(optimizer.state_dict()) if self.rank == 0 else None, name="optimizer_state")
         if self.rank != 0:
             optimizer.load_state_dict(state)
 

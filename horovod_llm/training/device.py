@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -34,11 +35,25 @@ class Placement:
     spark_gpus: tuple[str, ...] = ()
 
 
+def on_cpu(value):
+    """`value` (tensors nested in dicts, lists and tuples: an optimizer's state dict) with
+    every tensor on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {key: on_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_cpu(item) for item in value)
+    return value
+
+
 def pin_gpus(addresses: list[str]) -> None:
     """Make the task's GPUs the only ones this process sees (cuda:0 is the first), as
     TorchDistributor does: an address is an index into what the executor sees, so one
     already narrowed by CUDA_VISIBLE_DEVICES maps through it. Before CUDA starts."""
     visible = os.environ.get(CUDA_VISIBLE_DEVICES)
+    if visible == ",".join(addresses):
+        return  # already this process's list (TorchDistributor set it): not mapped twice
     if visible:
         listed = visible.split(",")
         addresses = [listed[int(a)] if a.isdigit() and int(a) < len(listed) else a for a in addresses]
@@ -86,17 +101,19 @@ def inference_device(setting: str) -> torch.device:
     return torch.device("cuda" if setting != "cpu" and problem is None else "cpu")
 
 
-def resolve(setting: str, spark_gpus: list[str], collectives_carry_cuda: bool = True, why_not_collectives: str = "") -> Placement:
+def resolve(setting: str, spark_gpus: list[str], collectives_problem: Callable[[], str | None] = lambda: None) -> Placement:
     """The device for `train.device`: cpu; cuda (refused in one line where this process
-    has none, or its collectives cannot carry CUDA tensors); or auto, cuda where both
-    hold, else cpu. Call before any CUDA work: pins Spark's GPUs (`pin_gpus`)."""
+    has none, or its collectives cannot carry CUDA tensors: `collectives_problem` says
+    why); or auto, cuda where both hold, else cpu. Call before anything touches CUDA: it
+    pins Spark's GPUs (`pin_gpus`) first, since the CUDA driver reads
+    CUDA_VISIBLE_DEVICES once, when it starts (torch.cuda.is_available() starts it)."""
     if spark_gpus and setting != "cpu":
         pin_gpus(spark_gpus)
     if setting == "cpu":
         return Placement(torch.device("cpu"), tuple(spark_gpus))
     problem = cuda_problem()
-    if problem is None and not collectives_carry_cuda:
-        problem = why_not_collectives
+    if problem is None:
+        problem = collectives_problem()
     if problem is not None:
         if setting == "cuda":
             raise cuda_refused(problem)

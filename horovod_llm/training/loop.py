@@ -17,6 +17,7 @@ from horovod_llm import checkpoint, layout, storage
 from horovod_llm.config import RunConfig
 from horovod_llm.data import dataset
 from horovod_llm.data.manifest import Manifest
+from horovod_llm.errors import UserError
 from horovod_llm.launchers.watchdog import Heartbeat
 from horovod_llm.log import rank_logger
 from horovod_llm.model import GPT
@@ -24,6 +25,7 @@ from horovod_llm.progress import is_terminal, training_bar, training_fraction, w
 from horovod_llm.training.comm import Collectives
 from horovod_llm.training.metrics import peak_rss_mb
 from horovod_llm.training.precision import MIN_SPEEDUP, Calibration, Precision, choose
+from horovod_llm.training.resume import rng_state
 from horovod_llm.training.schedule import TrainingClock, learning_rate_at
 from horovod_llm.training.stats import NullStats, StatsWriter, epoch_record, step_record, summary_record, write_run_outputs
 from horovod_llm.training.step import Interval, train_step, validate
@@ -227,6 +229,7 @@ def _enter(state, job: Job, model: GPT) -> Entry:
         "spark_gpus": job.spark_gpus,
     }
     placement = [{"rank": r, **p} for r, p in enumerate(comm.allgather_object(mine, name="placement"))]
+    refuse_mixed_devices(placement)  # every rank sees the same list, so every rank refuses alike
     if comm.rank == 0:
         storage.write_json(storage.join(layout.stats_url(job.config.output_url), "placement.json"), {"step": state.step, "ranks": placement})
     tokens_per_step = train.batch_size * train.backward_passes_per_step * job.manifest.window_size * comm.size
@@ -236,6 +239,19 @@ def _enter(state, job: Job, model: GPT) -> Entry:
         state.step, state.trained_seconds, comm.size, tokens_per_step, peak_flops, peak_source, model.flops_per_token(), placement,
         precision, report, forward, scaler=precision.grad_scaler(),
     )  # fmt: skip
+
+
+def refuse_mixed_devices(placement: list[dict]) -> None:
+    """Ranks on CUDA and on the CPU at once (train.device=auto on a cluster where some
+    hosts have no usable GPU) would reduce gradients over NCCL on some and Gloo on the
+    others: refused in one line, naming the CPU hosts."""
+    kinds = sorted({p["device"].split(":")[0] for p in placement})
+    if len(kinds) > 1:
+        cpu_hosts = sorted({p["host"] for p in placement if p["device"] == "cpu"})
+        raise UserError(
+            f"the ranks would train on {' and '.join(kinds)} at once (on the CPU: {', '.join(cpu_hosts)}): "
+            "set train.device=cpu, or give every host a GPU and a CUDA build of torch"
+        )
 
 
 def _agree_on_precision(job: Job) -> tuple[Precision, dict]:
@@ -297,7 +313,7 @@ def _evaluate(entry: Entry, job: Job, model: GPT, stats, step: int, epoch: int, 
 def _save_checkpoint(entry: Entry, job: Job, state, clock: TrainingClock, step: int, epoch: int, progress) -> None:
     """A collective, so every rank takes part (their RNG states); rank 0 writes."""
     comm, out, train = job.comm, job.config.output_url, job.config.train
-    rng_states = comm.allgather_object(torch.get_rng_state(), name="rng_states")
+    rng_states = comm.allgather_object(rng_state(job.device), name="rng_states")
     if comm.rank == 0:
         data = {"seed": state.data_seed, "world_size": comm.size, "batches_consumed": state.consumed}
         meta = {

@@ -26,12 +26,15 @@ def peak_rss_mb() -> float:
 
 
 def measure_matmul_flops(
-    size: int = 1024, seconds: float = 0.5, readings: int = 5, dtype: torch.dtype = torch.float32, device: torch.device | None = None
+    size: int | None = None, seconds: float = 0.5, readings: int = 5, dtype: torch.dtype = torch.float32, device: torch.device | None = None
 ) -> float:
     """Matmul FLOP/s in `dtype` this process reaches on `device` (its current torch
     threads on a CPU): the best of `readings` readings over `seconds` in all. The best,
-    not the mean: other work on the machine can only slow a reading down, never speed it up."""
+    not the mean: other work on the machine can only slow a reading down, never speed it up.
+    Square matrices of `size`: 1024 on a CPU; 8192 on a GPU, where a smaller product is
+    bound by kernel launches and would understate the peak (and overstate MFU)."""
     device = device or torch.device("cpu")
+    size = size or (8192 if device.type == "cuda" else 1024)
     generator = torch.Generator().manual_seed(0)  # leaves the global RNG (dropout) alone
     a, b = (torch.randn(size, size, generator=generator).to(device=device, dtype=dtype) for _ in range(2))
 

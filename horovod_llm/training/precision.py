@@ -8,10 +8,9 @@ and backward passes in the low precision. fp16's narrow range needs a gradient s
 (GPUs without bf16); bf16 has fp32's range and needs none. The measurement behind
 `auto` is calibration.py's.
 
-`auto` decides by measuring, never by a CPU's name: autocast's casts cost more than
-they save on small models, and the gain grows with width (issue 27's table: 1.02x to
-3.38x with AMX; 1.10x to 1.56x on an AMD EPYC with avx512_bf16 and no AMX,
-bench/precision.py). Each rank times a few training steps of a copy of its own model in
+`auto` decides by measuring, never by a CPU's name: autocast's casts can cost more than
+they save on small models, and the gain grows with width and differs between CPUs with
+and without AMX (bench/precision.py; its figures are in bench/results.md). Each rank times a few training steps of a copy of its own model in
 fp32 and bf16 at rank start (calibration.py, its best readings cached per machine type
 and model shape); the ranks then agree on the slowest rank's gain (loop.py).
 """

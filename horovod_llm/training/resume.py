@@ -6,6 +6,8 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
+import torch
+
 from horovod_llm import checkpoint
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,24 @@ def restore_latest(output_url: str, model, optimizer, resume: bool, tokenizer_sh
         optimizer.load_state_dict(state.optimizer)
     log.info("resuming from %s (step %d)", url, step)
     return Resumed(step, state.rng_states, state.meta.get("data"), float(state.meta.get("trained_seconds", 0.0)))
+
+
+def rng_state(device: torch.device):
+    """This rank's RNG state for a checkpoint: torch's CPU generator (dropout on the CPU),
+    and on CUDA the device's generator too (dropout there draws from it)."""
+    if device.type != "cuda":
+        return torch.get_rng_state()
+    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device)}
+
+
+def set_rng_state(state, device: torch.device) -> None:
+    """Continue from `rng_state`'s value (a checkpoint's, of the same world size)."""
+    if isinstance(state, dict):
+        torch.set_rng_state(state["cpu"])
+        if device.type == "cuda" and state.get("cuda") is not None:
+            torch.cuda.set_rng_state(state["cuda"], device)
+    else:  # written on the CPU (or before CUDA states were kept)
+        torch.set_rng_state(state)
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,8 @@ def train_step(
     # averaged gradient, so they agree on an overflow and skip the same steps.
     sync_started = time.perf_counter()
     optimizer.synchronize()
+    if micro_batches[0].is_cuda:
+        torch.cuda.synchronize()  # NCCL only queued the reduction: time its end, not its launch
     sync_seconds = time.perf_counter() - sync_started
     scaler.unscale_(optimizer)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf")))

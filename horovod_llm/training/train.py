@@ -35,12 +35,12 @@ from horovod_llm.storage import storage_settings
 from horovod_llm.training import recipe
 from horovod_llm.training.calibration import calibrate
 from horovod_llm.training.comm import Collectives, cuda_unsupported, init_collectives
-from horovod_llm.training.device import Placement, cuda_problem
+from horovod_llm.training.device import Placement
 from horovod_llm.training.device import resolve as resolve_device
 from horovod_llm.training.job import check_job, learning_rates, model_config, steps_per_epoch, threads_for_rank, total_steps
 from horovod_llm.training.loop import Job, budget_seconds, train_loop
 from horovod_llm.training.metrics import calibrated_peak_flops
-from horovod_llm.training.resume import Resumed, data_position, restore_latest
+from horovod_llm.training.resume import Resumed, data_position, restore_latest, set_rng_state
 from horovod_llm.training.schedule import TrainingClock
 from horovod_llm.training.step import distributed_optimizer
 
@@ -91,11 +91,7 @@ def train_worker(config_values: dict, launch_info: dict | None = None) -> dict:
 
 def place_rank(setting: str, launcher) -> Placement:
     """This rank's device (training/device.py) and the GPUs Spark gave its task."""
-    gpus = launcher.task_gpus()
-    why_not = None
-    if setting != "cpu" and cuda_problem() is None:
-        why_not = cuda_unsupported(launcher.backend_name())
-    return resolve_device(setting, gpus, collectives_carry_cuda=why_not is None, why_not_collectives=why_not or "")
+    return resolve_device(setting, launcher.task_gpus(), collectives_problem=lambda: cuda_unsupported(launcher.backend_name()))
 
 
 def peak_flops(train, precisions: list[str], threads: int, ranks_on_host: int, device) -> dict[str, tuple[float, str]]:
@@ -153,7 +149,7 @@ def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict, beat: 
     # where a checkpoint left them when the world size is the same.
     torch.manual_seed(train.seed + 1 + rank)
     if resumed.rng_states is not None and len(resumed.rng_states) == world_size:
-        torch.set_rng_state(resumed.rng_states[rank])
+        set_rng_state(resumed.rng_states[rank], device)
 
     per_epoch = steps_per_epoch(manifest.splits["train"].windows, train.batch_size * train.backward_passes_per_step * world_size)
     steps = total_steps(train, per_epoch)

@@ -1,6 +1,7 @@
 """train.device (training/device.py): where a rank computes, and which GPU Spark gave it.
 This torch is a CPU build: the CUDA refusals and the GPU bookkeeping are real here; a
-rank computing on CUDA is bench/gpu_check.py's to show, on a GPU."""
+rank computing on CUDA through the launchers has not run (bench/gpu_check.py runs the
+model's bf16 step on a GPU with a loop of its own)."""
 
 import os
 
@@ -42,7 +43,16 @@ def test_cpu_leaves_the_gpus_alone():
 def test_collectives_without_cuda_support_refuse_cuda(monkeypatch):
     monkeypatch.setattr(device, "cuda_problem", lambda: None)  # as on a GPU host
     with pytest.raises(UserError, match="built without NCCL"):
-        device.resolve("cuda", [], collectives_carry_cuda=False, why_not_collectives="this Horovod was built without NCCL")
+        device.resolve("cuda", [], collectives_problem=lambda: "this Horovod was built without NCCL")
+
+
+def test_sparks_gpus_are_pinned_before_anything_asks_cuda(monkeypatch):
+    # The CUDA driver reads CUDA_VISIBLE_DEVICES once, when torch.cuda first starts it:
+    # pinned after that, every rank of a host would land on its first GPU.
+    seen = []
+    monkeypatch.setattr(device, "cuda_problem", lambda: seen.append(os.environ.get("CUDA_VISIBLE_DEVICES")) or "no GPU here")
+    device.resolve("auto", ["3"], collectives_problem=lambda: seen.append("collectives") or None)
+    assert seen == ["3"]  # pinned first; the collectives asked only where CUDA works
 
 
 def test_an_address_maps_through_a_narrowed_visible_list(monkeypatch):
@@ -52,6 +62,9 @@ def test_an_address_maps_through_a_narrowed_visible_list(monkeypatch):
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
     device.pin_gpus(["5"])  # already the process's own list: unchanged
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2")
+    device.pin_gpus(["1", "2"])  # TorchDistributor's own list, not mapped through itself ("2,2")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1,2"
 
 
 def test_local_rank_comes_from_the_launchers_environment(monkeypatch):
@@ -94,3 +107,15 @@ def test_train_device_cuda_is_refused_before_spark_or_the_dataset(command, tmp_p
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: train.device=cuda, but on host ") and "is a CPU build" in error, error
     assert not (tmp_path / "run").exists()  # nothing written, no Spark session started
+
+
+def test_ranks_on_cuda_and_the_cpu_at_once_are_refused():
+    from horovod_llm.training.loop import refuse_mixed_devices
+
+    refuse_mixed_devices([{"host": "a", "device": "cuda:0"}, {"host": "b", "device": "cuda:1"}])
+    refuse_mixed_devices([{"host": "a", "device": "cpu"}, {"host": "b", "device": "cpu"}])
+    with pytest.raises(UserError) as refused:
+        refuse_mixed_devices([{"host": "a", "device": "cuda:0"}, {"host": "b", "device": "cpu"}])
+    assert str(refused.value) == (
+        "the ranks would train on cpu and cuda at once (on the CPU: b): set train.device=cpu, or give every host a GPU and a CUDA build of torch"
+    )

@@ -115,6 +115,9 @@ def test_calibration_keeps_the_best_readings_per_model_shape(tmp_path, monkeypat
     assert calibrate(model, 8, cpu, 1, 2, cache) == Calibration(0.30, 0.10, "calibrated")
     (key,) = json.loads(cache.read_text())
     assert "1x32" in key and "batch 8" in key and "1 thread(s) x 2 rank(s)" in key
+    # READINGS_TO_TRUST readings later, a rank start measures no more (readings is spent)
+    assert json.loads(cache.read_text())[key]["readings"] == calibration_module.READINGS_TO_TRUST
+    assert calibrate(model, 8, cpu, 1, 2, cache) == Calibration(0.30, 0.10, "calibrated")
 
 
 def test_a_real_calibration_leaves_the_model_and_the_rng_as_they_were():
