@@ -94,12 +94,15 @@ def test_preprocessing_killed_mid_write_is_redone_and_never_trained_on(fresh_run
 
     def new_parts() -> list[Path]:
         found = []
-        for part in (out / "dataset").rglob("part-*.parquet"):
-            try:
-                if old_parts.get(part) != part.stat().st_mtime_ns:
-                    found.append(part)
-            except FileNotFoundError:  # an old part, being removed
-                continue
+        try:
+            for part in (out / "dataset").rglob("part-*.parquet"):
+                try:
+                    if old_parts.get(part) != part.stat().st_mtime_ns:
+                        found.append(part)
+                except FileNotFoundError:  # an old part, being removed
+                    continue
+        except FileNotFoundError:  # a split's folder removed mid-walk by the rebuild: look again
+            return []
         return found
 
     while not new_parts():
