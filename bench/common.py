@@ -24,10 +24,10 @@ DATASET_URL = str(BENCH_RUNS / "dataset")
 
 
 def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+    """The CPU model's name, as training keys its peak and calibration readings by it."""
+    from horovod_llm.training.metrics import cpu_model as product_cpu_model
+
+    return product_cpu_model()
 
 
 # The instruction sets that decide which kernels torch's CPU matmuls take (bf16 on
