@@ -34,7 +34,10 @@ from common import DATASET_URL, load_average, local_config, median, report, writ
 LAUNCHERS = ("spark", "torch_distributor")
 
 
-def train_once(spark, launcher: str, ranks: int, steps: int, folder: Path) -> dict:
+def train_once(spark, launcher: str, ranks: int, folder: Path, steps: int = 0, minutes: float = 0.0, demo_intervals: bool = False) -> dict:
+    """One run of the demo recipe from no checkpoint, on 1-thread ranks, in fp32: `steps`
+    steps without evaluations or checkpoints (start-up and step speed), or `minutes` of
+    training at configs/local.yaml's evaluation and checkpoint intervals (the whole loop)."""
     from horovod_llm import layout, storage
     from horovod_llm.launchers.launch import launch_training
 
@@ -43,15 +46,20 @@ def train_once(spark, launcher: str, ranks: int, steps: int, folder: Path) -> di
     out.mkdir(parents=True)
     for part in ("dataset", "tokenizer", "embeddings"):
         (out / part).symlink_to(Path(DATASET_URL) / part)  # read only: one dataset for every run
-    config = local_config([f"output_url={out}", f"train.launcher={launcher}", f"train.num_proc={ranks}"])
-    train = dataclasses.replace(
-        config.train, threads_per_rank=1, max_minutes=0.0, max_steps=steps, log_interval=10, eval_interval=0, eval_max_batches=1, checkpoint_interval=0
-    )
+    config = local_config([f"output_url={out}", f"train.launcher={launcher}", f"train.num_proc={ranks}", "train.precision=fp32"])
+    if demo_intervals:
+        train = dataclasses.replace(config.train, threads_per_rank=1, max_minutes=minutes, max_steps=0)
+    else:
+        train = dataclasses.replace(
+            config.train, threads_per_rank=1, max_minutes=0.0, max_steps=steps, log_interval=10, eval_interval=0, eval_max_batches=1, checkpoint_interval=0
+        )
     config = dataclasses.replace(config, train=train, progress=False)
     started = time.time()
     summary = launch_training(config, spark)["summary"]
     lines = storage.read_text(storage.join(layout.stats_url(str(out)), "steps.jsonl")).splitlines()
-    intervals = [json.loads(line)["tokens_per_s"] for line in lines][1:]
+    records = [json.loads(line) for line in lines][1:]  # the first interval holds the warm-up
+    # tokens per step / step time: the steps' own speed, without evaluations and checkpoints
+    intervals = [summary["tokens_per_step"] / r["step_time_s"] for r in records]
     return {
         "launcher": launcher,
         "ranks": ranks,
@@ -59,6 +67,11 @@ def train_once(spark, launcher: str, ranks: int, steps: int, folder: Path) -> di
         "startup_s": summary["timeline"]["loop_started_at"] - started,
         "ranks_ready_s": summary["timeline"]["ranks_ready_at"] - started,
         "tokens_per_s": median(intervals),
+        "loop_tokens_per_s": summary["tokens_per_s"],
+        # (absent from code before issue 28: bench/overhead.py --json of an older checkout)
+        "loop_seconds": summary.get("loop_seconds"),
+        "allreduce_share": median([r["allreduce_share"] for r in records]),
+        "load_share": median([r["load_share"] for r in records if "load_share" in r]),
         "steps": summary["steps"],
         "tokens_per_step": summary["tokens_per_step"],
         "parameters": summary["parameters"],
@@ -85,7 +98,7 @@ def main() -> None:
                 order = LAUNCHERS if repeat % 2 == 0 else LAUNCHERS[::-1]
                 for launcher in order:
                     for ranks in (1, 2):
-                        run = {"repeat": repeat, **train_once(spark, launcher, ranks, args.steps, Path(tmp))}
+                        run = {"repeat": repeat, **train_once(spark, launcher, ranks, Path(tmp), steps=args.steps)}
                         runs.append(run)
                         report(f"{launcher} x{ranks}: start-up {run['startup_s']:.1f} s, {run['tokens_per_s']:.0f} tokens/s")
     finally:

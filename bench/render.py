@@ -146,6 +146,8 @@ def render(results: dict) -> str:
     lines += _word2vec_details(_get(results, "quality_word2vec"))
     lines += _sweep_details([entry["result"] for name, entry in sorted(results["benchmarks"].items()) if name.startswith("sweep") and entry.get("result")])
     lines += _launcher_details(results, _get(results, "launchers"))
+    lines += _overhead_details(_get(results, "overhead"), _get(results, "overhead_before"))
+    lines += _profile_details([_get(results, name) for name in ("profile_loop_before", "profile_loop")])
     lines += _bootstrap_details(_get(results, "bootstrap_paths"))
     lines += _generate_details(results, _get(results, "generate_throughput"))
     lines += _serving_details(results, _get(results, "serve_batching"))
@@ -183,6 +185,15 @@ def headlines(results: dict) -> str:
             f"- on 2 ranks, Spark's TorchDistributor trains at {launchers['torch_over_horovod_tokens_per_s_2']:.2f}x Horovod's tokens/s "
             f"(scaling from 1 to 2 ranks {torch_distributor['scaling_efficiency']:.2f} against {horovod['scaling_efficiency']:.2f}) and reaches its "
             f"first step {torch_distributor['startup_s_2']:.0f} s after launch against {horovod['startup_s_2']:.0f} s ({_runs(launchers['repeats'])});"
+        )
+    overhead = _get(results, "overhead")
+    if overhead:
+        horovod = overhead["spark"]
+        lines.append(
+            f"- a Horovod rank's training step runs at {horovod['in_step_over_bare_1']:.2f} (1 rank) and {horovod['in_step_over_bare_2']:.2f} (2 ranks) "
+            f"of a bare loop's tokens/s, the whole loop at {horovod['loop_over_bare_1']:.2f} and {horovod['loop_over_bare_2']:.2f} "
+            f"(targets {overhead['targets']['in_step_over_bare']} and {overhead['targets']['loop_over_bare']}); 2 ranks scale {horovod['in_step_scaling']:.2f} "
+            f"where 2 bare processes reach {overhead['bare']['scaling']:.2f} ({_runs(overhead['repeats'])});"
         )
     boot = _get(results, "bootstrap_paths")
     if boot:
@@ -558,6 +569,66 @@ def _launcher_details(results: dict, launchers: dict | None) -> list[str]:
             f"{row['startup_s_1']:.1f} s | {row['startup_s_2']:.1f} s |"
         )
     lines += ["", "Start-up: from `launch_training` to the first step (rank processes, imports, the collectives meeting, model and reader)."]
+    return lines
+
+
+def _profile_details(profiles: list[dict | None]) -> list[str]:
+    profiles = [p for p in profiles if p]
+    if not profiles:
+        return []
+    categories = sorted({c for p in profiles for c in p["mean_shares"]}, key=lambda c: -max(p["mean_shares"].get(c, 0.0) for p in profiles))
+    lines = [
+        "",
+        "### Where the training loop's time goes (`bench/profile_loop.py`)",
+        "",
+        "py-spy on both ranks of `horovod-llm train` (the demo recipe, 2 ranks x 1 thread, fp32, the demo's intervals, "
+        f"{profiles[0]['minutes']:g} minute(s) of training): each rank's samples inside the training loop by what it was calling, the ranks' mean.",
+        "",
+        "| part of the loop | " + " | ".join(f"{p['label'] or 'commit'} ({p['commit']})" for p in profiles) + " |",
+        "| --- |" + " --- |" * len(profiles),
+    ]
+    for category in categories:
+        lines.append(f"| {category} | " + " | ".join(f"{p['mean_shares'].get(category, 0.0):.1%}" for p in profiles) + " |")
+    return lines
+
+
+def _overhead_details(overhead: dict | None, before: dict | None = None) -> list[str]:
+    if not overhead:
+        return []
+    targets = overhead["targets"]
+    lines = [
+        "",
+        "### The training loop against a bare loop (`bench/overhead.py`)",
+        "",
+        f"The demo recipe's model in fp32, one torch thread per rank. Bare: 1 and 2 plain processes on ids in memory (2: their sum). "
+        f"Product: {overhead['minutes']:g} minute(s) of training per run at the demo's evaluation and checkpoint intervals, one local[2] Spark session; "
+        f"in-step: tokens per step / median step time (loading, step, allreduce); loop: every step over the loop's wall time. "
+        f"Medians over {overhead['repeats']} repetitions of ratios within one; load average {overhead['load_before']} -> {overhead['load_after']}.",
+        "",
+        f"| arm | tokens/s, 1 rank | tokens/s, 2 ranks | in-step / bare, 1 / 2 ranks (target {targets['in_step_over_bare']}) | "
+        f"loop / bare, 1 / 2 (target {targets['loop_over_bare']}) | scaling 1 -> 2, in-step / loop (target {targets['scaling']}) |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| bare loop | {overhead['bare']['tokens_per_s_1']:.0f} | {overhead['bare']['tokens_per_s_2']:.0f} | 1 | 1 | {overhead['bare']['scaling']:.2f} |",
+    ]
+    arms = [(name, overhead.get(name), "") for name in ("spark", "torch_distributor")]
+    if before:  # the same bench on the commit before issue 28's changes, run just before
+        arms += [(name, before.get(name), f" before ({before.get('commit', '?')})") for name in ("spark", "torch_distributor")]
+    for name, row, when in arms:
+        if row:
+            lines.append(
+                f"| `{name}`{when} | {row['in_step_tokens_per_s_1']:.0f} in-step, {row['loop_tokens_per_s_1']:.0f} loop | "
+                f"{row['in_step_tokens_per_s_2']:.0f} in-step, {row['loop_tokens_per_s_2']:.0f} loop | "
+                f"{row['in_step_over_bare_1']:.2f} / {row['in_step_over_bare_2']:.2f} | {row['loop_over_bare_1']:.2f} / {row['loop_over_bare_2']:.2f} | "
+                f"{row['in_step_scaling']:.2f} / {row['loop_scaling']:.2f} |"
+            )
+    shares = [(name, ranks, overhead[name].get(f"loop_shares_{ranks}")) for name in ("spark", "torch_distributor") if name in overhead for ranks in (1, 2)]
+    shares = [s for s in shares if s[2]]
+    if shares:
+        phases = list(shares[0][2])
+        lines += ["", "Where rank 0's loop time went (summary.json `loop_seconds`, share of the loop's wall time):", ""]
+        lines += ["| run | " + " | ".join(phases) + " |", "| --- |" + " --- |" * len(phases)]
+        for name, ranks, row in shares:
+            lines.append(f"| `{name}` x{ranks} | " + " | ".join(f"{row[p]:.1%}" for p in phases) + " |")
     return lines
 
 

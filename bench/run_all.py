@@ -72,6 +72,10 @@ def commands(args) -> dict[str, list[str]]:
         "sweep_precision_350": ["sweep.py", "--budget", "350", "--corpus", "shakespeare", "--variants", "fp32", "bf16", "bf16_width_192", "bf16_dropout_0.1"],
         # Horovod and Spark's TorchDistributor on the same recipe, 1 and 2 ranks.
         "launchers": ["launchers.py", "--repeats", str(args.repeats)],
+        # Issue 28: the product's step and loop against the bare loop, 1 and 2 ranks, both launchers.
+        "overhead": ["overhead.py", "--repeats", str(min(args.repeats, 2))],
+        # py-spy on every rank of a 2-rank run: the loop's time by what it was calling.
+        "profile_loop": ["profile_loop.py"],
         # emr/bootstrap.sh of each launcher into fresh venvs (about 12 minutes: it builds horovod once)
         "bootstrap_paths": ["bootstrap_paths.py"],
         "generate_throughput": ["generate_throughput.py", "--threads", "1", "--repeats", str(args.repeats)],
@@ -88,6 +92,9 @@ def commands(args) -> dict[str, list[str]]:
     }
 
 
+# Results of an older checkout, run there with the same script and only gathered here
+# (--gather): the loop's profile before issue 28's changes.
+GATHER_ONLY = ("profile_loop_before",)
 # Run only when named in --only: the sweeps (about 40 minutes each) and the GPU check.
 ON_REQUEST = ("sweep", "gpu_check")
 JSON_FLAG = {"generate_throughput": "--json-file", "gpu_check": "--out"}
@@ -160,7 +167,7 @@ def main() -> None:
 
 def gathered(name: str, path: Path, known: dict) -> dict:
     """A benchmark's entry from the JSON its script wrote when run on its own."""
-    if name not in known:
+    if name not in known and name not in GATHER_ONLY:
         raise SystemExit(f"unknown benchmark {name!r}: pick one of bench/run_all.py's names")
     if not path.exists():
         raise SystemExit(f"no results for {name} at {path}: run its script with --json {path} first")

@@ -69,7 +69,6 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="section.key=value for configs/local.yaml")
     args = parser.parse_args()
 
-    import horovod.torch as hvd
     import numpy as np
     import torch
 
@@ -77,14 +76,14 @@ def main() -> None:
     from horovod_llm.data.manifest import read_manifest
     from horovod_llm.log import quiet_library_warnings
     from horovod_llm.model import GPT
-    from horovod_llm.training.comm import set_horovod_environment
+    from horovod_llm.training.comm import HorovodCollectives
     from horovod_llm.training.metrics import calibrated_peak_flops
     from horovod_llm.training.step import distributed_optimizer
 
     quiet_library_warnings()
     config = local_config(args.overrides)
-    set_horovod_environment(config.train)  # the product's Horovod settings (--env wins)
-    hvd.init()
+    comm = HorovodCollectives(config.train)  # the product's Horovod settings (--env wins)
+    hvd = comm.hvd
     rank, world_size = hvd.rank(), hvd.size()
     torch.set_num_threads(args.threads)
     tc = config.train
@@ -92,7 +91,7 @@ def main() -> None:
     manifest = read_manifest(DATASET_URL)
     torch.manual_seed(tc.seed)
     model = GPT(default_gpt_config(config, manifest.tokenizer.vocab_size))
-    optimizer = distributed_optimizer(model, tc, tc.learning_rate, hvd)
+    optimizer = distributed_optimizer(model, tc, tc.learning_rate, comm)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     torch.manual_seed(tc.seed + 1 + rank)
     model.train()

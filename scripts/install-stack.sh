@@ -25,7 +25,7 @@ set -euo pipefail
 
 HOROVOD_VERSION=0.28.1
 # Bumped whenever build_horovod's patches change: it keys the wheel cache.
-HOROVOD_PATCH_LEVEL=3
+HOROVOD_PATCH_LEVEL=4
 TORCH_VERSION=2.13.0
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONSTRAINTS="$REPO_ROOT/constraints.txt"
@@ -199,6 +199,34 @@ live = (
     "                    sock.setsockopt(level, option, value)\n"
 )
 path.write_text(head + found + tail.replace(connect, live, 1))
+PATCH
+  # The end of every run on Spark (issue 28). Each Spark task keeps its rank's command
+  # alive for MINIMUM_COMMAND_LIFETIME_S (3 s) so that the driver can connect to ask for
+  # its exit code; upstream starts that timer when the command has *ended*, so every
+  # run paid 3 s after its last rank exited. It starts with the command here, as its
+  # comment intends. And the driver's wait for each exit code was answered by a poll
+  # each second (rsh's default delay); 0.1 s (upstream's floor) answers it at once.
+  "$py" - "$src/horovod/spark/task/task_service.py" "$src/horovod/spark/driver/rsh.py" <<'PATCH' \
+    || die "the exit-timing patch no longer applies to horovod $HOROVOD_VERSION's sdist"
+import pathlib
+import re
+import sys
+
+task, rsh = (pathlib.Path(arg) for arg in sys.argv[1:])
+text = task.read_text()
+start = re.search(r"( +)super\(SparkTaskService, self\)\._run_command\(command, env, event,\n.*?prefix_output_with_timestamp\)\n", text, re.S)
+timer = re.search(r"\n( +)if self\._minimum_command_lifetime_s is not None:\n +self\._minimum_command_lifetime = timeout\.Timeout\([^)]*\)\n", text, re.S)
+if not start or not timer or timer.start() < start.end() - 1:
+    sys.exit(1)
+moved = text[timer.start() + 1 : timer.end()]  # the timer's two lines, now before the command
+comment = "        # horovod-llm exit-timing patch: timed from the command's start\n"
+text = text[: start.start()] + comment + moved + text[start.start() : timer.start() + 1] + text[timer.end() :]
+task.write_text(text)
+call = "exit_code = task_client.wait_for_command_exit_code()"
+source = rsh.read_text()
+if call not in source:
+    sys.exit(1)
+rsh.write_text(source.replace(call, "exit_code = task_client.wait_for_command_exit_code(0.1)  # horovod-llm exit-timing patch", 1))
 PATCH
   local gpu_env=()
   if [[ $gpu -eq 1 ]]; then

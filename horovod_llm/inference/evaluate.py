@@ -191,6 +191,7 @@ def score_split(
     batch_size: int = 8,
     max_batches: int = 0,
     reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batches: Iterable[np.ndarray] | None = None,
 ) -> Totals:
     """Totals over a dataset split's windows: this rank's shard (at most `max_batches`
     batches of it; 0: all), summed over the ranks by `reduce_sum` (an allreduce), so
@@ -198,8 +199,11 @@ def score_split(
     validation both score with this function, so their figures mean the same."""
     texts = piece_texts(tokenizer.load(tokenizer_bytes))
     model.eval()
-    with dataset.window_batches(output_url, split, rank, world_size, batch_size, num_epochs=1, seed=0, shuffle=False) as batches:
+    if batches is not None:  # the shard's batches, already read (training's validation)
         totals = score_windows(model, itertools.islice(batches, max_batches or None), overlap, texts)
+    else:
+        with dataset.window_batches(output_url, split, rank, world_size, batch_size, num_epochs=1, seed=0, shuffle=False) as read:
+            totals = score_windows(model, itertools.islice(read, max_batches or None), overlap, texts)
     if reduce_sum is not None:
         summed = reduce_sum(torch.tensor([totals.nll, totals.correct, totals.tokens, totals.characters, totals.words, totals.windows], dtype=torch.float64))
         nll, correct, tokens, characters, words, windows = summed.tolist()

@@ -107,6 +107,11 @@ class Collectives(ABC):
     def broadcast_parameters(self, model: torch.nn.Module) -> None: ...
 
     @abstractmethod
+    def average_(self, tensor: torch.Tensor) -> None:
+        """`tensor`, in place, becomes its mean over the ranks (the gradients' reduction)."""
+        ...
+
+    @abstractmethod
     def allreduce(self, tensor: torch.Tensor, op: str, name: str) -> torch.Tensor:
         """A new tensor: the element-wise "sum" or "max" over the ranks."""
         ...
@@ -176,6 +181,16 @@ class HorovodCollectives(Collectives):
 
     def distributed_optimizer(self, optimizer, model, train):
         hvd = self.hvd
+        if train.allreduce_op == "average" and not self.elastic:
+            # One fused allreduce of the whole gradient after the last backward pass, from
+            # this thread. Horovod's DistributedOptimizer reduces each parameter from a
+            # hook as backward produces it and overlaps the two, which pays where a core
+            # is free for the reduction; with every core computing (2 ranks on 2 cores),
+            # the hooks, the negotiation of each tensor and synchronize()'s spin-wait cost
+            # it 4-28% of the step's tokens/s against this, paired runs of 250 steps
+            # (bench/overhead.py has the loop's share of the wait). Adasum reduces per
+            # tensor and elastic state tracks Horovod's own optimizer: those keep it.
+            return AveragingOptimizer(optimizer, list(model.parameters()), self, fp16=train.fp16_allreduce)
         # Horovod: average gradients across ranks with ring-allreduce.
         return hvd.DistributedOptimizer(
             optimizer,
@@ -193,6 +208,9 @@ class HorovodCollectives(Collectives):
 
     def allreduce(self, tensor, op, name):
         return self.hvd.allreduce(tensor, op={"sum": self.hvd.Sum, "max": self.hvd.Max}[op], name=name)
+
+    def average_(self, tensor):
+        self.hvd.allreduce_(tensor, op=self.hvd.Average, name="gradients")
 
     def allgather_object(self, value, name):
         return self.hvd.allgather_object(value, name=name)
@@ -249,6 +267,10 @@ class TorchCollectives(Collectives):
         for tensor in model.state_dict().values():  # views of the parameters: in place
             self.dist.broadcast(tensor, src=0)
 
+    def average_(self, tensor):
+        self.dist.all_reduce(tensor)
+        tensor /= self.size
+
     def allreduce(self, tensor, op, name):
         result = tensor.clone()
         self.dist.all_reduce(result, op={"sum": self.dist.ReduceOp.SUM, "max": self.dist.ReduceOp.MAX}[op])
@@ -269,7 +291,8 @@ class TorchCollectives(Collectives):
 
 class AveragingOptimizer:
     """An optimizer whose step uses the gradient averaged over the ranks, with the
-    interface of Horovod's DistributedOptimizer that train_step relies on.
+    interface of Horovod's DistributedOptimizer that train_step relies on, over either
+    backend's `average_` (torch.distributed's all_reduce, or Horovod's allreduce_).
 
     Written here rather than wrapping the model in DistributedDataParallel: the step
     already has Horovod's shape (micro-batches accumulate locally, then one reduction,
@@ -280,7 +303,7 @@ class AveragingOptimizer:
     step (the `allreduce_share` statistic).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter], comm: TorchCollectives, fp16: bool):
+    def __init__(self, optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter], comm: Collectives, fp16: bool):
         self.optimizer, self.parameters, self.comm, self.fp16 = optimizer, parameters, comm, fp16
         self._skip = False
 
@@ -291,14 +314,16 @@ class AveragingOptimizer:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def synchronize(self) -> None:
+        if self.comm.size == 1:  # one rank: its gradient is the average
+            return
         for parameter in self.parameters:
             if parameter.grad is None:  # every rank must send the same buffer
                 parameter.grad = torch.zeros_like(parameter)
         grads = [parameter.grad for parameter in self.parameters]
         flat = torch.cat([grad.reshape(-1) for grad in grads])
         wire = flat.to(torch.float16) if self.fp16 else flat
-        self.comm.dist.all_reduce(wire)
-        flat = wire.to(flat.dtype) / self.comm.size
+        self.comm.average_(wire)
+        flat = wire.to(flat.dtype)
         offset = 0
         for grad in grads:
             grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))

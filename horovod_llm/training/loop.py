@@ -9,6 +9,8 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -28,7 +30,7 @@ from horovod_llm.training.precision import MIN_SPEEDUP, Calibration, Precision, 
 from horovod_llm.training.resume import rng_state
 from horovod_llm.training.schedule import TrainingClock, learning_rate_at
 from horovod_llm.training.stats import NullStats, StatsWriter, epoch_record, step_record, summary_record, write_run_outputs
-from horovod_llm.training.step import Interval, train_step, validate
+from horovod_llm.training.step import Interval, train_step, validate, validation_batches
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,13 @@ class Job:
         return ends
 
 
+# The parts of the loop's wall time: reading batches; the step's own arithmetic (forward,
+# backward, metrics, clipping, optimizer); waiting for the gradients' allreduce; the log
+# lines' reductions and writes; evaluations; checkpoints; epoch ends and elastic
+# commits. What none of them covers is the summary's `other`.
+LOOP_PHASES = ("load", "compute", "allreduce_wait", "logging", "evaluation", "checkpoints", "epochs_and_commits")
+
+
 def budget_seconds(train) -> float:
     """The wall-clock budget of training (0: none)."""
     return 60.0 * train.max_minutes
@@ -105,6 +114,18 @@ class Entry:
     last_eval: dict = field(default_factory=dict)
     checkpoint_url: str | None = None
     mfu_values: list = field(default_factory=list)
+    # Where this rank's loop time went (the summary's `loop_seconds`), by LOOP_PHASES.
+    phases: dict = field(default_factory=lambda: dict.fromkeys(LOOP_PHASES, 0.0))
+    # This rank's validation batches, read at the first evaluation (step.validation_batches).
+    val_batches: list | None = None
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[phase] += time.perf_counter() - started
 
     def seconds_per_step(self, step: int) -> float:
         return (time.perf_counter() - self.entered) / (step - self.step)
@@ -156,10 +177,15 @@ def train_loop(state, job: Job) -> dict:
                 group["lr"] = lr
             step_started = time.perf_counter()
             micro_batches = [torch.from_numpy(next(batches)).to(job.device, non_blocking=True) for _ in range(micro)]
+            loaded = time.perf_counter()
             result = train_step(entry.forward, optimizer, micro_batches, train.grad_clip, entry.precision, entry.scaler)
             state.step, state.consumed = step, state.consumed + micro
             # Step time covers loading, compute and allreduce, not evaluation or checkpoints.
-            entry.interval.add(result, time.perf_counter() - step_started)
+            stepped = time.perf_counter()
+            entry.interval.add(result, stepped - step_started, loaded - step_started)
+            entry.phases["load"] += loaded - step_started
+            entry.phases["allreduce_wait"] += result.sync_seconds
+            entry.phases["compute"] += stepped - loaded - result.sync_seconds
             entry.epoch_loss += torch.tensor([result.loss, 1.0], dtype=torch.float64)
             job.beat("step", step)
             # Every rank decides alike: from the step count and the synced clock.
@@ -167,7 +193,8 @@ def train_loop(state, job: Job) -> dict:
             end_of_epoch = step % job.steps_per_epoch == 0 or last
 
             if step % train.log_interval == 0 or end_of_epoch:
-                record = _log_step(entry, job, clock, stats, step, epoch, lr, result.grad_norm)
+                with entry.timed("logging"):
+                    record = _log_step(entry, job, clock, stats, step, epoch, lr, result.grad_norm)
                 bar.set_loss(record["loss"])
                 progress.info(
                     "step %d%s | epoch %d | loss %.4f | acc %.3f | grad %.2f | lr %.2e | %.0f tok/s | mfu %.0f%% | %s",
@@ -182,19 +209,23 @@ def train_loop(state, job: Job) -> dict:
                 force=last,
             )
             if (train.eval_interval and step % train.eval_interval == 0) or end_of_epoch:
-                _evaluate(entry, job, model, stats, step, epoch, progress)
+                with entry.timed("evaluation"):
+                    _evaluate(entry, job, model, stats, step, epoch, progress)
             if end_of_epoch:
-                epoch_totals = comm.allreduce(entry.epoch_loss, "sum", name="metrics_sum")
-                stats.log_epoch(epoch_record(epoch, step, time.perf_counter() - entry.epoch_started, epoch_totals, entry.last_eval))
+                with entry.timed("epochs_and_commits"):
+                    epoch_totals = comm.allreduce(entry.epoch_loss, "sum", name="metrics_sum")
+                    stats.log_epoch(epoch_record(epoch, step, time.perf_counter() - entry.epoch_started, epoch_totals, entry.last_eval))
                 entry.epoch_loss.zero_()
                 entry.epoch_started = time.perf_counter()
             if (train.checkpoint_interval and step % train.checkpoint_interval == 0) or last:
-                _save_checkpoint(entry, job, state, clock, step, epoch, progress)
+                with entry.timed("checkpoints"):
+                    _save_checkpoint(entry, job, state, clock, step, epoch, progress)
             if comm.elastic and (step % train.elastic_commit_interval == 0 or last):
-                state.trained_seconds = clock.seconds_at(step)
-                job.committed_at = time.perf_counter()
-                stats.flush()  # a new rank 0 after a reset continues from these records
-                state.commit()  # Horovod elastic: the point a reset rolls back to
+                with entry.timed("epochs_and_commits"):
+                    state.trained_seconds = clock.seconds_at(step)
+                    job.committed_at = time.perf_counter()
+                    stats.flush()  # a new rank 0 after a reset continues from these records
+                    state.commit()  # Horovod elastic: the point a reset rolls back to
 
     summary = run_summary(job, entry, state.step, clock, model.num_parameters())
     if is_main:
@@ -299,9 +330,12 @@ def _evaluate(entry: Entry, job: Job, model: GPT, stats, step: int, epoch: int, 
     def allreduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         return comm.allreduce(tensor, "sum", name="metrics_sum")
 
+    if entry.val_batches is None:
+        entry.val_batches = validation_batches(job.config.output_url, comm.rank, comm.size, train.batch_size, train.eval_max_batches)
     entry.last_eval = validate(
-        model, job.tokenizer_bytes, job.config.output_url, job.manifest.overlap, comm.rank, comm.size, train.batch_size, train.eval_max_batches, allreduce_sum
-    )
+        model, job.tokenizer_bytes, job.config.output_url, job.manifest.overlap, comm.rank, comm.size, train.batch_size, train.eval_max_batches,
+        allreduce_sum, batches=entry.val_batches,
+    )  # fmt: skip
     stats.log_eval({"step": step, "epoch": epoch, **entry.last_eval})
     job.beat("eval", step)
     progress.info(
@@ -355,7 +389,15 @@ def run_summary(job: Job, entry: Entry, step: int, clock: TrainingClock, paramet
         final=entry.last_eval,
         checkpoint_url=entry.checkpoint_url,
         timeline={"ranks_ready_at": job.ranks_ready_at, "loop_started_at": entry.loop_started_at, "loop_ended_at": time.time()},
+        loop_seconds=loop_seconds(entry),
     )
+
+
+def loop_seconds(entry: Entry) -> dict:
+    """Where this rank's (rank 0's, in the summary) loop wall time went, by phase."""
+    total = time.perf_counter() - entry.entered
+    phases = {name: round(seconds, 3) for name, seconds in entry.phases.items()}
+    return {**phases, "other": round(total - sum(entry.phases.values()), 3), "total": round(total, 3)}
 
 
 def _remaining(clock: TrainingClock, step: int, total_steps: int | None, seconds_per_step: float) -> str:

@@ -15,9 +15,15 @@ from horovod_llm.data.tokenizer import PAD_ID
 
 
 def batch_metrics(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
-    """(correct predictions, counted tokens) over the non-PAD targets of a batch."""
+    """(correct predictions, counted tokens) over the non-PAD targets of a batch.
+
+    A prediction is correct when the target's logit is the largest: compared with the
+    maximum (`amax`) rather than through `argmax`, which on a CPU took 2.7 ms of a 70 ms
+    step of the demo's model, 20 times as long (bench/overhead.py). The two differ only
+    when the target ties another logit for the top, which argmax settles by position."""
     mask = targets != PAD_ID
-    correct = ((logits.argmax(dim=-1) == targets) & mask).sum()
+    target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    correct = ((target_logits >= logits.amax(dim=-1)) & mask).sum()
     return float(correct), float(mask.sum())
 
 

@@ -90,9 +90,9 @@ def step_record(
     peak_flops: float,
 ) -> dict:
     """A line of steps.jsonl: the interval's sums over the ranks (step.Interval: loss x
-    tokens, correct, tokens, steps, seconds, sync seconds), and the slowest rank's
-    seconds, peak RSS and trained seconds."""
-    loss_x_tokens, correct, tokens, steps_done, _, sync = sums
+    tokens, correct, tokens, steps, seconds, sync seconds, load seconds), and the slowest
+    rank's seconds, peak RSS and trained seconds."""
+    loss_x_tokens, correct, tokens, steps_done, _, sync, load = sums
     steps_done /= world_size
     tokens_per_s = tokens_per_step * steps_done / elapsed
     return {
@@ -109,6 +109,8 @@ def step_record(
         "mfu": model_flops_utilisation(flops_per_token, tokens_per_s, peak_flops),
         # mean over ranks of the time spent waiting for gradients to be reduced
         "allreduce_share": sync / world_size / elapsed,
+        # mean over ranks of the time spent reading the step's batches
+        "load_share": load / world_size / elapsed,
         "peak_rss_mb": rss,
         "ranks": world_size,
         "trained_seconds": trained,
@@ -149,6 +151,7 @@ def summary_record(
     final: dict,
     checkpoint_url: str | None,
     timeline: dict,
+    loop_seconds: dict | None = None,
 ) -> dict:
     """summary.json: how the run ended, where and how it ran, and its throughput."""
     return {
@@ -182,6 +185,8 @@ def summary_record(
         "final": final,
         "checkpoint_url": checkpoint_url,
         "timeline": timeline,
+        # where rank 0's training-loop time went (loop.LOOP_PHASES, "other", "total")
+        "loop_seconds": loop_seconds or {},
     }
 
 

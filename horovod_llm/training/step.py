@@ -7,6 +7,7 @@ arguments, so that the model and the data stay free of any launcher.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -76,10 +77,11 @@ class Interval:
     """Sums over the steps between two log lines, reduced across ranks when logged."""
 
     def __init__(self):
-        self.sums = torch.zeros(6, dtype=torch.float64)  # loss*tokens, correct, tokens, steps, seconds, sync seconds
+        # loss*tokens, correct, tokens, steps, seconds, sync seconds, load seconds
+        self.sums = torch.zeros(7, dtype=torch.float64)
 
-    def add(self, result: StepResult, seconds: float) -> None:
-        values = [result.loss * result.tokens, result.correct, result.tokens, 1.0, seconds, result.sync_seconds]
+    def add(self, result: StepResult, seconds: float, load_seconds: float = 0.0) -> None:
+        values = [result.loss * result.tokens, result.correct, result.tokens, 1.0, seconds, result.sync_seconds, load_seconds]
         self.sums += torch.tensor(values, dtype=torch.float64)
 
     def reset(self) -> None:
@@ -97,17 +99,19 @@ def validate(
     batch_size: int,
     max_batches: int,
     reduce_sum: Callable[[torch.Tensor], torch.Tensor],
+    batches: list | None = None,
 ) -> dict:
     """Validation figures over every rank's shard of the validation split, scored as
     `horovod-llm evaluate --split val` scores it (`evaluate.score_split`): each window's
     targets after its first `overlap`, so every token once, with context.
 
     Each rank reads its own shard once (shards may differ in size); only the final
-    sums cross ranks, so an uneven shard cannot stall a collective.
+    sums cross ranks, so an uneven shard cannot stall a collective. `batches`: the
+    shard's batches already read (validation_batches), instead of reading them again.
     """
     totals = score_split(
         model, tokenizer_bytes, output_url, "val", overlap,
-        rank=rank, world_size=world_size, batch_size=batch_size, max_batches=max_batches, reduce_sum=reduce_sum,
+        rank=rank, world_size=world_size, batch_size=batch_size, max_batches=max_batches, reduce_sum=reduce_sum, batches=batches,
     )  # fmt: skip
     model.train()
     if totals.tokens == 0:
@@ -124,3 +128,16 @@ def validate(
         # that small (the run's report says which; `evaluate --split val` scores it all)
         "val_windows": totals.windows,
     }
+
+
+def validation_batches(output_url: str, rank: int, world_size: int, batch_size: int, max_batches: int) -> list | None:
+    """This rank's validation batches, read once and kept for every evaluation of a loop
+    entry, when train.eval_max_batches bounds them (a few MB at most); None (read at
+    each evaluation) when it does not. Opening the Parquet split anew for each
+    evaluation cost the demo about half a second every time (bench/overhead.py)."""
+    if not max_batches:
+        return None
+    from horovod_llm.data import dataset
+
+    with dataset.window_batches(output_url, "val", rank, world_size, batch_size, num_epochs=1, seed=0, shuffle=False) as batches:
+        return list(itertools.islice(batches, max_batches))

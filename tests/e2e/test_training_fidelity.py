@@ -189,7 +189,16 @@ def test_statistics_curves_and_horovod_options(fresh_run, tiny_dataset):
     for record in steps:
         assert 0 < record["mfu"] < 1 and 0 <= record["allreduce_share"] < 1
         assert record["step_time_s"] > 0 and record["tokens_per_s"] > 0 and math.isfinite(record["grad_norm"])
+        assert 0 < record["load_share"] < 1 and record["load_share"] + record["allreduce_share"] < 1
     assert steps[-1]["loss"] < steps[0]["loss"]
+    # where rank 0's loop time went: every phase measured, together within the loop's time
+    from horovod_llm.training.loop import LOOP_PHASES
+
+    spent = summary["loop_seconds"]
+    assert set(spent) == {*LOOP_PHASES, "other", "total"}
+    assert all(spent[phase] > 0 for phase in ("load", "compute", "allreduce_wait", "logging", "evaluation", "checkpoints", "epochs_and_commits"))
+    assert sum(spent[phase] for phase in LOOP_PHASES) <= spent["total"] and spent["other"] >= 0
+    assert spent["total"] <= summary["total_seconds"]
     evals = read_jsonl(fresh_run, "evals.jsonl")
     assert [e["step"] for e in evals] == [4, 8]
     assert all(math.isclose(e["val_perplexity"], math.exp(e["val_loss"]), rel_tol=1e-9) for e in evals)
@@ -217,3 +226,29 @@ def test_adasum_is_refused_on_a_gloo_only_build(fresh_run, tiny_dataset):
     config, _ = tiny_dataset
     with pytest.raises(UserError, match="adasum needs Horovod built with MPI"):
         launch_training(with_output(config, fresh_run, launcher="local", num_proc=1, allreduce_op="adasum"))
+
+
+def test_validation_from_kept_batches_scores_as_a_fresh_read(tiny_dataset):
+    """The loop reads its validation batches once per entry (step.validation_batches) and
+    scores them at every evaluation: the same figures as reading the split again, at the
+    first evaluation and at later ones."""
+    from horovod_llm.data.manifest import read_manifest
+    from horovod_llm.model import GPT, GPTConfig
+    from horovod_llm.training.step import validate, validation_batches
+
+    config, _ = tiny_dataset
+    out = config.output_url
+    manifest = read_manifest(out)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=manifest.tokenizer.vocab_size, block_size=manifest.window_size, n_layer=1, n_head=2, n_embd=16, dropout=0.0))
+    tokenizer_bytes = storage.read_bytes(layout.tokenizer_url(out))
+
+    def score(batches):
+        return validate(model, tokenizer_bytes, out, manifest.overlap, 0, 1, 2, 3, lambda t: t, batches=batches)
+
+    kept = validation_batches(out, 0, 1, 2, 3)
+    assert len(kept) == 3
+    fresh = score(None)
+    assert fresh["val_windows"] == 6
+    assert score(kept) == fresh and score(kept) == fresh  # a list, not a spent iterator
+    assert validation_batches(out, 0, 1, 2, 0) is None  # unbounded: read at each evaluation

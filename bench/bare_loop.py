@@ -1,0 +1,99 @@
+"""The bare loop: the ceiling the product's training step is measured against.
+
+    .venv/bin/python bench/bare_loop.py [--ranks 2] [--seconds 20] [--threads 1] [--json PATH] [key=value ...]
+
+Starts `--ranks` independent plain processes at once, each training configs/local.yaml's
+model (the demo recipe's: the same GPT, batch, AdamW with weight-decay groups, gradient
+clipping and torch threads as a rank) on random token ids held in memory: no loader, no
+allreduce, no metrics, no logging. Each reports the tokens/s of its steps after a
+warm-up; the arm's figure is their sum, which is what 2 ranks on the same cores could at
+best reach together. bench/overhead.py runs it beside the product.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import time
+
+from common import default_gpt_config, local_config, report, write_result
+
+
+def bare_rank(overrides: list[str], threads: int, seconds: float, warmup_steps: int, precision: str, seed: int, results) -> None:
+    """One process's loop, as nanoGPT's train.py does it on a CPU."""
+    import torch
+
+    from horovod_llm.model import GPT
+    from horovod_llm.training.precision import Precision
+
+    config = local_config(overrides)
+    train = config.train
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = GPT(default_gpt_config(config))
+    optimizer = torch.optim.AdamW(model.param_groups(train.weight_decay), lr=train.learning_rate, betas=(0.9, 0.95))
+    autocast = Precision(precision, "cpu").autocast
+    vocab, window = model.config.vocab_size, model.config.block_size + 1
+    generator = torch.Generator().manual_seed(seed)
+    batches = [torch.randint(4, vocab, (train.batch_size, window), generator=generator) for _ in range(8)]
+    model.train()
+    steps, started = 0, None
+    while True:
+        ids = batches[steps % len(batches)]
+        with autocast():
+            _, loss = model(ids[:, :-1], ids[:, 1:])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+        optimizer.step()
+        steps += 1
+        if steps == warmup_steps:
+            started, timed_from = time.perf_counter(), steps
+        elif started is not None and time.perf_counter() - started >= seconds:
+            break
+    elapsed = time.perf_counter() - started
+    tokens = (steps - timed_from) * train.batch_size * model.config.block_size
+    results.put({"tokens_per_s": tokens / elapsed, "steps": steps - timed_from, "step_s": elapsed / (steps - timed_from)})
+
+
+def run_bare(ranks: int, seconds: float, threads: int = 1, overrides: list[str] = (), precision: str = "fp32", warmup_steps: int = 10) -> dict:
+    """`ranks` bare processes at once: each one's tokens/s and their sum."""
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter, as a rank has
+    results = context.Queue()
+    processes = [context.Process(target=bare_rank, args=(list(overrides), threads, seconds, warmup_steps, precision, 1000 + r, results)) for r in range(ranks)]
+    for process in processes:
+        process.start()
+    per_process = [results.get(timeout=seconds + 300) for _ in processes]
+    for process in processes:
+        process.join()
+        if process.exitcode:
+            raise SystemExit(f"a bare process failed with status {process.exitcode}")
+    return {
+        "ranks": ranks,
+        "threads": threads,
+        "precision": precision,
+        "tokens_per_s": sum(p["tokens_per_s"] for p in per_process),
+        "per_process": per_process,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--json")
+    parser.add_argument("overrides", nargs="*", help="section.key=value for configs/local.yaml")
+    args = parser.parse_args()
+    result = run_bare(args.ranks, args.seconds, args.threads, args.overrides, args.precision)
+    each = ", ".join(f"{p['tokens_per_s']:.0f}" for p in result["per_process"])
+    report(f"bare loop, {args.ranks} process(es) x {args.threads} thread(s), {args.precision}: {result['tokens_per_s']:.0f} tokens/s ({each})")
+    write_result(args.json, result)
+    if not args.json:
+        print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
