@@ -27,6 +27,9 @@ thread, as the demo), then `horovod-llm evaluate --text-file` on the held-out te
              learned positions), built from this package's model with a character-level
              sentencepiece tokenizer and no Word2Vec
   recipe_random_init  the recipe without Word2Vec initialisation (its effect)
+  reference_bare  nanoGPT's CPU example in nanoGPT's own kind of loop: one plain process,
+             random offsets into the token array, no pipeline (bench/reference_trainer.py);
+             what a user gains over nanoGPT's trainer on the same machine
 The budget counts the training loop only; each run also reports the wall time of the whole
 job (Spark start, preprocessing, Horovod start, training, generation).
 """
@@ -75,6 +78,7 @@ ARMS = {
     "recipe": [],
     "reference": REFERENCE,
     "recipe_random_init": ["model.init_from_word2vec=false", "embedding.word2vec.enabled=false"],
+    "reference_bare": [],  # not the product: run_reference
 }
 
 
@@ -134,6 +138,8 @@ def run_arm(corpus_dir: Path, arm: str, budget_s: float, seed: int, overrides: l
     run left there would be resumed, and its dataset reused."""
     if score_on not in ("dev", "test"):
         raise ValueError(f"score_on must be 'dev' or 'test', not {score_on!r}")
+    if arm == "reference_bare":
+        return run_reference(corpus_dir, budget_s, seed, out, score_on)
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
     args = [
@@ -182,6 +188,50 @@ def run_arm(corpus_dir: Path, arm: str, budget_s: float, seed: int, overrides: l
         "run_wall_s": wall,
         "stages_s": pipeline["stages"],
         "train_stage_s": pipeline["train_stage"],
+    }
+
+
+def run_reference(corpus_dir: Path, budget_s: float, seed: int, out: Path, score_on: str) -> dict:
+    """bench/reference_trainer.py on the train slice for the budget, scored on `score_on`,
+    as a run of this bench (its whole job is the one process)."""
+    out.mkdir(parents=True, exist_ok=True)
+    script = Path(__file__).resolve().parent / "reference_trainer.py"
+    command = [sys.executable, str(script), "--train", str(corpus_dir / "train.txt"), "--score", str(corpus_dir / f"{score_on}.txt")]
+    command += ["--seconds", str(budget_s), "--seed", str(seed), "--json", str(out / "reference.json")]
+    started = time.perf_counter()
+    subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - started
+    result = json.loads((out / "reference.json").read_text())
+    characters = len((corpus_dir / "train.txt").read_text(encoding="utf-8"))
+    config = result["config"]
+    return {
+        "arm": "reference_bare",
+        "budget_s": budget_s,
+        "seed": seed,
+        "scored_on": score_on,
+        "overrides": [],
+        "nats_per_character": result["nats_per_character"],
+        "nll_per_token": result["nats_per_character"],
+        "characters_per_token": 1.0,
+        "steps": result["steps"],
+        "trained_seconds": budget_s,
+        "tokens_per_s": result["tokens_per_s"],
+        "precision": "fp32",
+        "parameters": result["parameters"],
+        "epochs": result["steps"] * config["batch_size"] * config["block_size"] / characters,
+        "recipe": {
+            "model_type": "char",
+            "vocab_size": result["vocabulary"],
+            "window_size": config["block_size"],
+            "overlap": None,
+            "n_layer": config["n_layer"],
+            "n_head": config["n_head"],
+            "n_embd": config["n_embd"],
+            "dropout": config["dropout"],
+            "batch_size": config["batch_size"],
+            "learning_rate": config["learning_rate"],
+        },
+        "run_wall_s": wall,
     }
 
 

@@ -311,9 +311,17 @@ def _log_step(entry: Entry, job: Job, clock: TrainingClock, stats, step: int, ep
     """The interval's figures, reduced across ranks, as a step record (logged by rank 0);
     the clock synced to the slowest rank, which sets the pace of a synchronous step."""
     comm = job.comm
-    sums = comm.allreduce(entry.interval.sums, "sum", name="metrics_sum").tolist()
+    # One collective for the sums and the maxima: each rank adds its seconds, peak RSS and
+    # trained seconds in its own slot, and every rank takes the maximum over the slots.
+    # Under Horovod each collective waits for a cycle of its background thread.
     mine = [float(entry.interval.sums[4]), peak_rss_mb(), entry.trained_seconds + time.perf_counter() - entry.entered]
-    elapsed, rss, trained = comm.allreduce(torch.tensor(mine, dtype=torch.float64), "max", name="max_time_rss").tolist()
+    sized = len(entry.interval.sums)
+    packed = torch.zeros(sized + len(mine) * comm.size, dtype=torch.float64)
+    packed[:sized] = entry.interval.sums
+    packed[sized + len(mine) * comm.rank : sized + len(mine) * (comm.rank + 1)] = torch.tensor(mine, dtype=torch.float64)
+    reduced = comm.allreduce(packed, "sum", name=f"interval_{comm.size}")
+    sums = reduced[:sized].tolist()
+    elapsed, rss, trained = reduced[sized:].view(comm.size, len(mine)).max(dim=0).values.tolist()
     record = step_record(
         step, epoch, lr, grad_norm, sums, elapsed, rss, trained, entry.world_size, entry.tokens_per_step, entry.flops_per_token, entry.peak_flops
     )

@@ -9,6 +9,7 @@ from tests.conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "bench"))  # bench scripts import each other as top-level modules
 import quality  # noqa: E402
+import reference_trainer  # noqa: E402
 import sweep  # noqa: E402
 
 
@@ -48,3 +49,29 @@ def test_sweeps_score_the_dev_slice_and_the_quality_bench_the_test_slice(monkeyp
     # run_arm scores only a slice the rule was not tuned on unless asked for dev
     with pytest.raises(ValueError):
         quality.run_arm(tmp_path, "recipe", 1.0, 1, [], tmp_path / "out", score_on="train")
+
+
+@pytest.mark.parametrize("length", [2, 64, 65, 66, 80, 81, 1000, 1017])
+def test_the_reference_scores_every_character_once(length):
+    """bench/reference_trainer.py: windows every 16 characters, each scoring past its first
+    48, cover the text's characters (all but the first) exactly once."""
+    import torch
+
+    from horovod_llm.model import GPT, GPTConfig
+
+    text = "".join(chr(97 + (i * 7) % 26) for i in range(length))
+    vocabulary = {ch: i for i, ch in enumerate(sorted(set(text)), start=1)}
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=len(vocabulary) + 2, block_size=64, n_layer=1, n_head=1, n_embd=8, positional="learned"))
+    nll, counted = reference_trainer.scored_characters(model, vocabulary, text)
+    assert counted == length - 1 and nll > 0
+
+
+def test_the_reference_trainer_learns_and_ends_with_its_budget():
+    plays = quality.CORPORA["shakespeare"]()
+    text, held_out = plays[:200_000], plays[300_000:303_000]
+    model, vocabulary, steps, tokens_per_s = reference_trainer.train(text, seconds=4.0, seed=101)
+    untrained, _, _, _ = reference_trainer.train(text, seconds=0.0, seed=101)
+    assert steps > 10 and tokens_per_s > 0
+    # ln(vocabulary) nats at the start; well below it after a few seconds
+    assert reference_trainer.nats_per_character(model, vocabulary, held_out) < reference_trainer.nats_per_character(untrained, vocabulary, held_out) - 0.5
