@@ -146,7 +146,9 @@ class TrainConfig:
     # Milliseconds between the cycles of Horovod's background thread (HOROVOD_CYCLE_TIME,
     # which wins when set). Horovod's 1 ms default wakes the thread a thousand times a
     # second; with every core busy computing, that cost 2 ranks on 2 cores about 10% of
-    # their throughput here (bench/results.md). Steps take a second: 10 ms costs nothing.
+    # their throughput here (bench/results.md). Each collective waits for a cycle: the
+    # loop issues one per step (the gradient) and one per log line; 2 ms ran as fast as
+    # 10 on the demo's 70 ms steps, 0.5 ms slower (issue 28's measurements).
     horovod_cycle_time_ms: float = 10.0
     # The arithmetic of the forward and backward passes: fp32; bf16 or fp16 under autocast,
     # with fp32 weights, optimizer state and checkpoints (fp16 with a gradient scaler, for
