@@ -60,8 +60,9 @@ def learning_rate(step: int, elapsed_fraction: float) -> float:
     return c["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c["learning_rate"] - c["min_lr"])
 
 
-def train(train_text: str, seconds: float, seed: int):
-    """(model, vocabulary, steps, tokens/s) after `seconds` of nanoGPT's loop."""
+def train(train_text: str, seconds: float, seed: int, max_steps: int | None = None):
+    """(model, vocabulary, steps, tokens/s) after `seconds` of nanoGPT's loop (or
+    `max_steps` steps, if fewer: the tests' fixed amount of work on a busy machine)."""
     import torch
 
     from horovod_llm.model import GPT, GPTConfig
@@ -85,7 +86,7 @@ def train(train_text: str, seconds: float, seed: int):
 
     model.train()
     step, started = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < seconds:
+    while (elapsed := time.perf_counter() - started) < seconds and (max_steps is None or step < max_steps):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, elapsed / seconds)
         ids = get_batch()

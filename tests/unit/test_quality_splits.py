@@ -68,10 +68,17 @@ def test_the_reference_scores_every_character_once(length):
 
 
 def test_the_reference_trainer_learns_and_ends_with_its_budget():
+    """A fixed number of steps learns (a step count, not seconds: the suite's machine is
+    busy), and a budget of seconds ends the loop."""
+    import time
+
     plays = quality.CORPORA["shakespeare"]()
     text, held_out = plays[:200_000], plays[300_000:303_000]
-    model, vocabulary, steps, tokens_per_s = reference_trainer.train(text, seconds=4.0, seed=101)
+    model, vocabulary, steps, tokens_per_s = reference_trainer.train(text, seconds=600.0, seed=101, max_steps=60)
     untrained, _, _, _ = reference_trainer.train(text, seconds=0.0, seed=101)
-    assert steps > 10 and tokens_per_s > 0
-    # ln(vocabulary) nats at the start; well below it after a few seconds
+    assert steps == 60 and tokens_per_s > 0
+    # ln(vocabulary) nats at the start; well below it after 60 steps
     assert reference_trainer.nats_per_character(model, vocabulary, held_out) < reference_trainer.nats_per_character(untrained, vocabulary, held_out) - 0.5
+    started = time.perf_counter()
+    _, _, budgeted, _ = reference_trainer.train(text, seconds=1.0, seed=101)
+    assert budgeted >= 1 and time.perf_counter() - started < 1.0 + 30.0  # the budget, and one last step
