@@ -62,6 +62,13 @@ def machine() -> dict:
     }
 
 
+def git_commit() -> str:
+    """The checkout a figure was measured on ("-dirty" when it had uncommitted changes)."""
+    import subprocess
+
+    return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 

@@ -31,12 +31,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import tempfile
 from pathlib import Path
 
 from bare_loop import run_bare
-from common import REPO_ROOT, load_average, local_config, median, report, write_result
+from common import git_commit, load_average, local_config, median, report, write_result
 from launchers import LAUNCHERS, train_once
 
 TARGET_IN_STEP, TARGET_LOOP, TARGET_SCALING = 0.90, 0.85, 0.85
@@ -44,7 +43,7 @@ TARGET_IN_STEP, TARGET_LOOP, TARGET_SCALING = 0.90, 0.85, 0.85
 
 def product_run(spark, launcher: str, ranks: int, minutes: float, folder: Path) -> dict:
     """One product run at the demo's intervals (configs/local.yaml), pinned to fp32."""
-    run = train_once(spark, launcher, ranks, folder, minutes=minutes, demo_intervals=True)
+    run = train_once(spark, launcher, ranks, folder, minutes=minutes)
     run["in_step_tokens_per_s"] = run.pop("tokens_per_s")
     return run
 
@@ -122,9 +121,8 @@ def main() -> None:
                         )
     finally:
         spark.stop()
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
     result = {
-        "commit": commit,
+        "commit": git_commit(),
         "repeats": args.repeats,
         "minutes": args.minutes,
         "precision": "fp32",

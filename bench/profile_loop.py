@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import DATASET_URL, REPO_ROOT, report, write_result
+from common import DATASET_URL, REPO_ROOT, git_commit, report, write_result
 
 # (pattern on the frame below train_loop or train_step, category): first match wins.
 LOOP_CATEGORIES = [
@@ -93,7 +93,6 @@ def main() -> None:
     py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     if not py_spy:
         raise SystemExit("py-spy is not installed: pip install py-spy (the dev extra has it)")
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         out.mkdir()
@@ -115,7 +114,7 @@ def main() -> None:
     mean = {c: sum(r["shares"].get(c, 0.0) for r in ranks) / len(ranks) for c in categories}
     for category in categories:
         report(f"{category:24s} {mean[category]:6.1%}  (" + ", ".join(f"{r['shares'].get(category, 0):.1%}" for r in ranks) + ")")
-    write_result(args.json, {"label": args.label, "commit": commit, "minutes": args.minutes, "ranks": ranks, "mean_shares": mean})
+    write_result(args.json, {"label": args.label, "commit": git_commit(), "minutes": args.minutes, "ranks": ranks, "mean_shares": mean})
 
 
 if __name__ == "__main__":

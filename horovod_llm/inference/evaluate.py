@@ -23,6 +23,7 @@ import itertools
 import math
 import re
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -199,16 +200,20 @@ def score_split(
     validation both score with this function, so their figures mean the same."""
     texts = piece_texts(tokenizer.load(tokenizer_bytes))
     model.eval()
-    if batches is not None:  # the shard's batches, already read (training's validation)
-        totals = score_windows(model, itertools.islice(batches, max_batches or None), overlap, texts)
-    else:
-        with dataset.window_batches(output_url, split, rank, world_size, batch_size, num_epochs=1, seed=0, shuffle=False) as read:
-            totals = score_windows(model, itertools.islice(read, max_batches or None), overlap, texts)
+    # `batches`: the shard's batches already read (training's validation keeps them)
+    with nullcontext(batches) if batches is not None else shard_batches(output_url, split, rank, world_size, batch_size) as read:
+        totals = score_windows(model, itertools.islice(read, max_batches or None), overlap, texts)
     if reduce_sum is not None:
         summed = reduce_sum(torch.tensor([totals.nll, totals.correct, totals.tokens, totals.characters, totals.words, totals.windows], dtype=torch.float64))
         nll, correct, tokens, characters, words, windows = summed.tolist()
         totals = Totals(nll, int(correct), int(tokens), int(characters), int(words), int(windows))
     return totals
+
+
+def shard_batches(output_url: str, split: str, rank: int, world_size: int, batch_size: int):
+    """This rank's batches of a split, once, in the order scoring reads them (a context
+    manager around dataset.window_batches)."""
+    return dataset.window_batches(output_url, split, rank, world_size, batch_size, num_epochs=1, seed=0, shuffle=False)
 
 
 def evaluate_split(model: GPT, tokenizer_bytes: bytes, output_url: str, split: str = "val", batch_size: int = 8) -> dict:

@@ -19,7 +19,8 @@ def batch_metrics(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, f
 
     A prediction is correct when the target's logit is the largest: compared with the
     maximum (`amax`) rather than through `argmax`, which on a CPU took 2.7 ms of a 70 ms
-    step of the demo's model, 20 times as long (bench/overhead.py). The two differ only
+    step of the demo's model, 20 times as long (bench/profile_loop.py: 2.3% of the loop
+    before, 0.4% after). The two differ only
     when the target ties another logit for the top, which argmax settles by position."""
     mask = targets != PAD_ID
     target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)

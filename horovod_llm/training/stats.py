@@ -151,7 +151,7 @@ def summary_record(
     final: dict,
     checkpoint_url: str | None,
     timeline: dict,
-    loop_seconds: dict | None = None,
+    loop_seconds: dict,
 ) -> dict:
     """summary.json: how the run ended, where and how it ran, and its throughput."""
     return {
@@ -186,7 +186,7 @@ def summary_record(
         "checkpoint_url": checkpoint_url,
         "timeline": timeline,
         # where rank 0's training-loop time went (loop.LOOP_PHASES, "other", "total")
-        "loop_seconds": loop_seconds or {},
+        "loop_seconds": loop_seconds,
     }
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from horovod_llm.config import TrainConfig
-from horovod_llm.inference.evaluate import score_split, summarize
+from horovod_llm.inference.evaluate import score_split, shard_batches, summarize
 from horovod_llm.model import GPT
 from horovod_llm.training.metrics import batch_metrics
 from horovod_llm.training.precision import Precision
@@ -132,12 +132,10 @@ def validate(
 
 def validation_batches(output_url: str, rank: int, world_size: int, batch_size: int, max_batches: int) -> list | None:
     """This rank's validation batches, read once and kept for every evaluation of a loop
-    entry, when train.eval_max_batches bounds them (a few MB at most); None (read at
-    each evaluation) when it does not. Opening the Parquet split anew for each
-    evaluation cost the demo about half a second every time (bench/overhead.py)."""
+    entry, when train.eval_max_batches bounds them (a few MB at most), so that an
+    evaluation does not open the Parquet split and start a reader again; None (read at
+    each evaluation) when it does not bound them."""
     if not max_batches:
         return None
-    from horovod_llm.data import dataset
-
-    with dataset.window_batches(output_url, "val", rank, world_size, batch_size, num_epochs=1, seed=0, shuffle=False) as batches:
+    with shard_batches(output_url, "val", rank, world_size, batch_size) as batches:
         return list(itertools.islice(batches, max_batches))
