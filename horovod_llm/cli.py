@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import logging
 import os
 import sys
+import threading
+import time
 
 from horovod_llm import __version__, progress, storage
 from horovod_llm.config import CONFIG_DIR, RunConfig, load_config
@@ -227,12 +230,32 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The whole job: preprocess, train, then generate a sample."""
+    config = _load(args)
+    started = None
+    if config.train.device != "cuda":  # a CUDA run is refused where there is none before Spark starts
+        began = time.perf_counter()
+        started = (_spark_while_torch_imports(config), time.perf_counter() - began)
     from horovod_llm.pipeline import run_pipeline
 
-    config = _load(args)
-    report = run_pipeline(config, force=args.force)
+    report = run_pipeline(config, force=args.force, started_spark=started)
     sys.stdout.write(report + "\n")
     return 0
+
+
+def _spark_while_torch_imports(config: RunConfig):
+    """The SparkSession, started while a thread imports torch: the pipeline's modules
+    need torch (a second to import) and the JVM's start (3 s) is a wait that holds no
+    GIL. Only torch goes to the thread, and numpy, which both import, is imported first:
+    two threads importing modules that import each other could deadlock."""
+    import numpy  # noqa: F401
+
+    from horovod_llm.spark import spark_session
+
+    importing = threading.Thread(target=importlib.import_module, args=("torch",), name="import-torch", daemon=True)
+    importing.start()
+    spark = spark_session(config.spark)
+    importing.join()
+    return spark
 
 
 def cmd_emr(args: argparse.Namespace) -> int:

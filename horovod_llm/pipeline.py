@@ -30,15 +30,20 @@ def train_stage_split(started_at: float, ended_at: float, timeline: dict) -> dic
     }
 
 
-def run_pipeline(config: RunConfig, force: bool = False) -> str:
+def run_pipeline(config: RunConfig, force: bool = False, started_spark: tuple | None = None) -> str:
     """Run every stage; return the report printed at the end (sample and final metrics).
-    Stage seconds go to `stats/pipeline.json` under output_url."""
+    Stage seconds go to `stats/pipeline.json` under output_url. `started_spark`: a
+    session the caller started and the seconds it took (`horovod-llm run` starts it
+    while torch imports)."""
     check_device_here(config)  # before Spark starts
     timings = {}
-    started = time.perf_counter()
-    # The Horovod launcher needs the session too; the local launchers do not.
-    spark = spark_session(config.spark)
-    timings["spark_start"] = time.perf_counter() - started
+    if started_spark is None:
+        started = time.perf_counter()
+        # The Horovod launcher needs the session too; the local launchers do not.
+        spark = spark_session(config.spark)
+        timings["spark_start"] = time.perf_counter() - started
+    else:
+        spark, timings["spark_start"] = started_spark
     if launchers.launcher(config.train.launcher).on_spark_tasks:
         # A cluster that cannot run the ranks is refused before preprocessing, not after
         # (training checks again: executors may come and go while preprocessing runs).

@@ -57,14 +57,16 @@ def session_settings(config: SparkConfig, extra_conf: dict[str, str] | None = No
     return {**ours, **config.conf, **(extra_conf or {})}
 
 
-def last_stage_id(session) -> int:
-    """The highest stage id so far: stages after it belong to the work that follows."""
-    return max((s["stage_id"] for s in stage_metrics(session) or []), default=-1)
+def group_jobs(session, group: str) -> dict[int, list[int]]:
+    """The jobs of a Spark job group: their stage ids, by job id."""
+    tracker = session.sparkContext.statusTracker()
+    jobs = ((job, tracker.getJobInfo(job)) for job in tracker.getJobIdsForGroup(group))
+    return {job: list(info.stageIds) for job, info in jobs if info is not None}
 
 
-def stage_metrics(session, after_stage_id: int = -1) -> list[dict] | None:
-    """Per-stage counters from Spark's status store (works with the UI off); None when
-    the JVM API differs from Spark 3.5's.
+def stage_metrics(session, stage_ids: set[int] | None = None) -> list[dict] | None:
+    """Per-stage counters from Spark's status store (works with the UI off), of the
+    given stages or of all; None when the JVM API differs from Spark 3.5's.
 
     Reached through py4j because PySpark's StatusTracker exposes no shuffle or run-time
     figures. Metrics are a report, never a failure; but an unavailable report says so
@@ -79,7 +81,7 @@ def stage_metrics(session, after_stage_id: int = -1) -> list[dict] | None:
         rows, iterator = [], stages.iterator()
         while iterator.hasNext():
             stage = iterator.next()
-            if stage.stageId() > after_stage_id:
+            if stage_ids is None or stage.stageId() in stage_ids:
                 rows.append(
                     {
                         "stage_id": stage.stageId(),

@@ -11,8 +11,10 @@ carry the similarity structure, are what initialisation transfers.
 
 from __future__ import annotations
 
+import importlib
 import io
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,12 @@ from horovod_llm import storage
 log = logging.getLogger(__name__)
 
 MATRIX_FILE = "word2vec.npy"
+
+
+def import_in_background() -> None:
+    """Import gensim (0.7 s) on a thread while the driver waits on Spark jobs, so that
+    Word2Vec's stage does not start with it."""
+    threading.Thread(target=importlib.import_module, args=("gensim.models",), name="import-gensim", daemon=True).start()
 
 
 def train_word2vec(sample_path: Path, *, vector_size: int, window: int, min_count: int, epochs: int, workers: int, seed: int):
