@@ -25,6 +25,7 @@ from horovod_llm.log import rank_logger
 from horovod_llm.model import GPT
 from horovod_llm.progress import is_terminal, training_bar, training_fraction, wants_bars
 from horovod_llm.training.comm import Collectives
+from horovod_llm.training.events import watch_hint
 from horovod_llm.training.metrics import peak_rss_mb
 from horovod_llm.training.precision import MIN_SPEEDUP, Calibration, Precision, choose
 from horovod_llm.training.resume import rng_state
@@ -138,7 +139,7 @@ def train_loop(state, job: Job) -> dict:
     evaluation, an epoch's end, a checkpoint, an elastic commit; until the last step or
     the budget."""
     config, train, comm = job.config, job.config.train, job.comm
-    model, optimizer, is_main = state.model, state.optimizer, comm.rank == 0
+    is_main = comm.rank == 0
     job.beat.rank = comm.rank  # elastic: a reset may have re-ranked this process
     job.beat("loop", state.step)
     progress = rank_logger(__name__, is_main)  # the other ranks log warnings and errors only
@@ -146,15 +147,23 @@ def train_loop(state, job: Job) -> dict:
         state.data_seed, state.consumed, state.reader_world = train.seed + state.step, 0, comm.size
     if comm.elastic:
         _count_time_lost_to_reset(state, job, progress)
-    entry = _enter(state, job, model)
-    stats = StatsWriter(config.output_url) if is_main else NullStats()
-    stats.resume(state.step)
+    entry = _enter(state, job, state.model)
+    stats = StatsWriter(config.output_url, state.step) if is_main else NullStats()
+    with stats:
+        return _train_entry(state, job, entry, stats, progress)
+
+
+def _train_entry(state, job: Job, entry: Entry, stats, progress) -> dict:
+    """train_loop's steps, with this entry's statistics writer."""
+    config, train, comm = job.config, job.config.train, job.comm
+    model, optimizer, is_main = state.model, state.optimizer, comm.rank == 0
     clock = TrainingClock(job.budget_seconds, synced_seconds=state.trained_seconds, synced_step=state.step)
     progress.info(
         "training %.2fM parameters on %d rank(s) x %d thread(s) on %s in %s: from step %d to %s (%d steps per epoch), %d tokens per step, peak %.0f GFLOP/s",
         model.num_parameters() / 1e6, comm.size, job.threads, job.device.type, entry.precision.name, state.step + 1, job.ends(), job.steps_per_epoch,
         entry.tokens_per_step, entry.peak_flops / 1e9,
     )  # fmt: skip
+    progress.info("watch it: %s", watch_hint(layout.stats_url(config.output_url)))
     model.train()
     micro, last = train.backward_passes_per_step, False
     reader = dataset.window_batches(
@@ -220,11 +229,12 @@ def train_loop(state, job: Job) -> dict:
             if (train.checkpoint_interval and step % train.checkpoint_interval == 0) or last:
                 with entry.timed("checkpoints"):
                     _save_checkpoint(entry, job, state, clock, step, epoch, progress)
+                    stats.sync()  # on S3, the statistics and events reach it with each checkpoint
             if comm.elastic and (step % train.elastic_commit_interval == 0 or last):
                 with entry.timed("epochs_and_commits"):
                     state.trained_seconds = clock.seconds_at(step)
                     job.committed_at = time.perf_counter()
-                    stats.flush()  # a new rank 0 after a reset continues from these records
+                    stats.sync()  # a new rank 0 after a reset continues from these records
                     state.commit()  # Horovod elastic: the point a reset rolls back to
 
     summary = run_summary(job, entry, state.step, clock, model.num_parameters())

@@ -1,27 +1,42 @@
 """Training statistics under {output_url}/stats: steps.jsonl (per logged step),
-evals.jsonl (per evaluation), epochs.jsonl (per epoch) and summary.json; and the other
-outputs of a finished run (model.zip, the curves).
+evals.jsonl (per evaluation), epochs.jsonl (per epoch), TensorBoard events
+(events.py) and summary.json; and the other outputs of a finished run (model.zip, the
+plots).
 
 Only the logging rank writes; the others get a `NullStats`, which keeps `if rank == 0`
-out of the training loop. Files are rewritten whole on each flush because object
-stores cannot append; they stay small (one line per logged step).
+out of the training loop. Records are written as they are logged, where the storage
+allows: on local disk each JSONL line is appended and the events flushed at once, so a
+killed run keeps both up to its last log line. An object store cannot append: on S3 the
+JSONL files are rewritten whole and the event file uploaded at each `sync`
+(checkpoints, elastic commits, the end), which costs a PUT per file of the run's records
+so far (docs/statistics.md gives the sizes).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import time
 
 import numpy as np
 
 from horovod_llm import layout, storage
+from horovod_llm.training.events import EPOCH_SCALARS, EVAL_SCALARS, STEP_SCALARS, EventsWriter
 from horovod_llm.training.metrics import model_flops_utilisation
+
+log = logging.getLogger(__name__)
+
+STATS_FILES = ("steps.jsonl", "epochs.jsonl", "evals.jsonl")
 
 
 class NullStats:
-    def resume(self, step: int) -> None:
-        pass
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def log_step(self, record: dict) -> None:
         pass
@@ -32,47 +47,103 @@ class NullStats:
     def log_eval(self, record: dict) -> None:
         pass
 
+    def sync(self) -> None:
+        pass
+
     def write_summary(self, summary: dict) -> None:
         pass
 
-    def flush(self) -> None:
+    def close(self) -> None:
         pass
+
+
+def read_records(url: str) -> list[dict]:
+    """A JSONL file's records; a last line cut short (a machine that went down while it
+    was written) is left out."""
+    if not storage.exists(url):
+        return []
+    records = []
+    lines = storage.read_text(url).splitlines()
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if i < len(lines) - 1:
+                raise
+            log.warning("%s: its last line was cut short; left out", url)
+    return records
 
 
 class StatsWriter(NullStats):
-    def __init__(self, output_url: str):
-        self.root = layout.stats_url(output_url)
-        self.steps: list[dict] = []
-        self.epochs: list[dict] = []
-        self.evals: list[dict] = []
+    """Rank 0's statistics from `step` on: the records an earlier run logged up to
+    `step` (the checkpoint or commit it resumes from) are kept, the later ones dropped,
+    since this entry trains those steps again."""
 
-    def resume(self, step: int) -> None:
-        """Keep the records of an earlier run up to `step`, the checkpoint resumed from."""
-        for name, records in self._files():
-            url = storage.join(self.root, name)
-            if storage.exists(url):
-                records[:] = [r for r in map(json.loads, storage.read_text(url).splitlines()) if r["step"] <= step]
+    def __init__(self, output_url: str, step: int):
+        self.root = layout.stats_url(output_url)
+        self.append = not storage.is_remote(self.root)
+        self.records: dict[str, list[dict]] = {}
+        for name in STATS_FILES:
+            self.records[name] = [r for r in read_records(storage.join(self.root, name)) if r["step"] <= step]
+        self._rewrite()  # once: what an earlier run logged after `step` goes
+        self.events = EventsWriter(self.root, first_step=step + 1)
+
+    @property
+    def steps(self) -> list[dict]:
+        return self.records["steps.jsonl"]
+
+    @property
+    def evals(self) -> list[dict]:
+        return self.records["evals.jsonl"]
 
     def log_step(self, record: dict) -> None:
-        self.steps.append(record)
+        self._log("steps.jsonl", record, STEP_SCALARS)
 
     def log_epoch(self, record: dict) -> None:
-        self.epochs.append(record)
-        self.flush()
+        self._log("epochs.jsonl", record, EPOCH_SCALARS)
 
     def log_eval(self, record: dict) -> None:
-        self.evals.append(record)
+        self._log("evals.jsonl", record, EVAL_SCALARS)
 
-    def _files(self):
-        return (("steps.jsonl", self.steps), ("epochs.jsonl", self.epochs), ("evals.jsonl", self.evals))
+    def _log(self, name: str, record: dict, scalars: dict[str, str]) -> None:
+        self.records[name].append(record)
+        self.events.add(record, scalars)
+        if self.append:
+            append_line(storage.join(self.root, name), json.dumps(record) + "\n")
+            self.events.flush()
 
-    def flush(self) -> None:
-        for name, records in self._files():
+    def _rewrite(self) -> None:
+        for name, records in self.records.items():
             storage.write_text(storage.join(self.root, name), "".join(json.dumps(r) + "\n" for r in records))
 
+    def sync(self) -> None:
+        """Everything logged so far, where readers find it: on S3 the JSONL files
+        rewritten and the event file uploaded (at checkpoints, commits and the end); on
+        local disk it already is."""
+        if self.append:
+            self.events.sync()
+            return
+        started = time.perf_counter()
+        self._rewrite()
+        sent = self.events.sync()
+        log.debug("statistics synced to %s: event file %d bytes, in %.2f s", self.root, sent, time.perf_counter() - started)
+
     def write_summary(self, summary: dict) -> None:
-        self.flush()
+        self.sync()
         storage.write_json(storage.join(self.root, "summary.json"), summary)
+
+    def close(self) -> None:
+        self.events.close()
+
+
+def append_line(path: str, line: str) -> None:
+    """One record appended in one write(2) call: a process killed at any moment leaves
+    whole lines (O_APPEND; the data is the kernel's once the call returns)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(fd, line.encode("utf-8"))
+    finally:
+        os.close(fd)
 
 
 def step_record(
@@ -192,11 +263,12 @@ def summary_record(
 
 def write_run_outputs(stats: StatsWriter, summary: dict, checkpoint_url: str, output_url: str) -> None:
     """The end of a run (rank 0): the final model as one self-contained file (weights,
-    config, tokenizer), the summary with the statistics, TensorBoard events and plots."""
+    config, tokenizer), the summary with the statistics (and, on S3, the last events
+    and records), and the plots."""
     from horovod_llm import checkpoint
-    from horovod_llm.training.plots import write_curves
+    from horovod_llm.training.plots import write_plots
 
     summary["model_zip_url"] = storage.join(output_url, checkpoint.MODEL_ZIP)
     checkpoint.export_model_zip(checkpoint_url, summary["model_zip_url"])
     stats.write_summary(summary)
-    write_curves(layout.stats_url(output_url), stats.steps, stats.evals)
+    write_plots(layout.stats_url(output_url), stats.steps, stats.evals)

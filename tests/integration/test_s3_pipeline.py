@@ -53,6 +53,45 @@ def test_preprocess_and_train_write_every_output_to_s3(s3_run):
     assert body["steps"] == 4 and body["ranks"] == 2 and body["model_zip_url"] == "s3://runs/tiny/model.zip"
 
 
+def test_statistics_and_events_reach_s3_at_each_checkpoint_while_it_trains(s3_run, tmp_path):
+    """Issue 29: with an s3:// output_url the JSONL records and the event file are
+    uploaded at every checkpoint (an object store cannot be appended to), and TensorBoard
+    reads them from a synced copy."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    s3, config, _, _ = s3_run
+    for key in keys(s3, "runs", "tiny/dataset/") | keys(s3, "runs", "tiny/tokenizer/") | keys(s3, "runs", "tiny/embeddings/"):
+        s3.copy_object(Bucket="runs", Key=key.replace("tiny/", "live/", 1), CopySource={"Bucket": "runs", "Key": key})
+    command = [
+        sys.executable, "-m", "horovod_llm.cli", "train", "--config", str(TINY_CONFIG), "output_url=s3://runs/live",
+        f"storage.s3.endpoint_url={config.storage.s3.endpoint_url}", "train.launcher=local", "train.num_proc=1",
+        "train.batch_size=64", "train.max_steps=100000", "train.checkpoint_interval=20", "train.log_interval=5",
+    ]  # fmt: skip
+    training = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not [k for k in keys(s3, "runs", "live/checkpoints/") if k.endswith("step-00000040/COMPLETE")]:
+            assert training.poll() is None and time.monotonic() < deadline, training.communicate()[1][-3000:]
+            time.sleep(0.3)
+        # The checkpoint's COMPLETE lands before the statistics follow it: wait for them.
+        while not any(r["step"] == 40 for r in map(json.loads, s3.get_object(Bucket="runs", Key="live/stats/steps.jsonl")["Body"].read().splitlines())):
+            assert training.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        events = [k for k in keys(s3, "runs", "live/stats/tensorboard/")]
+        folder = tmp_path / "tensorboard"
+        folder.mkdir()
+        for key in events:  # what `aws s3 sync` would fetch
+            s3.download_file("runs", key, str(folder / key.rsplit("/", 1)[1]))
+        assert training.poll() is None  # read while it trains
+    finally:
+        training.kill()
+        training.communicate()
+    accumulator = EventAccumulator(str(folder))
+    accumulator.Reload()
+    steps = [event.step for event in accumulator.Scalars("train/loss")]
+    assert steps[:8] == [5, 10, 15, 20, 25, 30, 35, 40], steps
+
+
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "horovod_llm.cli", *args], capture_output=True, text=True, timeout=600)
 

@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-SCRIPTS = ["emr/bootstrap.sh", "scripts/install-stack.sh"]
+SCRIPTS = ["emr/bootstrap.sh", "scripts/install-stack.sh", "scripts/tensorboard-screenshot.sh"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
