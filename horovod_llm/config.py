@@ -8,6 +8,7 @@ semantic problem and reports them at once.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -274,6 +275,15 @@ class StorageConfig:
 
 
 @dataclass
+class TrackingConfig:
+    # MLflow (pip install horovod-llm[mlflow]): off unless a URI is set here or in
+    # MLFLOW_TRACKING_URI. Rank 0 logs; a server that fails warns once and training goes on.
+    mlflow_uri: str | None = None
+    experiment: str = "horovod-llm"
+    run_name: str | None = None  # null: the output_url's last part
+
+
+@dataclass
 class RunConfig:
     output_url: str = "runs/local"
     log_level: str = "INFO"
@@ -289,6 +299,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     emr: EmrConfig = field(default_factory=EmrConfig)
 
 
@@ -327,6 +338,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise UserError(f"config file {path} is not valid YAML ({first}): fix the syntax") from None
         raise
     flatten_settings(config)
+    if config.tracking.mlflow_uri is None and os.environ.get("MLFLOW_TRACKING_URI"):
+        config.tracking.mlflow_uri = os.environ["MLFLOW_TRACKING_URI"]  # MLflow's own variable turns tracking on too
     validate(config)
     return config
 

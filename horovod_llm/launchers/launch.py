@@ -10,12 +10,13 @@ from horovod_llm import checkpoint, launchers, layout
 from horovod_llm.config import RunConfig, validate
 from horovod_llm.data.dataset import check_only_our_files
 from horovod_llm.data.manifest import read_manifest
-from horovod_llm.errors import JobFailed
+from horovod_llm.errors import JobFailed, UserError
 from horovod_llm.launchers.horovod_env import horovod_mpi_built
 from horovod_llm.spark import is_local
 from horovod_llm.training import recipe
 from horovod_llm.training.device import check_cuda_here
 from horovod_llm.training.job import check_job, model_config
+from horovod_llm.training.tracking import mlflow_missing
 from horovod_llm.training.train import train_worker
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ def preflight(config: RunConfig) -> RunConfig:
     before any rank starts, what the ranks would refuse."""
     validate(config)  # a config built in code, not loaded, is checked here
     check_device_here(config)
+    if config.tracking.mlflow_uri and (missing := mlflow_missing()):
+        raise UserError(missing)  # the ranks would only warn and train untracked
     mpi_built = horovod_mpi_built(launchers.launcher(config.train.launcher))
     manifest = read_manifest(config.output_url)
     for split in layout.SPLITS:  # what every rank would refuse, refused once, here

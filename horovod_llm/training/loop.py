@@ -4,6 +4,7 @@ pieces it calls at their intervals. `train.py` sets a rank up and runs it."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -32,6 +33,7 @@ from horovod_llm.training.resume import rng_state
 from horovod_llm.training.schedule import TrainingClock, learning_rate_at
 from horovod_llm.training.stats import NullStats, StatsWriter, epoch_record, step_record, summary_record, write_run_outputs
 from horovod_llm.training.step import Interval, train_step, validate, validation_batches
+from horovod_llm.training.tracking import NullTracker, git_commit, start_tracking
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,8 @@ class Job:
     # state, so a reset does not roll it back: the time since, lost to the reset and to
     # the steps it undid, still counts against the budget.
     committed_at: float | None = None
+    # The MLflow run rank 0 logs into (tracking.py), kept across an elastic reset's re-entry.
+    tracking_run_id: str | None = None
 
     @property
     def budget_seconds(self) -> float:
@@ -148,9 +152,28 @@ def train_loop(state, job: Job) -> dict:
     if comm.elastic:
         _count_time_lost_to_reset(state, job, progress)
     entry = _enter(state, job, state.model)
-    stats = StatsWriter(config.output_url, state.step) if is_main else NullStats()
+    stats = StatsWriter(config.output_url, state.step, tracker=_tracker(job, entry, state.step)) if is_main else NullStats()
     with stats:
         return _train_entry(state, job, entry, stats, progress)
+
+
+def _tracker(job: Job, entry: Entry, step: int):
+    """Rank 0's MLflow tracker for this entry (a NullTracker where tracking is off), in
+    the run the job or the latest checkpoint names, tagged with where and how it runs."""
+    if not job.config.tracking.mlflow_uri:
+        return NullTracker()
+    tags = {
+        "horovod_llm.launcher": job.launch_info.get("launcher", ""),
+        "horovod_llm.backend": job.comm.backend,
+        "horovod_llm.ranks": str(entry.world_size),
+        "horovod_llm.hosts": json.dumps(sorted({p["host"] for p in entry.placement})),
+        "horovod_llm.placement": json.dumps([{"rank": p["rank"], "host": p["host"], "device": p["device"]} for p in entry.placement]),
+        "horovod_llm.dataset": job.manifest.fingerprint,
+        **({"mlflow.source.git.commit": commit} if (commit := git_commit()) else {}),
+    }
+    tracker = start_tracking(job.config, step, job.tracking_run_id, tags)
+    job.tracking_run_id = tracker.run_id or job.tracking_run_id
+    return tracker
 
 
 def _train_entry(state, job: Job, entry: Entry, stats, progress) -> dict:
@@ -372,6 +395,7 @@ def _save_checkpoint(entry: Entry, job: Job, state, clock: TrainingClock, step: 
             "epoch": epoch, "metrics": entry.last_eval, "dataset": job.manifest.fingerprint, "data": data, "trained_seconds": clock.seconds_at(step),
             # what it trained in; the weights themselves are fp32 whatever it was
             "precision": entry.precision.name,
+            "tracking": {"mlflow_run_id": job.tracking_run_id},  # a resume logs into the same MLflow run
         }  # fmt: skip
         entry.checkpoint_url = checkpoint.save_checkpoint(out, step, state.model, state.optimizer, job.config, job.tokenizer_bytes, meta, rng_states)
         checkpoint.prune_checkpoints(out, train.keep_last)

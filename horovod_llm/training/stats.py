@@ -25,6 +25,7 @@ import numpy as np
 from horovod_llm import layout, storage
 from horovod_llm.training.events import EPOCH_SCALARS, EVAL_SCALARS, STEP_SCALARS, EventsWriter
 from horovod_llm.training.metrics import model_flops_utilisation
+from horovod_llm.training.tracking import NullTracker
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,9 @@ class StatsWriter(NullStats):
     `step` (the checkpoint or commit it resumes from) are kept, the later ones dropped,
     since this entry trains those steps again."""
 
-    def __init__(self, output_url: str, step: int):
+    def __init__(self, output_url: str, step: int, tracker: NullTracker | None = None):
         self.root = layout.stats_url(output_url)
+        self.tracker = tracker or NullTracker()
         self.append = not storage.is_remote(self.root)
         self.records: dict[str, list[dict]] = {}
         for name in STATS_FILES:
@@ -108,6 +110,7 @@ class StatsWriter(NullStats):
     def _log(self, name: str, record: dict, scalars: dict[str, str]) -> None:
         self.records[name].append(record)
         self.events.add(record, scalars)
+        self.tracker.log(record, scalars)  # queued: never waits for the server
         if self.append:
             append_line(storage.join(self.root, name), json.dumps(record) + "\n")
             self.events.flush()
@@ -134,6 +137,7 @@ class StatsWriter(NullStats):
 
     def close(self) -> None:
         self.events.close()
+        self.tracker.close()
 
 
 def append_line(path: str, line: str) -> None:
@@ -272,3 +276,4 @@ def write_run_outputs(stats: StatsWriter, summary: dict, checkpoint_url: str, ou
     checkpoint.export_model_zip(checkpoint_url, summary["model_zip_url"])
     stats.write_summary(summary)
     write_plots(layout.stats_url(output_url), stats.steps, stats.evals)
+    stats.tracker.finish(output_url, summary)
