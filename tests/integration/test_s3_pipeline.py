@@ -92,28 +92,6 @@ def test_statistics_and_events_reach_s3_at_each_checkpoint_while_it_trains(s3_ru
     assert steps[:8] == [5, 10, 15, 20, 25, 30, 35, 40], steps
 
 
-def test_mlflow_tracks_a_run_whose_output_is_on_s3(s3_run, mlflow_server):
-    """Issue 29 on S3: the statistics files reach MLflow as artifacts from S3, and
-    model.zip, which can be large, as a link."""
-    from mlflow.tracking import MlflowClient
-
-    s3, config, _, _ = s3_run
-    url, _ = mlflow_server
-    for key in keys(s3, "runs", "tiny/dataset/") | keys(s3, "runs", "tiny/tokenizer/") | keys(s3, "runs", "tiny/embeddings/"):
-        s3.copy_object(Bucket="runs", Key=key.replace("tiny/", "tracked/", 1), CopySource={"Bucket": "runs", "Key": key})
-    done = cli(
-        "train", "--config", str(TINY_CONFIG), "output_url=s3://runs/tracked", f"storage.s3.endpoint_url={config.storage.s3.endpoint_url}",
-        "train.launcher=local", "train.num_proc=1", "train.max_steps=4", f"tracking.mlflow_uri={url}", "tracking.experiment=on-s3",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    client = MlflowClient(tracking_uri=url)
-    (run,) = client.search_runs([client.get_experiment_by_name("on-s3").experiment_id])
-    assert run.info.status == "FINISHED" and run.info.run_name == "tracked"
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"summary.json", "training.png"}
-    assert run.data.tags["horovod_llm.model_zip_url"] == "s3://runs/tracked/model.zip"
-    assert max(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == 4
-
-
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "horovod_llm.cli", *args], capture_output=True, text=True, timeout=600)
 

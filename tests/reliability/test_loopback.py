@@ -26,6 +26,7 @@ class ListeningSockets(threading.Thread):
     def __init__(self):
         super().__init__(daemon=True)
         self.seen: set[tuple[str, str, int, bool]] = set()  # (name, ip, port, in this process)
+        self.where: dict[tuple, str] = {}  # each socket's process and its ancestors, for a failure's message
         self.stop = threading.Event()
 
     def poll(self) -> None:
@@ -35,7 +36,11 @@ class ListeningSockets(threading.Thread):
                 name = " ".join(process.cmdline()[:3])[:80]
                 for conn in process.net_connections(kind="inet"):
                     if conn.status == psutil.CONN_LISTEN:
-                        self.seen.add((name, conn.laddr.ip, conn.laddr.port, process.pid == me.pid))
+                        key = (name, conn.laddr.ip, conn.laddr.port, process.pid == me.pid)
+                        if key not in self.seen:
+                            self.seen.add(key)
+                            chain = [f"{p.pid} {' '.join(p.cmdline()[:6])[:160]}" for p in [process, *process.parents()]]
+                            self.where[key] = f"started {time.strftime('%H:%M:%S', time.localtime(process.create_time()))}: " + " <- ".join(chain)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
 
@@ -89,7 +94,7 @@ def test_local_training_listens_on_loopback_only(fresh_run, tiny_dataset, spark,
         stores = [s for s in exposed if torchrun_store(s)]
         assert len({s[2] for s in stores}) <= 1, f"more than torchrun's one store: {stores}"
         exposed = [s for s in exposed if s not in stores]
-    assert not exposed, f"listening beyond loopback: {exposed}"
+    assert not exposed, f"listening beyond loopback: {[(s, sockets.where.get(s)) for s in exposed]}"
 
 
 def test_the_in_process_torch_rank_listens_on_loopback_only():
@@ -109,4 +114,4 @@ def test_the_in_process_torch_rank_listens_on_loopback_only():
         comm.close()
     during = sockets.seen - before
     exposed = [s for s in during if not is_loopback(s[1])]
-    assert not exposed, f"listening beyond loopback: {exposed}"
+    assert not exposed, f"listening beyond loopback: {[(s, sockets.where.get(s)) for s in exposed]}"

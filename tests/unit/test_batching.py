@@ -7,6 +7,7 @@ import threading
 import pytest
 import torch
 
+from horovod_llm.data.tokenizer import EOS_ID
 from horovod_llm.inference.batching import Batcher, Delta, Failed, Finished, Job, choice_seed
 from horovod_llm.inference.generate import Continuation, TextGenerator, held_back
 from horovod_llm.inference.sampling import Sampling
@@ -157,19 +158,34 @@ class FailsOn(TextGenerator):
         return super().encode(prompt)
 
 
+def never_ends(model):
+    """The model with EOS never drawn after the prompt: the tiny model draws it within 50
+    tokens, and a row that ends by itself before the test cancels it (a busy machine
+    delays the test's thread) would leave for another reason."""
+    decode = model.decode_step
+
+    def decode_step(*args, **kwargs):
+        logits = decode(*args, **kwargs)
+        logits[:, EOS_ID] = float("-inf")
+        return logits
+
+    model.decode_step = decode_step
+    return model
+
+
 def test_a_failing_request_fails_alone_and_a_cancelled_one_leaves(generator):
-    batcher = Batcher(FailsOn(tiny_checkpoint.tiny_model(), tiny_checkpoint.tiny_tokenizer()), max_batch=4)
+    batcher = Batcher(FailsOn(never_ends(tiny_checkpoint.tiny_model()), tiny_checkpoint.tiny_tokenizer()), max_batch=4)
     try:
         events = Collector()
-        cancelled = events.job(2, "KING:\n", Sampling(max_new_tokens=1000, temperature=1.0, top_k=0))
+        cancelled = events.job(2, "KING:\n", Sampling(max_new_tokens=1_000_000, temperature=1.0, top_k=0))
         batcher.submit(cancelled)
         batcher.submit(events.job(0, "boom", Sampling()))
         batcher.submit(events.job(1, "QUEEN:\n", Sampling(max_new_tokens=10, temperature=0.0)))
         results = events.wait([0, 1])
         assert [type(e) for e in results[0]] == [Failed] and "a bug" in str(results[0][0].error)
         assert completions(results[1]) == generator.complete("QUEEN:\n", Sampling(max_new_tokens=10, temperature=0.0))
-        steps = batcher.steps
         cancelled.cancelled = True
+        steps = batcher.steps  # from the cancellation on: a busy machine may delay it
         batcher.submit(events.job(3, "QUEEN:\n", Sampling(max_new_tokens=2, temperature=0.0)))
         events.wait([3])
         assert batcher.steps - steps < 10 and not batcher.rows  # the cancelled row (1000 tokens) left at once
