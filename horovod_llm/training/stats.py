@@ -9,7 +9,7 @@ allows: on local disk each JSONL line is appended and the events flushed at once
 killed run keeps both up to its last log line. An object store cannot append: on S3 the
 JSONL files are rewritten whole and the event file uploaded at each `sync`
 (checkpoints, elastic commits, the end), which costs a PUT per file of the run's records
-so far (docs/statistics.md gives the sizes).
+so far (README, "Watching a run", gives the sizes).
 """
 
 from __future__ import annotations

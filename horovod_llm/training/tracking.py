@@ -128,8 +128,8 @@ class MlflowTracker(NullTracker):
 
         tracking = config.tracking
         try:
-            if run_id is not None:
-                run = self.client.get_run(run_id)
+            run = self._existing(run_id) if run_id is not None else None
+            if run is not None:
                 self.client.update_run(run_id, status="RUNNING")
                 logged = run.data.params
             else:
@@ -154,6 +154,19 @@ class MlflowTracker(NullTracker):
         log.info("MLflow run: %s", run_url(self.uri, experiment_id, self.run_id))
         self.thread = threading.Thread(target=self._send, name="mlflow", daemon=True)
         self.thread.start()
+
+    def _existing(self, run_id: str):
+        """The checkpoint's MLflow run, or None where this server does not know it (the
+        run was deleted, or tracking.mlflow_uri names another server): a new run then."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            log.warning("MLflow run %s, which the checkpoint names, is not on %s: logging into a new run", run_id, redact_urls(self.uri))
+            return None
 
     def log(self, record: dict, scalars: dict[str, str]) -> None:
         if self.thread is None or self.failed:

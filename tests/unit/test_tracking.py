@@ -37,3 +37,25 @@ def test_params_are_the_config_flattened_with_secrets_redacted():
     assert params["tracking.mlflow_uri"] == "https://***@mlflow.example.com"
     assert not [v for v in params.values() if "hunter2" in v or "pw@" in v]
     assert run_url("https://user:pw@mlflow.example.com/", "3", "abc") == "https://***@mlflow.example.com/#/experiments/3/runs/abc"
+
+
+def test_a_checkpointed_run_the_server_does_not_know_is_replaced_by_a_new_one(tmp_path, caplog):
+    """tracking.mlflow_uri pointed at another server than the checkpoint's run was on: a
+    new run, with a warning, not a run left untracked. (A SQLite store: the same client
+    code as a server's, without one.)"""
+    from mlflow.tracking import MlflowClient
+
+    from horovod_llm.training.tracking import MlflowTracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = load_config(TINY_CONFIG, [f"output_url={tmp_path}/run", f"tracking.mlflow_uri={uri}"])
+    tracker = MlflowTracker(uri)
+    tracker.start(config, "0123456789abcdef0123456789abcdef", 40, {"horovod_llm.launcher": "local"})
+    tracker.log({"step": 41, "loss": 2.5, "time": 1.0}, {"train/loss": "loss"})
+    tracker.close()
+    assert not tracker.failed and tracker.run_id not in (None, "0123456789abcdef0123456789abcdef")
+    assert "is not on" in caplog.text and "logging into a new run" in caplog.text
+    client = MlflowClient(uri)
+    run = client.get_run(tracker.run_id)
+    assert run.info.run_name == "run" and run.data.params["train.batch_size"] == "8" and run.data.tags["horovod_llm.launcher"] == "local"
+    assert [(m.step, m.value) for m in client.get_metric_history(tracker.run_id, "train/loss")] == [(41, 2.5)]
