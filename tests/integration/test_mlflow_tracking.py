@@ -135,7 +135,7 @@ def test_training_finishes_when_the_tracking_server_goes_away(mlflow_server, fre
 
     url, server = mlflow_server
     client = MlflowClient(tracking_uri=url)
-    steps = 120
+    steps = 60
     training = train(fresh_run, url, f"train.max_steps={steps}", "tracking.experiment=goes-away", wait=False)
     try:
         wait_for_metric_step(client, training, 10, time.monotonic() + 240, "goes-away")
