@@ -64,9 +64,9 @@ def group_jobs(session, group: str) -> dict[int, list[int]]:
     return {job: list(info.stageIds) for job, info in jobs if info is not None}
 
 
-def stage_metrics(session, stage_ids: set[int] | None = None) -> list[dict] | None:
+def stage_metrics(session, stage_ids: set[int]) -> list[dict] | None:
     """Per-stage counters from Spark's status store (works with the UI off), of the
-    given stages or of all; None when the JVM API differs from Spark 3.5's.
+    given stages; None when the JVM API differs from Spark 3.5's.
 
     Reached through py4j because PySpark's StatusTracker exposes no shuffle or run-time
     figures. Metrics are a report, never a failure; but an unavailable report says so
@@ -81,7 +81,7 @@ def stage_metrics(session, stage_ids: set[int] | None = None) -> list[dict] | No
         rows, iterator = [], stages.iterator()
         while iterator.hasNext():
             stage = iterator.next()
-            if stage_ids is None or stage.stageId() in stage_ids:
+            if stage.stageId() in stage_ids:
                 rows.append(
                     {
                         "stage_id": stage.stageId(),

@@ -279,8 +279,10 @@ def _write_part(
     texts = (text for batch in batches for text in batch["text"].tolist())
     name = f"part-{partition:05d}.parquet"
     counts = write_windows_part(processor, texts, storage.join(plan.url, name), plan.split, window_size, overlap, plan.row_groups_per_part, seed + partition)
-    row = {"split": plan.split, "part": name if counts["windows"] else "", **counts, "seconds": time.perf_counter() - started}
-    yield pd.DataFrame([{**row, "stage_id": TaskContext.get().stageId()}])
+    seconds = time.perf_counter() - started
+    yield pd.DataFrame(
+        [{"split": plan.split, "part": name if counts["windows"] else "", **counts, "seconds": seconds, "stage_id": TaskContext.get().stageId()}]
+    )
 
 
 def encoding_partitions(configured: int, default_parallelism: int, num_bytes: int, num_docs: int) -> int:
@@ -420,16 +422,13 @@ class _Stages:
         self.run_id = uuid.uuid4().hex[:8]  # a reused session's groups from other runs stay out
 
     def run(self, name: str, work):
-        with progress.spark_step(self.spark.sparkContext, f"preprocess: {STAGE_LABELS.get(name, name)}"):
-            return self._grouped(name, work)
-
-    def _grouped(self, name: str, work):
         context = self.spark.sparkContext
         group = f"horovod-llm-preprocess-{self.run_id}-{name}"
         context.setJobGroup(group, STAGE_LABELS.get(name, name))  # this thread's jobs only
         started = time.perf_counter()
         try:
-            result = work()
+            with progress.spark_step(context, f"preprocess: {STAGE_LABELS.get(name, name)}"):
+                result = work()
         finally:
             context.setLocalProperty("spark.jobGroup.id", None)
         seconds = round(time.perf_counter() - started, 3)

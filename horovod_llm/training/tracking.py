@@ -90,6 +90,8 @@ def run_url(uri: str, experiment_id: str, run_id: str) -> str:
 
 
 class NullTracker:
+    """Tracking off (no URI, or MLflow missing where the rank runs): nothing to send."""
+
     run_id: str | None = None
 
     def log(self, record: dict, scalars: dict[str, str]) -> None:
