@@ -51,6 +51,24 @@ def test_sweeps_score_the_dev_slice_and_the_quality_bench_the_test_slice(monkeyp
         quality.run_arm(tmp_path, "recipe", 1.0, 1, [], tmp_path / "out", score_on="train")
 
 
+def test_the_recipe_is_reported_against_nanogpts_own_loop():
+    """The reported difference is recipe - reference_bare, the default arms run it, and
+    the README's table names it; the in-pipeline reference, when run, is only beside it."""
+    import render
+
+    runs = [
+        {"corpus": "code", "budget_s": 90.0, "seed": 101 + i, "arm": arm, "nats_per_character": value + i / 100, "run_wall_s": 150.0}
+        | {"steps": 500, "trained_seconds": 90.0, "tokens_per_s": 9000.0, "characters_per_token": 2.0, "scored_on": "test"}
+        for i in range(3)
+        for arm, value in (("recipe", 1.4), ("reference_bare", 1.6), ("reference", 2.0))
+    ]
+    results = quality._results(runs)
+    (row,) = results["summary"]
+    assert row["recipe_minus_reference"] == pytest.approx(row["recipe"]["median"] - row["reference_bare"]["median"]) == pytest.approx(-0.2)
+    table = render.quality_table({"benchmarks": {"quality": {"status": 0, "result": {**results, "machine": {"date": "d", "nproc": 2, "cpu_model": "c"}}}}})
+    assert "| recipe | reference_bare | difference |" in table and "| -0.200 |" in table
+
+
 @pytest.mark.parametrize("length", [2, 64, 65, 66, 80, 81, 1000, 1017])
 def test_the_reference_scores_every_character_once(length):
     """bench/reference_trainer.py: windows every 16 characters, each scoring past its first
