@@ -4,7 +4,7 @@
 
 Starts `--ranks` independent plain processes at once, each training configs/local.yaml's
 model (the demo recipe's: the same GPT, batch, AdamW with weight-decay groups, gradient
-clipping and torch threads as a rank) on random token ids held in memory: no loader, no
+clipping, torch threads and malloc settings as a rank) on random token ids held in memory: no loader, no
 allreduce, no metrics, no logging. Each reports the tokens/s of its steps after a
 warm-up; the arm's figure is their sum, which is what 2 ranks on the same cores could at
 best reach together. bench/overhead.py runs it beside the product.
@@ -25,11 +25,13 @@ def bare_rank(overrides: list[str], threads: int, seconds: float, warmup_steps: 
     import torch
 
     from horovod_llm.model import GPT
+    from horovod_llm.training.allocator import keep_freed_memory
     from horovod_llm.training.precision import Precision
 
     config = local_config(overrides)
     train = config.train
     torch.set_num_threads(threads)
+    keep_freed_memory()  # as a rank does: the arms differ by the pipeline, not by malloc
     torch.manual_seed(seed)
     model = GPT(default_gpt_config(config))
     optimizer = torch.optim.AdamW(model.param_groups(train.weight_decay), lr=train.learning_rate, betas=(0.9, 0.95))

@@ -36,6 +36,7 @@ STEP_SCALARS = {
     "perf/allreduce_share": "allreduce_share",
     "perf/load_share": "load_share",
     "perf/peak_rss_mb": "peak_rss_mb",
+    "perf/page_faults_per_step": "page_faults_per_step",
 }
 EVAL_SCALARS = {"val/loss": "val_loss", "val/perplexity": "val_perplexity", "val/accuracy": "val_accuracy", "val/nats_per_character": "val_nats_per_character"}
 EPOCH_SCALARS = {"epoch/train_loss": "train_loss", "epoch/seconds": "seconds"}

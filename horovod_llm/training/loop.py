@@ -27,7 +27,7 @@ from horovod_llm.model import GPT
 from horovod_llm.progress import is_terminal, training_bar, training_fraction, wants_bars
 from horovod_llm.training.comm import Collectives
 from horovod_llm.training.events import watch_hint
-from horovod_llm.training.metrics import peak_rss_mb
+from horovod_llm.training.metrics import peak_rss_mb, thread_page_faults
 from horovod_llm.training.precision import MIN_SPEEDUP, Calibration, Precision, choose
 from horovod_llm.training.resume import rng_state
 from horovod_llm.training.schedule import TrainingClock, learning_rate_at
@@ -207,14 +207,14 @@ def _train_entry(state, job: Job, entry: Entry, stats, progress) -> dict:
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            step_started = time.perf_counter()
+            step_started, faults_before = time.perf_counter(), thread_page_faults()
             micro_batches = [torch.from_numpy(next(batches)).to(job.device, non_blocking=True) for _ in range(micro)]
             loaded = time.perf_counter()
             result = train_step(entry.forward, optimizer, micro_batches, train.grad_clip, entry.precision, entry.scaler)
             state.step, state.consumed = step, state.consumed + micro
             # Step time covers loading, compute and allreduce, not evaluation or checkpoints.
             stepped = time.perf_counter()
-            entry.interval.add(result, stepped - step_started, loaded - step_started)
+            entry.interval.add(result, stepped - step_started, loaded - step_started, thread_page_faults() - faults_before)
             entry.phases["load"] += loaded - step_started
             entry.phases["allreduce_wait"] += result.sync_seconds
             entry.phases["compute"] += stepped - loaded - result.sync_seconds

@@ -28,6 +28,17 @@ def batch_metrics(logits: torch.Tensor, targets: torch.Tensor) -> tuple[float, f
     return float(correct), float(mask.sum())
 
 
+# This thread's counters where the platform has them (Linux), else the process's.
+_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
+
+
+def thread_page_faults() -> int:
+    """Minor page faults of the calling thread so far: memory the kernel had to map in
+    (and zero) on first touch, which a step that reuses its buffers does not pay
+    (allocator.py)."""
+    return resource.getrusage(_RUSAGE_THREAD).ru_minflt
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 

@@ -165,9 +165,9 @@ def step_record(
     peak_flops: float,
 ) -> dict:
     """A line of steps.jsonl: the interval's sums over the ranks (step.Interval: loss x
-    tokens, correct, tokens, steps, seconds, sync seconds, load seconds), and the slowest
-    rank's seconds, peak RSS and trained seconds."""
-    loss_x_tokens, correct, tokens, steps_done, _, sync, load = sums
+    tokens, correct, tokens, steps, seconds, sync seconds, load seconds, page faults), and
+    the slowest rank's seconds, peak RSS and trained seconds."""
+    loss_x_tokens, correct, tokens, steps_done, _, sync, load, faults = sums
     steps_done /= world_size
     tokens_per_s = tokens_per_step * steps_done / elapsed
     return {
@@ -187,6 +187,9 @@ def step_record(
         # mean over ranks of the time spent reading the step's batches
         "load_share": load / world_size / elapsed,
         "peak_rss_mb": rss,
+        # mean over ranks of the minor page faults of a step's thread: memory mapped in
+        # afresh, which a step reusing its buffers avoids (allocator.py)
+        "page_faults_per_step": faults / world_size / steps_done,
         "ranks": world_size,
         "trained_seconds": trained,
         "time": time.time(),  # rank 0's wall clock (Unix seconds)

@@ -77,11 +77,11 @@ class Interval:
     """Sums over the steps between two log lines, reduced across ranks when logged."""
 
     def __init__(self):
-        # loss*tokens, correct, tokens, steps, seconds, sync seconds, load seconds
-        self.sums = torch.zeros(7, dtype=torch.float64)
+        # loss*tokens, correct, tokens, steps, seconds, sync seconds, load seconds, page faults
+        self.sums = torch.zeros(8, dtype=torch.float64)
 
-    def add(self, result: StepResult, seconds: float, load_seconds: float = 0.0) -> None:
-        values = [result.loss * result.tokens, result.correct, result.tokens, 1.0, seconds, result.sync_seconds, load_seconds]
+    def add(self, result: StepResult, seconds: float, load_seconds: float = 0.0, page_faults: int = 0) -> None:
+        values = [result.loss * result.tokens, result.correct, result.tokens, 1.0, seconds, result.sync_seconds, load_seconds, page_faults]
         self.sums += torch.tensor(values, dtype=torch.float64)
 
     def reset(self) -> None:

@@ -33,6 +33,7 @@ from horovod_llm.model import GPT
 from horovod_llm.progress import is_terminal, wants_bars
 from horovod_llm.storage import storage_settings
 from horovod_llm.training import recipe
+from horovod_llm.training.allocator import keep_freed_memory
 from horovod_llm.training.calibration import calibrate
 from horovod_llm.training.comm import Collectives, cuda_unsupported, init_collectives
 from horovod_llm.training.device import Placement
@@ -117,6 +118,7 @@ def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict, beat: 
     check_job(config, manifest, comm.mpi_built)
     threads = threads_for_rank(train.threads_per_rank, comm.local_size)
     torch.set_num_threads(threads)  # pin each rank to its share of the cores
+    keep_freed_memory()  # a step's buffers stay mapped for the next step (allocator.py)
     torch.manual_seed(train.seed)
 
     model = GPT(model_config(config, manifest))
