@@ -44,6 +44,9 @@ STEP_CATEGORIES = [
 ]
 
 
+LOOP_FRAMES = ("train_loop ", "_train_entry ")
+
+
 def _category(frame: str, table) -> str | None:
     name = frame.split(" (", 1)[0]
     return next((category for pattern, category in table if re.search(pattern, name)), "other")
@@ -65,7 +68,9 @@ def shares_by_rank(raw: str) -> list[dict]:
     """Per rank process (those that ran train_loop): its samples in the loop by category."""
     ranks: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for frames, count in read_samples(raw):
-        inside = [i for i, f in enumerate(frames) if f.startswith("train_loop ")]
+        # the loop's body: train_loop's, or since the live statistics _train_entry's (one per
+        # loop entry); an older checkout has only the first
+        inside = [i for i, f in enumerate(frames) if f.startswith(LOOP_FRAMES)]
         if not inside:
             continue
         process = next(f for f in reversed(frames) if f.startswith("process "))

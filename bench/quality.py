@@ -49,7 +49,7 @@ import sysconfig
 import time
 from pathlib import Path
 
-from common import BENCH_RUNS, LOCAL_CONFIG, REPO_ROOT, report, write_result
+from common import BENCH_RUNS, LOCAL_CONFIG, REPO_ROOT, cpu_model, git_commit, report, write_result
 
 QUALITY_RUNS = BENCH_RUNS / "quality"
 # Where the development and the test slice start, as fractions of a corpus by position.
@@ -290,9 +290,13 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=["recipe", REPORTED_REFERENCE], choices=list(ARMS))
     parser.add_argument("--recipe", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for the recipe arm (sweeps)")
     parser.add_argument("--json", help="write the results to this file (after every run, so that a stopped bench keeps what it measured)")
-    parser.add_argument("--resume", action="store_true", help="keep every run already in --json and add only the missing ones (another arm, more seeds)")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the runs already in --json that this kind of machine measured, and add only the missing ones (another arm, more seeds, another budget)",
+    )
     args = parser.parse_args()
-    runs = json.loads(Path(args.json).read_text())["runs"] if args.resume and args.json and Path(args.json).exists() else []
+    runs = resumable_runs(Path(args.json)) if args.resume and args.json and Path(args.json).exists() else []
     # Seeds outermost: a bench stopped early still has every corpus and budget, with fewer seeds.
     for seed in range(QUALITY_SEEDS_FROM, QUALITY_SEEDS_FROM + args.seeds):
         for name in args.corpora:
@@ -304,7 +308,7 @@ def main() -> None:
                     overrides = args.recipe if arm.startswith("recipe") else []
                     # a folder per results file: two benchmarks' runs never share one
                     out = QUALITY_RUNS / "runs" / Path(args.json or "quality").stem / f"{name}-{arm}-{int(budget)}-{seed}"
-                    result = {"corpus": name, **run_arm(corpus_dir, arm, budget, seed, overrides, out)}
+                    result = {"corpus": name, **run_arm(corpus_dir, arm, budget, seed, overrides, out), **this_machine()}
                     runs.append(result)
                     report(
                         f"{name:11s} {int(budget):4d} s seed {seed} {arm:18s}: {result['nats_per_character']:.3f} nats/char "
@@ -321,6 +325,23 @@ def main() -> None:
     write_result(args.json, _results(runs))
 
 
+def this_machine() -> dict:
+    """What each run records of where it ran: a bench resumed in a later session keeps
+    only the runs of the same kind of machine, and names the commits its runs used."""
+    return {"cpu_model": cpu_model(), "nproc": len(os.sched_getaffinity(0)), "commit": git_commit()}
+
+
+def resumable_runs(path: Path) -> list[dict]:
+    """The runs of an earlier, stopped bench that this one may continue: those measured on
+    the same CPU model and core count (arms compared across machines say nothing)."""
+    here = this_machine()
+    runs = json.loads(path.read_text())["runs"]
+    kept = [r for r in runs if (r.get("cpu_model"), r.get("nproc")) == (here["cpu_model"], here["nproc"])]
+    if len(kept) < len(runs):
+        report(f"resuming {path}: {len(runs) - len(kept)} of its {len(runs)} runs were measured on another kind of machine and are measured again")
+    return kept
+
+
 def _results(runs: list[dict]) -> dict:
     corpora = [name for name in CORPORA if any(r["corpus"] == name for r in runs)]
     budgets = sorted({r["budget_s"] for r in runs})
@@ -329,6 +350,7 @@ def _results(runs: list[dict]) -> dict:
         "seeds": len({r["seed"] for r in runs}),
         "corpus_chars": CORPUS_CHARS,
         "reference_arm": REPORTED_REFERENCE,
+        "commits": sorted({r["commit"] for r in runs if "commit" in r}),
         "runs": runs,
         "summary": summarize(runs, corpora, budgets),
     }

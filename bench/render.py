@@ -442,6 +442,12 @@ def _reference_arm(quality: dict) -> str:
     return quality.get("reference_arm", "reference")
 
 
+def _commits(quality: dict) -> str:
+    """The checkouts the runs used, where the results name them (a bench resumed later)."""
+    commits = quality.get("commits") or []
+    return f" (code at {', '.join(f'`{c}`' for c in commits)})" if commits else ""
+
+
 def _split_words(quality: dict) -> str:
     """Which text trained and which scored: results from before the development slice
     trained on 90% and scored on the rest."""
@@ -516,7 +522,7 @@ def quality_table(results: dict) -> str:
         return '(not measured yet: `make bench BENCH_ARGS="--only quality"`)'
     m = quality["machine"]
     lines = [
-        f"Measured by `bench/quality.py` on {m['date']}, {m['nproc']} cores of an {m['cpu_model']}: held-out nats per character "
+        f"Measured by `bench/quality.py` on {m['date']}, {m['nproc']} cores of an {m['cpu_model']}{_commits(quality)}: held-out nats per character "
         f"(lower is better; medians of {_seeds(quality)} seeds), each run `horovod-llm run` with `train.max_minutes` set to the budget, "
         f"2 ranks x 1 thread, on {_split_words(quality)}. The whole job counts everything from the command to the sample: Spark, "
         "preprocessing with Word2Vec, Horovod's start, training and generation.",
@@ -662,7 +668,7 @@ def _overhead_details(overhead: dict | None, before: dict | None = None) -> list
         f"| bare loop | {overhead['bare']['tokens_per_s_1']:.0f} | {overhead['bare']['tokens_per_s_2']:.0f} | 1 | 1 | {overhead['bare']['scaling']:.2f} |",
     ]
     arms = [(name, overhead.get(name), "") for name in ("spark", "torch_distributor")]
-    if before:  # the same bench on the commit before issue 28's changes, run just before
+    if before:  # the same bench on an earlier commit (overhead_before), for before and after
         arms += [(name, before.get(name), f" before ({before.get('commit', '?')})") for name in ("spark", "torch_distributor")]
     for name, row, when in arms:
         if row:

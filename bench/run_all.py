@@ -93,8 +93,9 @@ def commands(args) -> dict[str, list[str]]:
 
 
 # Results of an older checkout, run there with the same script and only gathered here
-# (--gather): the loop's profile before issue 28's changes.
-GATHER_ONLY = ("profile_loop_before",)
+# (--gather): the loop's profile before issue 28's changes, and the overhead bench before
+# the allocator change (its figures as committed in 87b39f2).
+GATHER_ONLY = ("profile_loop_before", "overhead_before")
 # Run only when named in --only: the sweeps (about 40 minutes each) and the GPU check.
 ON_REQUEST = ("sweep", "gpu_check")
 JSON_FLAG = {"generate_throughput": "--json-file", "gpu_check": "--out"}

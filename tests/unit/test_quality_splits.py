@@ -1,6 +1,7 @@
 """bench/quality.py and bench/sweep.py (issue 28): the rule is tuned on text the quality
 bench never scores, and the quality bench's seeds are none a sweep used."""
 
+import json
 import sys
 
 import pytest
@@ -67,6 +68,14 @@ def test_the_recipe_is_reported_against_nanogpts_own_loop():
     assert row["recipe_minus_reference"] == pytest.approx(row["recipe"]["median"] - row["reference_bare"]["median"]) == pytest.approx(-0.2)
     table = render.quality_table({"benchmarks": {"quality": {"status": 0, "result": {**results, "machine": {"date": "d", "nproc": 2, "cpu_model": "c"}}}}})
     assert "| recipe | reference_bare | difference |" in table and "| -0.200 |" in table
+
+
+def test_a_resumed_bench_keeps_only_the_runs_of_this_kind_of_machine(tmp_path):
+    here = quality.this_machine()
+    runs = [{"arm": "recipe", **here}, {"arm": "reference_bare", **here, "cpu_model": "another CPU"}, {"arm": "recipe", **here, "nproc": here["nproc"] + 1}]
+    path = tmp_path / "quality.json"
+    path.write_text(json.dumps({"runs": runs}))
+    assert quality.resumable_runs(path) == runs[:1]
 
 
 @pytest.mark.parametrize("length", [2, 64, 65, 66, 80, 81, 1000, 1017])
