@@ -25,7 +25,7 @@ set -euo pipefail
 
 HOROVOD_VERSION=0.28.1
 # Bumped whenever build_horovod's patches change: it keys the wheel cache.
-HOROVOD_PATCH_LEVEL=4
+HOROVOD_PATCH_LEVEL=5
 TORCH_VERSION=2.13.0
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONSTRAINTS="$REPO_ROOT/constraints.txt"
@@ -227,6 +227,133 @@ source = rsh.read_text()
 if call not in source:
     sys.exit(1)
 rsh.write_text(source.replace(call, "exit_code = task_client.wait_for_command_exit_code(0.1)  # horovod-llm exit-timing patch", 1))
+PATCH
+  # How fast a rank learns that its gradient can be reduced, and that it has been
+  # (issue 28). Upstream's background thread sleeps out each cycle (train.
+  # horovod_cycle_time_ms, 10 ms) whatever was enqueued, so a tensor waited for the next
+  # cycle on every rank; and synchronize() spun on a yield, taking the core its own
+  # background thread needed for the reduction. An enqueue now wakes the thread; while
+  # a tensor waits, cycles are at most 1 ms apart (a peer that enqueues later finds the
+  # collective already open, at no cost: that rank waits inside it); and synchronize()
+  # sleeps on a condition variable until its handle is done.
+  "$py" - "$src/horovod/common" "$src/horovod/torch" <<'PATCH' \
+    || die "the wake patch no longer applies to horovod $HOROVOD_VERSION's sdist"
+import pathlib
+import re
+import sys
+
+common, torch_dir = (pathlib.Path(arg) for arg in sys.argv[1:])
+
+
+def edit(path, old, new, count=1):
+    text = path.read_text()
+    if text.count(old) != count:
+        sys.exit(f"{path.name}: expected {count} of {old[:60]!r}")
+    path.write_text(text.replace(old, new))
+
+
+# The background thread: woken by an enqueue, and at most 1 ms apart while a tensor waits.
+ops = common / "operations.cc"
+edit(ops, "#include <atomic>\n", "#include <algorithm>\n#include <atomic>\n#include <condition_variable>\n#include <mutex>\n")
+edit(
+    ops,
+    "bool RunLoopOnce(HorovodGlobalState& state) {\n",
+    "// horovod-llm wake patch: an enqueue wakes the background thread.\n"
+    "static std::mutex hvdllm_wake_mutex;\n"
+    "static std::condition_variable hvdllm_wake_cv;\n"
+    "static bool hvdllm_woken = false;\n"
+    "static Status HvdLlmWakeAfter(Status status) {\n"
+    "  if (status.ok()) {\n"
+    "    { std::lock_guard<std::mutex> guard(hvdllm_wake_mutex); hvdllm_woken = true; }\n"
+    "    hvdllm_wake_cv.notify_one();\n"
+    "  }\n"
+    "  return status;\n"
+    "}\n\n"
+    "bool RunLoopOnce(HorovodGlobalState& state) {\n",
+)
+edit(
+    ops,
+    "  auto sleep_duration = state.last_cycle_start +\n"
+    "                        std::chrono::microseconds(long(\n"
+    "                            state.parameter_manager.CycleTimeMs() * 1000.)) -\n"
+    "                        start_time;\n"
+    "  if (sleep_duration > std::chrono::steady_clock::duration::zero()) {\n"
+    "    std::this_thread::sleep_for(sleep_duration);\n"
+    "  }\n",
+    "  auto cycle = std::chrono::microseconds(long(state.parameter_manager.CycleTimeMs() * 1000.));\n"
+    "  for (auto id : state.process_set_table.Ids()) {  // horovod-llm wake patch\n"
+    "    auto& set = state.process_set_table.Get(id);\n"
+    "    if (set.initialization_done && set.tensor_queue.HasPendingTensors()) {\n"
+    "      cycle = std::min(cycle, std::chrono::microseconds(1000));\n"
+    "    }\n"
+    "  }\n"
+    "  auto sleep_duration = state.last_cycle_start + cycle - start_time;\n"
+    "  {\n"
+    "    std::unique_lock<std::mutex> lock(hvdllm_wake_mutex);\n"
+    "    if (sleep_duration > std::chrono::steady_clock::duration::zero()) {\n"
+    "      hvdllm_wake_cv.wait_for(lock, sleep_duration, [] { return hvdllm_woken; });\n"
+    "    }\n"
+    "    hvdllm_woken = false;\n"
+    "  }\n",
+)
+text = ops.read_text()
+text, n = re.subn(r"process_set\.tensor_queue\.AddToTensorQueue(Multi)?\(([^;()]*)\);", r"HvdLlmWakeAfter(process_set.tensor_queue.AddToTensorQueue\1(\2));", text)
+if n != 7:
+    sys.exit(f"operations.cc: expected 7 enqueues, found {n}")
+ops.write_text(text)
+edit(
+    common / "tensor_queue.h",
+    "  bool IsTensorPresentInTable (const std::string& tensor_name) const;\n",
+    "  bool IsTensorPresentInTable (const std::string& tensor_name) const;\n\n"
+    "  bool HasPendingTensors() const;  // horovod-llm wake patch\n",
+)
+edit(
+    common / "tensor_queue.cc",
+    "// Pop out all the messages from the queue\n",
+    "bool TensorQueue::HasPendingTensors() const {  // horovod-llm wake patch\n"
+    "  std::lock_guard<std::mutex> guard(mutex_);\n"
+    "  return !tensor_table_.empty();\n"
+    "}\n\n"
+    "// Pop out all the messages from the queue\n",
+)
+# The waiting thread: asleep until its handle is done, instead of spinning on a yield.
+edit(torch_dir / "handle_manager.h", "#include <mutex>\n", "#include <condition_variable>\n#include <mutex>\n")
+edit(
+    torch_dir / "handle_manager.h",
+    "  bool PollHandle(int handle);\n",
+    "  bool PollHandle(int handle);\n  void WaitHandle(int handle);  // horovod-llm wait patch\n",
+)
+edit(torch_dir / "handle_manager.h", "  std::mutex mutex_;\n", "  std::mutex mutex_;\n  std::condition_variable done_;\n")
+edit(
+    torch_dir / "handle_manager.cc",
+    "  results_[handle] = std::make_shared<Status>(status);\n}\n",
+    "  results_[handle] = std::make_shared<Status>(status);\n  done_.notify_all();  // horovod-llm wait patch\n}\n\n"
+    "void HandleManager::WaitHandle(int handle) {  // horovod-llm wait patch\n"
+    "  std::unique_lock<std::mutex> lock(mutex_);\n"
+    "  done_.wait(lock, [&] {\n"
+    "    auto found = results_.find(handle);\n"
+    "    if (found == results_.end()) {\n"
+    "      throw std::invalid_argument(\"Handle \" + std::to_string(handle) + \" was not created or has been cleared.\");\n"
+    "    }\n"
+    "    return found->second != nullptr;\n"
+    "  });\n"
+    "}\n",
+)
+edit(torch_dir / "handle_manager.cc", "  results_.clear();\n", "  results_.clear();\n  done_.notify_all();  // horovod-llm wait patch\n")
+edit(
+    torch_dir / "mpi_ops_v2.cc",
+    "  while (true) {\n"
+    "    if (handle_manager.PollHandle(handle)) break;\n"
+    "    {\n"
+    "      py::gil_scoped_release release_python_gil;\n"
+    "      std::this_thread::yield();\n"
+    "    }\n"
+    "  }\n",
+    "  {  // horovod-llm wait patch\n"
+    "    py::gil_scoped_release release_python_gil;\n"
+    "    handle_manager.WaitHandle(handle);\n"
+    "  }\n",
+)
 PATCH
   local gpu_env=()
   if [[ $gpu -eq 1 ]]; then
