@@ -144,12 +144,13 @@ class TrainConfig:
     fp16_allreduce: bool = False
     backward_passes_per_step: int = 1
     allreduce_op: str = "average"  # or "adasum" (needs a Horovod built with MPI)
-    # Milliseconds between the cycles of Horovod's background thread (HOROVOD_CYCLE_TIME,
-    # which wins when set). Horovod's 1 ms default wakes the thread a thousand times a
-    # second; with every core busy computing, that cost 2 ranks on 2 cores about 10% of
-    # their throughput here (bench/results.md). Each collective waits for a cycle: the
-    # loop issues one per step (the gradient) and one per log line; 2 ms ran as fast as
-    # 10 on the demo's 70 ms steps, 0.5 ms slower (issue 28's measurements).
+    # Milliseconds between the idle cycles of Horovod's background thread
+    # (HOROVOD_CYCLE_TIME, which wins when set). Horovod's 1 ms default wakes the thread a
+    # thousand times a second; with every core busy computing, that cost 2 ranks on 2
+    # cores about 10% of their throughput here (bench/results.md), and 2 ms ran 7% slower
+    # than 10 (issue 28, paired runs). With the stack's wake patch (scripts/
+    # install-stack.sh) a collective no longer waits for the next cycle: an enqueue wakes
+    # the thread, and cycles are at most 1 ms apart while a tensor waits.
     horovod_cycle_time_ms: float = 10.0
     # The arithmetic of the forward and backward passes: fp32; bf16 or fp16 under autocast,
     # with fp32 weights, optimizer state and checkpoints (fp16 with a gradient scaler, for

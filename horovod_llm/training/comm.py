@@ -186,9 +186,9 @@ class HorovodCollectives(Collectives):
             # this thread. Horovod's DistributedOptimizer reduces each parameter from a
             # hook as backward produces it and overlaps the two, which pays where a core
             # is free for the reduction; with every core computing (2 ranks on 2 cores),
-            # the hooks, the negotiation of each tensor and synchronize()'s spin-wait cost
-            # it 4-28% of the step's tokens/s against this, paired runs of 250 steps
-            # (bench/overhead.py has the loop's share of the wait). Adasum reduces per
+            # the hooks, the negotiation of each tensor and synchronize()'s spin-wait (since
+            # patched away) cost it 4-28% of the step's tokens/s against this, paired runs
+            # of 250 steps (bench/overhead.py has the loop's share of the wait). Adasum reduces per
             # tensor and elastic state tracks Horovod's own optimizer: those keep it.
             return AveragingOptimizer(optimizer, list(model.parameters()), self, fp16=train.fp16_allreduce)
         # Horovod: average gradients across ranks with ring-allreduce.

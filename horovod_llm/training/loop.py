@@ -346,7 +346,6 @@ def _log_step(entry: Entry, job: Job, clock: TrainingClock, stats, step: int, ep
     comm = job.comm
     # One collective for the sums and the maxima: each rank adds its seconds, peak RSS and
     # trained seconds in its own slot, and every rank takes the maximum over the slots.
-    # Under Horovod each collective waits for a cycle of its background thread.
     mine = [float(entry.interval.sums[4]), peak_rss_mb(), entry.trained_seconds + time.perf_counter() - entry.entered]
     sized = len(entry.interval.sums)
     packed = torch.zeros(sized + len(mine) * comm.size, dtype=torch.float64)
