@@ -678,6 +678,12 @@ def _overhead_details(overhead: dict | None, before: dict | None = None) -> list
                 f"{row['in_step_over_bare_1']:.2f} / {row['in_step_over_bare_2']:.2f} | {row['loop_over_bare_1']:.2f} / {row['loop_over_bare_2']:.2f} | "
                 f"{row['in_step_scaling']:.2f} / {row['loop_scaling']:.2f} |"
             )
+    if before:
+        lines += [
+            "",
+            f"The rows marked before ({before.get('commit', '?')}) are an earlier run of the same bench, their ratios against that run's own bare loop "
+            f"({before['bare']['tokens_per_s_1']:.0f} / {before['bare']['tokens_per_s_2']:.0f} tokens/s).",
+        ]
     shares = [(name, ranks, overhead[name].get(f"loop_shares_{ranks}")) for name in ("spark", "torch_distributor") if name in overhead for ranks in (1, 2)]
     shares = [s for s in shares if s[2]]
     if shares:

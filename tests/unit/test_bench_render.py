@@ -30,8 +30,12 @@ def test_every_measured_figure_says_how_many_runs_it_is_the_median_of():
 
 
 def test_figures_from_elsewhere_stay_out_of_the_measured_table():
-    assert not any("nanoGPT" in cell for row in render.summary_rows(RESULTS) for cell in row)
-    assert "nanoGPT" not in render.render(RESULTS)
+    """nanoGPT's own reported figures are cited under "Figures from elsewhere", never among
+    the measurements; the measured part may name the configuration the quality bench's
+    reference arm trains (bench/reference_trainer.py), which this code measures."""
+    measured = render.render(RESULTS)
+    assert "karpathy" not in measured and "issue 14" not in measured.lower()
+    assert "1.557" not in measured and "1.880" not in measured
 
 
 def test_the_readme_quality_table_and_recipe_rule_are_generated():
