@@ -6,8 +6,9 @@ own and unmaps it when freed, and gives the top of its heap back to the kernel w
 more than its trim threshold lies free there; either way the next step faults the same
 memory in again, a page at a time, zeroed. A rank of the demo's model under Spark took
 about 5,800 page faults a step (strace: the heap's break moved up and back by 32 MB at
-every step), about 10 ms of its 75 ms; blocks over 32 MB, such as a large vocabulary's
-logits, are mapped and unmapped at every step whatever glibc's dynamic thresholds learn.
+every step), and its steps ran at 0.85 of a bare loop's speed; with this, 0.99
+(bench/overhead.py, issue 28). Blocks over 32 MB, such as a large vocabulary's logits,
+are mapped and unmapped at every step whatever glibc's dynamic thresholds learn.
 
 Here malloc serves every block from its heap and never trims it: a rank's resident size
 stays at its peak, which it reaches at every step anyway. Memory a thread's own arena
