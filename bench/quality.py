@@ -25,8 +25,8 @@ held-out text:
              plus any --recipe overrides (the sweeps use these)
   reference  nanoGPT's CPU example for character-level Shakespeare inside this pipeline
              (4 layers, 4 heads, width 128, context 64, batch 12, dropout 0, learning
-             rate 1e-3 decayed to 1e-4, learned positions), built from this package's model with a character-level
-             sentencepiece tokenizer and no Word2Vec
+             rate 1e-3 decayed to 1e-4, learned positions), built from this package's
+             model with a character-level sentencepiece tokenizer and no Word2Vec
   recipe_random_init  the recipe without Word2Vec initialisation (its effect)
   reference_bare  nanoGPT's CPU example in nanoGPT's own kind of loop: one plain process,
              random offsets into the token array, no pipeline (bench/reference_trainer.py);
