@@ -70,6 +70,8 @@ def commands(args) -> dict[str, list[str]]:
         # deeper model, at both quality budgets (each arm records the CPU it ran on).
         "sweep_precision_90": ["sweep.py", "--budget", "90", "--corpus", "shakespeare", "--variants", "fp32", "bf16", "bf16_width_192", "bf16_layers_3"],
         "sweep_precision_350": ["sweep.py", "--budget", "350", "--corpus", "shakespeare", "--variants", "fp32", "bf16", "bf16_width_192", "bf16_dropout_0.1"],
+        # Issue 28: 350 s at the trainer's pace after the allocator and wake-up changes (17 epochs).
+        "sweep_pace_350": ["sweep.py", "--budget", "350", "--corpus", "shakespeare", "--variants", "recipe", "width_192_dropout_0.1", "dropout_0.2"],
         # Horovod and Spark's TorchDistributor on the same recipe, 1 and 2 ranks.
         "launchers": ["launchers.py", "--repeats", str(args.repeats)],
         # Issue 28: the product's step and loop against the bare loop, 1 and 2 ranks, both launchers.
