@@ -67,7 +67,12 @@ def test_the_recipe_is_reported_against_nanogpts_own_loop():
     (row,) = results["summary"]
     assert row["recipe_minus_reference"] == pytest.approx(row["recipe"]["median"] - row["reference_bare"]["median"]) == pytest.approx(-0.2)
     table = render.quality_table({"benchmarks": {"quality": {"status": 0, "result": {**results, "machine": {"date": "d", "nproc": 2, "cpu_model": "c"}}}}})
-    assert "| recipe | reference_bare | difference |" in table and "| -0.200 |" in table
+    assert "| recipe | reference_bare | difference (target <= -0.10) |" in table
+    # each difference and the 90 s budget's whole job say whether they met issue 28's targets
+    assert "| -0.200, met | 150 (target <= 120: **missed**) |" in table
+    rows = {label: verdict for label, _, _, _, verdict in render.summary_rows({"benchmarks": {"quality": {"status": 0, "result": results}}})}
+    assert rows["whole job, command to sample, 90 s of training on code (recipe)"] == "**missed**"
+    assert [v for label, v in rows.items() if label.startswith("held-out")] == ["met"]
 
 
 def test_a_resumed_bench_keeps_only_the_runs_of_this_kind_of_machine(tmp_path):
