@@ -17,12 +17,11 @@ from pathlib import Path
 
 import torch
 
+from horovod_llm.training.metrics import READINGS_TO_TRUST
 from horovod_llm.training.precision import Calibration, Precision
 from horovod_llm.training.step import train_step
 
 PRECISION_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "horovod-llm" / "precision.json"
-# Readings of a key after which rank starts take the cached best instead of measuring.
-READINGS_TO_TRUST = 3
 
 
 class LocalOptimizer:

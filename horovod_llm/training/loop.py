@@ -25,6 +25,7 @@ from horovod_llm.launchers.watchdog import Heartbeat
 from horovod_llm.log import rank_logger
 from horovod_llm.model import GPT
 from horovod_llm.progress import is_terminal, training_bar, training_fraction, wants_bars
+from horovod_llm.training import plots
 from horovod_llm.training.comm import Collectives
 from horovod_llm.training.events import watch_hint
 from horovod_llm.training.metrics import peak_rss_mb, thread_page_faults
@@ -187,6 +188,8 @@ def _train_entry(state, job: Job, entry: Entry, stats, progress) -> dict:
         entry.tokens_per_step, entry.peak_flops / 1e9,
     )  # fmt: skip
     progress.info("watch it: %s", watch_hint(layout.stats_url(config.output_url)))
+    if is_main:
+        plots.import_in_background()
     model.train()
     micro, last = train.backward_passes_per_step, False
     reader = dataset.window_batches(

@@ -79,6 +79,9 @@ def measure_matmul_flops(
 # Where the best peak seen so far is kept, per CPU model (or GPU), torch, precision,
 # threads and ranks on the host: one machine type, one denominator, whatever the load
 # when a run starts.
+# Readings of a key after which rank starts take the cached best instead of measuring
+# (calibration.py's precision timings keep the same rule).
+READINGS_TO_TRUST = 3
 PEAK_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "horovod-llm" / "peak-flops.json"
 
 
@@ -111,7 +114,8 @@ def calibrated_peak_flops(
 ) -> tuple[float, str]:
     """(matmul FLOP/s of one rank in `precision`, where it came from): the best of a
     fresh reading and every earlier one on this machine type with this layout (kept in
-    `cache`).
+    `cache`); once the cache holds READINGS_TO_TRUST readings of the key, their best
+    without reading again ("calibrated"), where every rank start spent a second on it.
 
     The ranks of a host measure at the same moment, as they will compute. A busy machine
     lowers a reading, and a lowered peak would raise MFU; the best reading ever seen is
@@ -119,23 +123,44 @@ def calibrated_peak_flops(
     """
     from horovod_llm.training.precision import DTYPES
 
-    reading = measure_matmul_flops(dtype=DTYPES[precision], device=device)
     key = peak_key(threads, ranks_on_host, precision, device)
     try:
         known = json.loads(cache.read_text())
+        known = known if isinstance(known, dict) else {}
     except (OSError, ValueError):
         known = {}
-    best = known.get(key, 0.0) if isinstance(known, dict) else 0.0
-    if reading <= best:
-        return best, "calibrated"
+    earlier = _peak_entry(known.get(key))
+    if earlier["readings"] >= READINGS_TO_TRUST:
+        return earlier["flops"], "calibrated"
+    reading = measure_matmul_flops(dtype=DTYPES[precision], device=device)
+    best = {"flops": max(reading, earlier["flops"]), "readings": earlier["readings"] + 1}
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         temporary = cache.with_name(f".{cache.name}.{os.getpid()}")
-        temporary.write_text(json.dumps({**(known if isinstance(known, dict) else {}), key: reading}, indent=2, sort_keys=True) + "\n")
+        temporary.write_text(json.dumps({**known, key: best}, indent=2, sort_keys=True) + "\n")
         os.replace(temporary, cache)  # whole or not at all: ranks of one host write at once
     except OSError:
         pass  # a read-only home: the reading still serves this run
-    return reading, "measured"
+    return best["flops"], "measured" if reading > earlier["flops"] else "calibrated"
+
+
+def cached_peak_flops(key: str, cache: Path = PEAK_CACHE) -> float:
+    """The best reading `cache` holds for `key` (0 where none)."""
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return 0.0
+    return _peak_entry(known.get(key) if isinstance(known, dict) else None)["flops"]
+
+
+def _peak_entry(entry) -> dict:
+    """A cache entry as {flops, readings}: a bare number is an older version's best
+    reading, which counts as one."""
+    if isinstance(entry, dict) and isinstance(entry.get("flops"), (int, float)) and isinstance(entry.get("readings"), int):
+        return entry
+    if isinstance(entry, (int, float)) and entry > 0:
+        return {"flops": float(entry), "readings": 1}
+    return {"flops": 0.0, "readings": 0}
 
 
 def model_flops_utilisation(flops_per_token: float, tokens_per_s: float, peak_flops: float) -> float:

@@ -180,10 +180,10 @@ def test_statistics_curves_and_horovod_options(fresh_run, tiny_dataset):
     assert chosen["setting"] == "auto" and chosen["bf16_speedup"] > 0 and chosen["calibration"] in ("measured", "calibrated")
     assert chosen["used"] == ("bf16" if chosen["bf16_speedup"] >= chosen["min_speedup"] else "fp32")
     # MFU against the peak of the precision used: the cached best reading of that precision
-    from horovod_llm.training.metrics import PEAK_CACHE, peak_key
+    from horovod_llm.training.metrics import cached_peak_flops, peak_key
 
     # (each rank's own reading or a better earlier one: the two ranks read at once)
-    best = json.loads(PEAK_CACHE.read_text())[peak_key(1, 2, chosen["used"])]
+    best = cached_peak_flops(peak_key(1, 2, chosen["used"]))
     assert 0.5 * 2 * best <= summary["peak_flops"] <= 2 * best * (1 + 1e-9)
     steps = read_jsonl(fresh_run, "steps.jsonl")
     for record in steps:

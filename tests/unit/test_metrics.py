@@ -15,7 +15,7 @@ def test_the_mfu_peak_is_the_best_reading_of_the_machine_type(tmp_path, monkeypa
     assert metrics.calibrated_peak_flops(1, 2, cache) == (5e10, "measured")
     assert metrics.calibrated_peak_flops(1, 2, cache) == (5e10, "calibrated")  # a slower reading changes nothing
     assert metrics.calibrated_peak_flops(1, 2, cache) == (8e10, "measured")
-    assert json.loads(cache.read_text()) == {metrics.peak_key(1, 2): 8e10}
+    assert json.loads(cache.read_text()) == {metrics.peak_key(1, 2): {"flops": 8e10, "readings": 3}}
     cache.write_text("not json")
     monkeypatch.setattr(metrics, "measure_matmul_flops", lambda **_: 1e10)
     assert metrics.calibrated_peak_flops(2, 1, cache) == (1e10, "measured")  # a damaged cache is replaced
@@ -24,6 +24,22 @@ def test_the_mfu_peak_is_the_best_reading_of_the_machine_type(tmp_path, monkeypa
     assert metrics.calibrated_peak_flops(2, 1, cache, precision="bf16") == (9e10, "measured")
     assert metrics.calibrated_peak_flops(2, 1, cache) == (1e10, "calibrated")
     assert metrics.peak_key(2, 1, "bf16") != metrics.peak_key(2, 1)
+
+
+def test_a_trusted_peak_is_not_read_again(tmp_path, monkeypatch):
+    # issue 28: every rank start spent a second reading the matmul peak of both precisions
+    from horovod_llm.training import metrics
+
+    cache = tmp_path / "peak-flops.json"
+    key = metrics.peak_key(1, 2)
+    cache.write_text(json.dumps({key: 4e10}))  # an older version's entry: one reading
+    readings = []
+    monkeypatch.setattr(metrics, "measure_matmul_flops", lambda **_: readings.append(1) or 3e10)
+    for _ in range(metrics.READINGS_TO_TRUST + 2):
+        assert metrics.calibrated_peak_flops(1, 2, cache) == (4e10, "calibrated")
+    assert len(readings) == metrics.READINGS_TO_TRUST - 1  # then the cached best, unread
+    assert json.loads(cache.read_text())[key] == {"flops": 4e10, "readings": metrics.READINGS_TO_TRUST}
+    assert metrics.cached_peak_flops(key, cache) == 4e10 and metrics.cached_peak_flops("another machine", cache) == 0.0
 
 
 def test_a_matmul_reading_is_a_plausible_flop_rate():
