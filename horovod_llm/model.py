@@ -15,8 +15,9 @@ costs little, and greedy output with and without the cache is identical.
 With the cache, each step feeds one id per sequence through `decode_step`, where every
 row of the batch sits at its own position (a server decodes unrelated requests
 together, each joining and leaving as it starts and ends); the ids before it are
-prefilled in one pass. A row's logits there are the same bits whatever else is in the
-batch, so a seeded sample does not depend on its neighbours: see ROW_BLOCK for how.
+prefilled in one pass. Through `decode_slots`, a sequence that keeps its cache row gets
+the same logits, bit for bit, whatever else is in the batch, so a seeded sample does not
+depend on its neighbours: see ROW_BLOCK for how.
 """
 
 from __future__ import annotations
@@ -58,22 +59,24 @@ def sinusoidal_table(block_size: int, n_embd: int, rms: float) -> torch.Tensor:
     return table * (rms / math.sqrt(0.5))
 
 
-# Batch invariance by construction. `decode_step` pads the batch to a multiple of
-# ROW_BLOCK rows and runs the whole network on one block of exactly ROW_BLOCK rows at a
-# time, each block a tensor of its own. Every kernel then sees the same shapes whatever
-# the batch size, so no CPU, BLAS or thread count can pick another kernel for a row
-# alone than for the same row among others: the choice that broke the older scheme
-# (rows padded to 4 but multiplied all together), whose rows kept their bits in AMD's
-# MKL path and lost them in the AVX-512 one (a row alone padded to 4 rows, and the same
-# row among 13 padded to 16, took different matrix kernels). What remains assumed is
-# that a kernel treats every row of a fixed-shape block alike: true of matrix products
-# (a row's dot products never read another row) and of row-wise ops (LayerNorm,
-# softmax); for element-wise ops (GELU), a block of 8 rows spans a whole number of
-# vectors of every x86 float32 width (8 x 4 n_embd floats, a multiple of 32).
-# tests/unit/test_model.py checks it under forced instruction sets, MKL's code paths and
-# thread counts. The price: a batch of 16 takes two block passes where one pass did
-# (about 1.2x a step of the demo's model, bench/serve_batching.py), and one row alone
-# computes 8, about what one row padded to 4 cost before.
+# Batch invariance by construction. A server's sequence keeps one cache row (its slot)
+# for its whole life, and `decode_slots` decodes it in the block of ROW_BLOCK cache rows
+# its slot falls in, as one tensor of exactly ROW_BLOCK rows (the block's other rows are
+# its neighbours, or padding where none is decoded). Every kernel then sees the same
+# shape, and the row the same place in it, at every step whatever else is decoded, so
+# no CPU, BLAS or thread count can compute it another way. The one assumption left is
+# that a row's result does not depend on the values in the other rows of its block:
+# true of matrix products (a row's dot products never read another row), of row-wise
+# ops (LayerNorm, softmax) and of element-wise ones. A row's place in the block does
+# matter: MKL's AVX2 path on an Intel Xeon (MKL_CBWR=AVX2, and natively on a CPU
+# without AVX-512) computes rows of an 8-row block differently by place, so a row that
+# moved to another place lost its bits; the older schemes (rows packed to the front as
+# others left, and before that padded to 4 and multiplied all together) relied on
+# places not mattering. tests/unit/test_model.py checks it under forced instruction
+# sets, MKL's code paths and thread counts. The price: a batch of 16 takes two block
+# passes where one pass did (about 1.2x a step of the demo's model,
+# bench/serve_batching.py), one row alone computes 8, and slots freed in the middle
+# of the batch can leave a block decoded for fewer rows than it could hold.
 ROW_BLOCK = 8
 
 
@@ -305,9 +308,10 @@ class GPT(nn.Module):
 
         With row_block (the default, ROW_BLOCK), the rows are padded to
         padded_rows(B, row_block), which the cache must hold, and decoded one block of
-        row_block rows at a time, so that a row's logits are the same bits in any batch
-        (see ROW_BLOCK). The padding rows' position 0 is overwritten, harmless to a row
-        that a later prefill or step writes before reading. With row_block None, the B
+        row_block rows at a time, so that a row's logits do not depend on the values in
+        the other rows (`decode_slots` keeps each sequence's place too: see ROW_BLOCK).
+        The padding rows' position 0 is overwritten, harmless to a row that a later
+        prefill or step writes before reading. With row_block None, the B
         rows are decoded together, unpadded: faster, but a row's bits may depend on
         the batch (`generate_tokens`, whose rows are one prompt's samples)."""
         B, block_size = ids.size(0), self.config.block_size
@@ -322,6 +326,28 @@ class GPT(nn.Module):
             positions = torch.cat((positions, positions.new_zeros(padded - B)))
         blocks = [self._decode_block(ids[s : s + block], cache, s, positions[s : s + block]) for s in range(0, padded, block)]
         return (blocks[0] if len(blocks) == 1 else torch.cat(blocks))[:B]  # (B, vocab)
+
+    def decode_slots(self, slots: list[int], ids: torch.Tensor, cache: KVCache, positions: torch.Tensor) -> torch.Tensor:
+        """ids and positions (N,) of the sequences in cache rows `slots` (N distinct) ->
+        their next-id logits (N, vocab), each row decoded in the block of ROW_BLOCK cache
+        rows its slot falls in (`decode_step` on that block, the rows no sequence asked
+        for padding it), blocks without one skipped: a sequence that keeps its slot gets
+        the same bits in any batch (see ROW_BLOCK). The cache holds whole blocks."""
+        if cache.k.size(1) % ROW_BLOCK:
+            raise ValueError(f"a cache of {cache.k.size(1)} rows is not whole blocks of {ROW_BLOCK}: make it padded_rows(rows) rows")
+        row_of = {slot: i for i, slot in enumerate(slots)}
+        logits = None
+        for first in sorted({slot - slot % ROW_BLOCK for slot in slots}):
+            members = [slot for slot in range(first, first + ROW_BLOCK) if slot in row_of]
+            rows = torch.tensor([row_of[slot] for slot in members], device=ids.device)
+            places = torch.tensor([slot - first for slot in members], device=ids.device)
+            block_ids, block_positions = ids.new_zeros(ROW_BLOCK), positions.new_zeros(ROW_BLOCK)
+            block_ids[places], block_positions[places] = ids[rows], positions[rows]
+            block = self.decode_step(block_ids, cache.rows(first, first + ROW_BLOCK), block_positions, ROW_BLOCK)[places]
+            if logits is None:
+                logits = block.new_empty(len(slots), block.size(1))
+            logits[rows] = block
+        return logits if logits is not None else torch.empty(0, self.config.vocab_size, device=ids.device)
 
     def _decode_block(self, ids: torch.Tensor, cache: KVCache, first: int, positions: torch.Tensor) -> torch.Tensor:
         """One block of `decode_step`: ids and positions (R,) of cache rows first ..

@@ -5,18 +5,19 @@ A `Batcher` runs every forward pass on one thread of its own. A submitted `Job` 
 prompt, its sampling settings and a number of choices) waits until the batch has a
 row free for each of its choices; its prompt is then prefilled alone (every id but
 the last, into its rows of the shared key/value cache) and its rows join the running
-batch. Each step feeds one id per row through `GPT.decode_step`, every row at its own
+batch, each in a free slot (a cache row, the lowest free first) that it keeps until it
+ends. Each step feeds one id per row through `GPT.decode_slots`, every row at its own
 position, and samples each row from its own logits with its own seeded
 `torch.Generator` and its own settings (rows with the same settings are filtered
 together, then drawn one by one). A row that ends (EOS, a stop string,
-max_new_tokens) leaves at once and the last row moves into its place, so that the
-batch stays rows 0 .. B-1 of the cache. A row whose context overflows block_size is
-cropped and prefilled again alone, as `GPT.generate_tokens` does (model.py's context
-policy).
+max_new_tokens) leaves at once and frees its slot; no row moves. A row whose context
+overflows block_size is cropped and prefilled again alone, as `GPT.generate_tokens`
+does (model.py's context policy).
 
 A choice's text is therefore the same whatever else is decoded beside it: prefill and
-sampling see that sequence alone, and `decode_step` gives a row the same logits in any
-batch (rows decoded in fixed blocks of model.py's ROW_BLOCK). It is also what `TextGenerator.complete`
+sampling see that sequence alone, and `decode_slots` gives a row that keeps its slot
+the same logits in any batch (rows decoded in fixed blocks of model.py's ROW_BLOCK, each
+in its place). It is also what `TextGenerator.complete`
 gives for one sample with the same seed, up to the last bits of the logits (that one
 decodes a single row with a matrix-vector product), which could change a sampled id
 only if its draw fell within about 1e-7 of a boundary between two ids. With max_batch 1
@@ -114,7 +115,9 @@ class Batcher:
         weight = self.model.wte.weight
         rows = padded_rows(max_batch) if self.row_block else max_batch
         self.cache = KVCache(self.model.config, rows, weight.dtype, weight.device)
-        self.rows: list[_Row] = []  # row i of the batch is row i of the cache; only the batcher's thread touches it
+        # slot i is row i of the cache, and a row keeps its slot: None where it is free.
+        # Only the batcher's thread touches it.
+        self.slots: list[_Row | None] = [None] * rows
         self.waiting: deque[Job] = deque()
         self.condition = threading.Condition()
         self.closed = False
@@ -122,6 +125,11 @@ class Batcher:
         self.decoded_rows = 0
         self.thread = threading.Thread(target=self._run, name="batcher", daemon=True)
         self.thread.start()
+
+    @property
+    def rows(self) -> list[_Row]:
+        """The rows being decoded, by slot."""
+        return [row for row in self.slots if row is not None]
 
     def submit(self, job: Job) -> None:
         if not 1 <= job.num_choices <= self.max_batch:
@@ -179,43 +187,44 @@ class Batcher:
             self.model.hidden(torch.tensor([context[:-1]], dtype=torch.long, device=self.model.device), self.cache.rows(row, row + 1))
 
     def _admit(self, job: Job) -> None:
-        first = len(self.rows)
+        slots = [slot for slot, row in enumerate(self.slots) if row is None][: job.num_choices]
         try:
             prompt_ids = self.generator.encode(job.prompt)
             context = ([tokenizer.BOS_ID] + prompt_ids)[-self.model.config.block_size :]
-            self._prefill(first, context)
-            for index in range(job.num_choices):
+            self._prefill(slots[0], context)
+            for index, slot in enumerate(slots):
                 if index:
-                    self.cache.copy_row(first, first + index)  # the same prompt: its keys and values copied
+                    self.cache.copy_row(slots[0], slot)  # the same prompt: its keys and values copied
                 generator = torch.Generator().manual_seed(choice_seed(job.sampling.seed, index))
-                self.rows.append(_Row(job, index, Continuation(self.generator, prompt_ids, job.sampling), generator, list(context)))
+                self.slots[slot] = _Row(job, index, Continuation(self.generator, prompt_ids, job.sampling), generator, list(context))
         except Exception as exc:
             log.exception("admitting a prompt of %d characters failed", len(job.prompt))
-            del self.rows[first:]
+            for slot in slots:
+                self.slots[slot] = None
             self._emit(job, Failed(exc))
             return
         job.admitted_at = time.perf_counter()
 
     def _step(self) -> None:
-        rows = self.rows
+        slots = [slot for slot, row in enumerate(self.slots) if row is not None]
+        rows = [self.slots[slot] for slot in slots]
         ids = torch.tensor([r.context[-1] for r in rows], dtype=torch.long, device=self.model.device)
         positions = torch.tensor([len(r.context) - 1 for r in rows], dtype=torch.long, device=self.model.device)
         try:
-            logits = self.model.decode_step(ids, self.cache, positions, self.row_block)  # (B, vocab)
+            logits = self._decode(slots, ids, positions)  # (B, vocab)
         except Exception as exc:
             log.exception("a decoding step of %d rows failed; their requests fail", len(rows))
             for job in _jobs(rows):
                 self._emit(job, Failed(exc))
-            rows.clear()
+            self.slots = [None] * len(self.slots)
             return
         self.steps += 1
         self.decoded_rows += len(rows)
-        next_ids = self._sample(logits)
-        leaving = []
-        for b, row in enumerate(rows):
+        next_ids = self._sample(rows, logits)
+        for b, (slot, row) in enumerate(zip(slots, rows, strict=True)):
             job = row.job
             if job.cancelled:
-                leaving.append(b)
+                self.slots[slot] = None
                 continue
             try:
                 next_id = next_ids[b]
@@ -224,7 +233,7 @@ class Batcher:
                 completion = row.continuation.add(next_id)
                 if completion is not None:
                     self._emit(job, Finished(row.index, completion, time.perf_counter() - job.admitted_at))
-                    leaving.append(b)
+                    self.slots[slot] = None
                     continue
                 if job.stream:
                     text = row.continuation.sendable_text()
@@ -234,24 +243,30 @@ class Batcher:
                 row.context.append(next_id)
                 if len(row.context) > self.model.config.block_size:
                     row.context = row.context[-crop_length(self.model.config.block_size) :]
-                    self._prefill(b, row.context)
+                    self._prefill(slot, row.context)
             except Exception as exc:
                 log.exception("sampling a row failed; its request fails")
                 self._emit(job, Failed(exc))
                 job.cancelled = True  # its other choices leave too
-                leaving.append(b)
-        self._release(leaving)
+                self.slots[slot] = None
 
-    def _sample(self, logits: torch.Tensor) -> list[int | Exception]:
+    def _decode(self, slots: list[int], ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Each row in its slot's block (`GPT.decode_slots`); with one slot, `complete`'s
+        own unpadded step."""
+        if self.row_block is None:
+            return self.model.decode_step(ids, self.cache, positions, None)
+        return self.model.decode_slots(slots, ids, self.cache, positions)
+
+    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int | Exception]:
         """Each row's next id, drawn from its own logits with its own generator: the draw
         it gets alone. Rows with the same settings are filtered together (a row's
         probabilities do not depend on its neighbours: `sampling_probs`); only the draws
         go row by row. A group that fails gets its exception in place of ids."""
         groups: dict[tuple[float, int, float], list[int]] = {}
-        for b, row in enumerate(self.rows):
+        for b, row in enumerate(rows):
             s = row.job.sampling
             groups.setdefault((s.temperature, s.top_k, s.top_p), []).append(b)
-        next_ids: list[int | Exception] = [0] * len(self.rows)
+        next_ids: list[int | Exception] = [0] * len(rows)
         for (temperature, top_k, top_p), members in groups.items():
             try:
                 if temperature == 0:
@@ -260,23 +275,13 @@ class Batcher:
                     continue
                 probs = sampling_probs(logits[members], temperature, top_k, top_p)
                 # each row's number from its own generator, as sample_next draws it alone
-                uniform = torch.cat([torch.rand(1, 1, generator=self.rows[b].generator) for b in members]).to(probs.device)
+                uniform = torch.cat([torch.rand(1, 1, generator=rows[b].generator) for b in members]).to(probs.device)
                 for b, next_id in zip(members, draw(probs, uniform)[:, 0].tolist(), strict=True):
                     next_ids[b] = next_id
             except Exception as exc:
                 for b in members:
                     next_ids[b] = exc
         return next_ids
-
-    def _release(self, leaving: list[int]) -> None:
-        """Rows leave; the last row moves into each gap (highest gaps first, so that the
-        row moved never is one that leaves)."""
-        for b in sorted(leaving, reverse=True):
-            last = len(self.rows) - 1
-            if b != last:
-                self.cache.copy_row(last, b)
-                self.rows[b] = self.rows[last]
-            self.rows.pop()
 
 
 def _jobs(rows: list[_Row]) -> list[Job]:

@@ -3,6 +3,7 @@ gives alone, rows join and leave, and a request's failure stays its own."""
 
 import queue
 import threading
+import time
 
 import pytest
 import torch
@@ -192,6 +193,30 @@ def test_a_failing_request_fails_alone_and_a_cancelled_one_leaves(generator):
     finally:
         batcher.close()
     assert not any(isinstance(e, Finished) for e in events.results[2])
+
+
+def test_a_row_keeps_its_slot_while_others_leave_and_join():
+    # A row's bits depend on its place in its block of cache rows on some CPUs (MKL's AVX2
+    # path on Intel: model.py's ROW_BLOCK), so a row never moves: a gap waits for the next
+    # request instead of the last row.
+    batcher = Batcher(TextGenerator(never_ends(tiny_checkpoint.tiny_model()), tiny_checkpoint.tiny_tokenizer()), max_batch=4)
+    try:
+        events = Collector()
+        short = events.job(0, "QUEEN:\n", Sampling(max_new_tokens=2, temperature=0.0))
+        long = events.job(1, "KING:\n", Sampling(max_new_tokens=1_000_000, temperature=1.0, top_k=0))
+        batcher.submit(short)
+        batcher.submit(long)
+        events.wait([0])
+        deadline = time.monotonic() + 30
+        while batcher.slots[0] is not None and time.monotonic() < deadline:  # freed just after its Finished
+            time.sleep(0.01)
+        assert [row and row.job for row in batcher.slots] == [None, long] + [None] * (len(batcher.slots) - 2)
+        batcher.submit(events.job(2, "Made glorious", Sampling(max_new_tokens=3, temperature=0.0)))
+        events.wait([2])  # it decoded in the lowest free slot, beside the long row, which stayed
+        assert batcher.slots[1].job is long and batcher.decoded_rows > batcher.steps
+        long.cancelled = True
+    finally:
+        batcher.close()
 
 
 def test_held_back_text_is_a_possible_stop_string_start_or_a_partial_character():
