@@ -335,19 +335,18 @@ class GPT(nn.Module):
         the same bits in any batch (see ROW_BLOCK). The cache holds whole blocks."""
         if cache.k.size(1) % ROW_BLOCK:
             raise ValueError(f"a cache of {cache.k.size(1)} rows is not whole blocks of {ROW_BLOCK}: make it padded_rows(rows) rows")
-        row_of = {slot: i for i, slot in enumerate(slots)}
-        logits = None
-        for first in sorted({slot - slot % ROW_BLOCK for slot in slots}):
-            members = [slot for slot in range(first, first + ROW_BLOCK) if slot in row_of]
-            rows = torch.tensor([row_of[slot] for slot in members], device=ids.device)
-            places = torch.tensor([slot - first for slot in members], device=ids.device)
-            block_ids, block_positions = ids.new_zeros(ROW_BLOCK), positions.new_zeros(ROW_BLOCK)
-            block_ids[places], block_positions[places] = ids[rows], positions[rows]
-            block = self.decode_step(block_ids, cache.rows(first, first + ROW_BLOCK), block_positions, ROW_BLOCK)[places]
-            if logits is None:
-                logits = block.new_empty(len(slots), block.size(1))
-            logits[rows] = block
-        return logits if logits is not None else torch.empty(0, self.config.vocab_size, device=ids.device)
+        if not slots:
+            return torch.empty(0, self.config.vocab_size, device=ids.device)
+        firsts = sorted({slot - slot % ROW_BLOCK for slot in slots})  # the blocks decoded, stacked in this order
+        stacked = {first: i * ROW_BLOCK for i, first in enumerate(firsts)}
+        places = torch.tensor([stacked[slot - slot % ROW_BLOCK] + slot % ROW_BLOCK for slot in slots], device=ids.device)
+        all_ids, all_positions = ids.new_zeros(len(firsts) * ROW_BLOCK), positions.new_zeros(len(firsts) * ROW_BLOCK)
+        all_ids[places], all_positions[places] = ids, positions
+        blocks = [
+            self.decode_step(all_ids[at : at + ROW_BLOCK], cache.rows(first, first + ROW_BLOCK), all_positions[at : at + ROW_BLOCK], ROW_BLOCK)
+            for first, at in stacked.items()
+        ]
+        return (blocks[0] if len(blocks) == 1 else torch.cat(blocks))[places]
 
     def _decode_block(self, ids: torch.Tensor, cache: KVCache, first: int, positions: torch.Tensor) -> torch.Tensor:
         """One block of `decode_step`: ids and positions (R,) of cache rows first ..
