@@ -95,9 +95,10 @@ def commands(args) -> dict[str, list[str]]:
 
 
 # Results of an older checkout, run there with the same script and only gathered here
-# (--gather): the loop's profile before issue 28's changes, and the overhead bench before
-# the allocator change (its figures as committed in 87b39f2).
-GATHER_ONLY = ("profile_loop_before", "overhead_before")
+# (--gather): the loop's profile before issue 28's changes, the overhead bench before
+# the allocator change (its figures as committed in 87b39f2), and end to end before the
+# rank start-up and wrap-up change (d3ccb1c), on the machine of the run after it.
+GATHER_ONLY = ("profile_loop_before", "overhead_before", "end_to_end_before")
 # Run only when named in --only: the sweeps (about 40 minutes each) and the GPU check.
 ON_REQUEST = ("sweep", "gpu_check")
 JSON_FLAG = {"generate_throughput": "--json-file", "gpu_check": "--out"}
