@@ -729,7 +729,9 @@ def _overhead_details(overhead: dict | None, before: dict | None = None) -> list
         f"| bare loop | {overhead['bare']['tokens_per_s_1']:.0f} | {overhead['bare']['tokens_per_s_2']:.0f} | 1 | 1 | {overhead['bare']['scaling']:.2f} |",
     ]
     arms = [(name, overhead.get(name), "") for name in ("spark", "torch_distributor")]
-    if before:  # the same bench on an earlier commit (overhead_before), for before and after
+    # the same bench on an earlier commit (overhead_before), for before and after: only from the same CPU
+    before = before if before and before.get("machine", {}).get("cpu_model") == overhead.get("machine", {}).get("cpu_model") else None
+    if before:
         arms += [(name, before.get(name), f" before ({before.get('commit', '?')})") for name in ("spark", "torch_distributor")]
     for name, row, when in arms:
         if row:

@@ -299,6 +299,8 @@ def _enter(state, job: Job, model: GPT) -> Entry:
     refuse_mixed_devices(placement)  # every rank sees the same list, so every rank refuses alike
     if comm.rank == 0:
         storage.write_json(storage.join(layout.stats_url(job.config.output_url), "placement.json"), {"step": state.step, "ranks": placement})
+        # in the log too: which host a rank's later error or silence points at
+        log.info("placement: %s", ", ".join(f"rank {p['rank']} on {p['host']}" for p in placement))
     tokens_per_step = train.batch_size * train.backward_passes_per_step * job.manifest.window_size * comm.size
     # A compiled module shares the model's parameters: checkpoints keep the model's keys.
     forward = torch.compile(model) if train.compile else model
