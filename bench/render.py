@@ -822,7 +822,8 @@ def _e2e_details(e2e: dict | None, before: dict | None = None) -> list[str]:
         return []
     # the same bench on the code before a change (end_to_end_before), only on the same machine
     before = before if before and before["machine"]["cpu_model"] == e2e["machine"]["cpu_model"] else None
-    rows = [*stage_rows(e2e), ("**total**", e2e["wall_s"]), ("**outside the training loop**", e2e_outside_loop(e2e))]
+    outside = e2e_outside_loop(e2e)
+    rows = [*stage_rows(e2e), ("**total**", e2e["wall_s"]), ("**outside the training loop**", outside)]
     runs = "1 run" + (" each, on the same machine, the code before issue 28's rank start-up and wrap-up change beside it" if before else "")
     lines = ["", "### End to end (`bench/end_to_end.py`)", "", f"`{e2e['command']}`, {runs}, on an {e2e['machine']['cpu_model']}{_flags(e2e['machine'])}.", ""]
     if before:
@@ -832,7 +833,6 @@ def _e2e_details(e2e: dict | None, before: dict | None = None) -> list[str]:
     else:
         lines += ["| stage | seconds |", "| --- | --- |"]
         lines += [f"| {name} | {seconds:.1f} |" for name, seconds in rows]
-    outside = e2e_outside_loop(e2e)
     pre = ", ".join(f"{k} {v:.1f}" for k, v in e2e["preprocess_stages_s"].items())
     lines += [
         "",

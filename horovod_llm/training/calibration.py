@@ -8,7 +8,6 @@ readings, so that a busy moment cannot turn a decision."""
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from horovod_llm.training.metrics import READINGS_TO_TRUST
+from horovod_llm.training.metrics import READINGS_TO_TRUST, read_readings, write_readings
 from horovod_llm.training.precision import Calibration, Precision
 from horovod_llm.training.step import train_step
 
@@ -96,11 +95,7 @@ def calibrate(model, batch_size: int, device: torch.device, threads: int, ranks_
     model's steps take seconds, at every rank start); before, a fresh reading merged
     with the earlier ones (each precision's minimum: load only ever slows a reading down)."""
     key = calibration_key(device, threads, ranks_on_host, model, batch_size)
-    try:
-        known = json.loads(cache.read_text())
-        known = known if isinstance(known, dict) else {}
-    except (OSError, ValueError):
-        known = {}
+    known = read_readings(cache)
     earlier = known.get(key) if isinstance(known.get(key), dict) else {}
     if earlier.get("readings", 0) >= READINGS_TO_TRUST:
         return Calibration(earlier["fp32_s"], earlier["bf16_s"], "calibrated")
@@ -111,11 +106,5 @@ def calibrate(model, batch_size: int, device: torch.device, threads: int, ranks_
         "readings": earlier.get("readings", 0) + 1,
     }
     source = "measured" if (best["fp32_s"], best["bf16_s"]) != (earlier.get("fp32_s"), earlier.get("bf16_s")) else "calibrated"
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache.with_name(f".{cache.name}.{os.getpid()}")
-        temporary.write_text(json.dumps({**known, key: best}, indent=2, sort_keys=True) + "\n")
-        os.replace(temporary, cache)  # whole or not at all: ranks of one host write at once
-    except OSError:
-        pass  # a read-only home: the reading still serves this run
+    write_readings(cache, known, key, best)
     return Calibration(best["fp32_s"], best["bf16_s"], source)

@@ -124,33 +124,40 @@ def calibrated_peak_flops(
     from horovod_llm.training.precision import DTYPES
 
     key = peak_key(threads, ranks_on_host, precision, device)
-    try:
-        known = json.loads(cache.read_text())
-        known = known if isinstance(known, dict) else {}
-    except (OSError, ValueError):
-        known = {}
+    known = read_readings(cache)
     earlier = _peak_entry(known.get(key))
     if earlier["readings"] >= READINGS_TO_TRUST:
         return earlier["flops"], "calibrated"
     reading = measure_matmul_flops(dtype=DTYPES[precision], device=device)
     best = {"flops": max(reading, earlier["flops"]), "readings": earlier["readings"] + 1}
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache.with_name(f".{cache.name}.{os.getpid()}")
-        temporary.write_text(json.dumps({**known, key: best}, indent=2, sort_keys=True) + "\n")
-        os.replace(temporary, cache)  # whole or not at all: ranks of one host write at once
-    except OSError:
-        pass  # a read-only home: the reading still serves this run
+    write_readings(cache, known, key, best)
     return best["flops"], "measured" if reading > earlier["flops"] else "calibrated"
 
 
 def cached_peak_flops(key: str, cache: Path = PEAK_CACHE) -> float:
     """The best reading `cache` holds for `key` (0 where none)."""
+    return _peak_entry(read_readings(cache).get(key))["flops"]
+
+
+def read_readings(cache: Path) -> dict:
+    """A cache of readings by key ({} when missing or damaged: it is measured again)."""
     try:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
-        return 0.0
-    return _peak_entry(known.get(key) if isinstance(known, dict) else None)["flops"]
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def write_readings(cache: Path, known: dict, key: str, entry: dict) -> None:
+    """`known` with `key` set to `entry`, written whole or not at all: the ranks of one
+    host write at once. A read-only home keeps nothing; the reading still serves this run."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache.with_name(f".{cache.name}.{os.getpid()}")
+        temporary.write_text(json.dumps({**known, key: entry}, indent=2, sort_keys=True) + "\n")
+        os.replace(temporary, cache)
+    except OSError:
+        pass
 
 
 def _peak_entry(entry) -> dict:
