@@ -57,9 +57,11 @@ def train_once(spark, launcher: str, ranks: int, folder: Path, steps: int = 0, m
     started = time.time()
     summary = launch_training(config, spark)["summary"]
     lines = storage.read_text(storage.join(layout.stats_url(str(out)), "steps.jsonl")).splitlines()
-    records = [json.loads(line) for line in lines][1:]  # the first interval holds the warm-up
+    logged = [json.loads(line) for line in lines]
+    records = logged[1:]  # the first interval holds the warm-up
     # tokens per step / step time: the steps' own speed, without evaluations and checkpoints
     intervals = [summary["tokens_per_step"] / r["step_time_s"] for r in records]
+    steps = [r["step"] - earlier["step"] for earlier, r in zip(logged[:-1], records, strict=True)]
     return {
         "launcher": launcher,
         "ranks": ranks,
@@ -67,6 +69,8 @@ def train_once(spark, launcher: str, ranks: int, folder: Path, steps: int = 0, m
         "startup_s": summary["timeline"]["loop_started_at"] - started,
         "ranks_ready_s": summary["timeline"]["ranks_ready_at"] - started,
         "tokens_per_s": median(intervals),
+        # every timed step's tokens over their summed time: the estimator the bare loop uses
+        "mean_tokens_per_s": summary["tokens_per_step"] * sum(steps) / sum(r["step_time_s"] * n for r, n in zip(records, steps, strict=True)),
         "loop_tokens_per_s": summary["tokens_per_s"],
         # (absent from code before issue 28: bench/overhead.py --json of an older checkout)
         "loop_seconds": summary.get("loop_seconds"),

@@ -1,30 +1,40 @@
 """The product's training loop against the bare loop, in one run: how much of the
 machine a rank's step and the whole loop leave to the model's arithmetic.
 
-    .venv/bin/python bench/overhead.py [--repeats 2] [--minutes 1] [--json PATH]
+    .venv/bin/python bench/overhead.py [--repeats 3] [--minutes 1] [--json PATH]
 
-Needs the bench dataset (bench/prepare.py). Each repetition runs, the arms alternating:
+Needs the bench dataset (bench/prepare.py). Each repetition runs, for 1 and then 2
+ranks (2 and then 1 in odd repetitions, so that a slow spell of the machine does not
+always fall on one side of the scaling), the arms alternating:
 
-  bare x1, bare x2   bench/bare_loop.py: 1 and 2 plain processes training the demo
-                     recipe's model (same batch, AdamW, clipping, 1 torch thread) on ids
-                     in memory; the x2 figure is the two processes' sum
-  spark x1, x2       the product (`train.launcher=spark`, horovod.spark.run) on 1 and 2
-  torch_distributor  ranks of 1 thread, and the same under Spark's TorchDistributor;
-       x1, x2        each for `--minutes` of training with the demo's evaluation and
-                     checkpoint intervals, from no checkpoint, in one local[2] session
+  bare, spark, bare, torch_distributor, bare
+
+  bare               bench/bare_loop.py: as many plain processes as ranks, training the
+                     demo recipe's model (same batch, AdamW, clipping, 1 torch thread) on
+                     ids in memory; the figure is the processes' sum
+  spark              the product (`train.launcher=spark`, horovod.spark.run) and the same
+  torch_distributor  under Spark's TorchDistributor, ranks of 1 thread, each for
+                     `--minutes` of training with the demo's evaluation and checkpoint
+                     intervals, from no checkpoint, in one local[2] Spark session
+
+A product run is compared with the mean of the bare runs just before and just after it:
+a shared VM's speed drifts by 10-25% within minutes (seen on the Intel machine of
+b39d807, where a 1-rank product run "beat" a bare run taken a minute earlier every
+time), and a bare run at another moment would measure that drift, not the pipeline.
 
 All in fp32 (the product pinned to it: `auto` would pick by CPU). Per product run:
 
-  in-step tokens/s   tokens per step / the median logged step time (loading, the step,
-                     the allreduce; the slowest rank's)
+  in-step tokens/s   every timed step's tokens over the steps' summed logged time
+                     (loading, the step, the allreduce; the slowest rank's), after the
+                     first logged interval: the bare loop's own estimator
   loop tokens/s      the summary's: every step over the loop's wall time, evaluations,
                      checkpoints and logging included
   breakdown          rank 0's loop time by phase (summary.json `loop_seconds`)
 
-Ratios (medians over repetitions of ratios within one): in-step and loop tokens/s over
-the bare arm of as many processes (targets 0.90 in-step, 0.85 over the loop), and
-scaling, tokens/s on 2 ranks / (2 x on 1), for each launcher and for the bare arm (the
-ceiling the machine allows; target 0.85).
+Ratios (medians over repetitions): in-step and loop tokens/s over the bracketing bare
+runs (targets 0.90 in-step, 0.85 over the loop), and scaling, tokens/s on 2 ranks /
+(2 x on 1), for each launcher and for the bare arm (the ceiling the machine allows;
+target 0.85).
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import argparse
 import os
 import tempfile
 from pathlib import Path
+from statistics import fmean as mean
 
 from bare_loop import run_bare
 from common import git_commit, load_average, local_config, median, report, write_result
@@ -44,49 +55,75 @@ TARGET_IN_STEP, TARGET_LOOP, TARGET_SCALING = 0.90, 0.85, 0.85
 def product_run(spark, launcher: str, ranks: int, minutes: float, folder: Path) -> dict:
     """One product run at the demo's intervals (configs/local.yaml), pinned to fp32."""
     run = train_once(spark, launcher, ranks, folder, minutes=minutes)
-    run["in_step_tokens_per_s"] = run.pop("tokens_per_s")
+    run["in_step_tokens_per_s"] = run.pop("mean_tokens_per_s")
+    run["median_interval_tokens_per_s"] = run.pop("tokens_per_s")
     return run
 
 
 def ratios(runs: list[dict], bare: list[dict]) -> dict:
-    """Per launcher: the product against the bare arm, and scaling, medians over repetitions."""
-
-    def of(rows: list[dict], repeat: int, **match) -> dict:
-        return next(r for r in rows if r["repeat"] == repeat and all(r[k] == v for k, v in match.items()))
-
+    """Per launcher: the product against the bare runs that bracket it, and scaling,
+    medians over repetitions."""
     repeats = sorted({r["repeat"] for r in runs})
+
+    def bare_mean(repeat: int, ranks: int) -> float:
+        return mean([b["tokens_per_s"] for b in bare if b["repeat"] == repeat and b["ranks"] == ranks])
+
+    def product(repeat: int, launcher: str, ranks: int) -> dict:
+        return next(r for r in runs if r["repeat"] == repeat and r["launcher"] == launcher and r["ranks"] == ranks)
+
     out: dict = {
         "bare": {
-            "tokens_per_s_1": median([of(bare, i, ranks=1)["tokens_per_s"] for i in repeats]),
-            "tokens_per_s_2": median([of(bare, i, ranks=2)["tokens_per_s"] for i in repeats]),
-            "scaling": median([of(bare, i, ranks=2)["tokens_per_s"] / (2 * of(bare, i, ranks=1)["tokens_per_s"]) for i in repeats]),
+            "tokens_per_s_1": median([bare_mean(i, 1) for i in repeats]),
+            "tokens_per_s_2": median([bare_mean(i, 2) for i in repeats]),
+            "scaling": median([bare_mean(i, 2) / (2 * bare_mean(i, 1)) for i in repeats]),
         }
     }
     for launcher in sorted({r["launcher"] for r in runs}):
         row: dict = {}
         for ranks in (1, 2):
-            pairs = [(of(runs, i, launcher=launcher, ranks=ranks), of(bare, i, ranks=ranks)["tokens_per_s"]) for i in repeats]
-            row[f"in_step_tokens_per_s_{ranks}"] = median([p["in_step_tokens_per_s"] for p, _ in pairs])
-            row[f"loop_tokens_per_s_{ranks}"] = median([p["loop_tokens_per_s"] for p, _ in pairs])
-            row[f"in_step_over_bare_{ranks}"] = median([p["in_step_tokens_per_s"] / b for p, b in pairs])
-            row[f"loop_over_bare_{ranks}"] = median([p["loop_tokens_per_s"] / b for p, b in pairs])
-            phases = [p["loop_seconds"] for p, _ in pairs if p["loop_seconds"]]
+            picked = [product(i, launcher, ranks) for i in repeats]
+            row[f"in_step_tokens_per_s_{ranks}"] = median([p["in_step_tokens_per_s"] for p in picked])
+            row[f"loop_tokens_per_s_{ranks}"] = median([p["loop_tokens_per_s"] for p in picked])
+            row[f"in_step_over_bare_{ranks}"] = median([p["in_step_tokens_per_s"] / p["bare_tokens_per_s"] for p in picked])
+            row[f"loop_over_bare_{ranks}"] = median([p["loop_tokens_per_s"] / p["bare_tokens_per_s"] for p in picked])
+            phases = [p["loop_seconds"] for p in picked if p["loop_seconds"]]
             if phases:
                 row[f"loop_shares_{ranks}"] = {name: median([ph[name] / ph["total"] for ph in phases]) for name in phases[0] if name != "total"}
         for kind in ("in_step", "loop"):
             row[f"{kind}_scaling"] = median(
-                [
-                    of(runs, i, launcher=launcher, ranks=2)[f"{kind}_tokens_per_s"] / (2 * of(runs, i, launcher=launcher, ranks=1)[f"{kind}_tokens_per_s"])
-                    for i in repeats
-                ]
+                [product(i, launcher, 2)[f"{kind}_tokens_per_s"] / (2 * product(i, launcher, 1)[f"{kind}_tokens_per_s"]) for i in repeats]
             )
         out[launcher] = row
     return out
 
 
+def bracketed_runs(spark, repeat: int, ranks: int, launchers: list[str], args, folder: Path) -> tuple[list[dict], list[dict]]:
+    """bare, launcher, bare, launcher, ..., bare at `ranks`: each product run with the
+    mean of the bare runs on either side of it (`bare_tokens_per_s`)."""
+
+    def bare_run() -> dict:
+        result = run_bare(ranks, args.bare_seconds, threads=1, overrides=["train.precision=fp32"])
+        report(f"[{repeat + 1}/{args.repeats}] bare x{ranks}: {result['tokens_per_s']:.0f} tokens/s")
+        return {"repeat": repeat, "ranks": ranks, "tokens_per_s": result["tokens_per_s"], "per_process": result["per_process"]}
+
+    bare, runs = [bare_run()], []
+    for launcher in launchers:
+        run = {"repeat": repeat, **product_run(spark, launcher, ranks, args.minutes, folder)}
+        bare.append(bare_run())
+        run["bare_tokens_per_s"] = mean([bare[-2]["tokens_per_s"], bare[-1]["tokens_per_s"]])
+        runs.append(run)
+        spent = run["loop_seconds"] or {"total": 1.0}
+        shares = ", ".join(f"{k} {v / spent['total']:.0%}" for k, v in spent.items() if k != "total")
+        report(
+            f"[{repeat + 1}/{args.repeats}] {launcher} x{ranks}: in-step {run['in_step_tokens_per_s']:.0f}, "
+            f"loop {run['loop_tokens_per_s']:.0f} tokens/s against bare {run['bare_tokens_per_s']:.0f}; loop time: {shares}"
+        )
+    return runs, bare
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--minutes", type=float, default=1.0, help="training budget of each product run")
     parser.add_argument("--bare-seconds", type=float, default=20.0)
     parser.add_argument("--launchers", nargs="+", default=list(LAUNCHERS), choices=LAUNCHERS)
@@ -98,7 +135,6 @@ def main() -> None:
 
     setup_logging("WARNING")
     load_before = load_average()
-    overrides = ["train.precision=fp32"]
     spark = spark_session(local_config(["spark.master=local[2]"]).spark, {"spark.ui.showConsoleProgress": "false"})
     runs: list[dict] = []
     bare: list[dict] = []
@@ -106,19 +142,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for repeat in range(args.repeats):
                 launchers = args.launchers if repeat % 2 == 0 else args.launchers[::-1]
-                for ranks in (1, 2):
-                    result = run_bare(ranks, args.bare_seconds, threads=1, overrides=overrides)
-                    bare.append({"repeat": repeat, "ranks": ranks, "tokens_per_s": result["tokens_per_s"], "per_process": result["per_process"]})
-                    report(f"[{repeat + 1}/{args.repeats}] bare x{ranks}: {result['tokens_per_s']:.0f} tokens/s")
-                    for launcher in launchers:
-                        run = {"repeat": repeat, **product_run(spark, launcher, ranks, args.minutes, Path(tmp))}
-                        runs.append(run)
-                        spent = run["loop_seconds"] or {"total": 1.0}
-                        shares = ", ".join(f"{k} {v / spent['total']:.0%}" for k, v in spent.items() if k != "total")
-                        report(
-                            f"[{repeat + 1}/{args.repeats}] {launcher} x{ranks}: in-step {run['in_step_tokens_per_s']:.0f}, "
-                            f"loop {run['loop_tokens_per_s']:.0f} tokens/s; loop time: {shares}"
-                        )
+                for ranks in (1, 2) if repeat % 2 == 0 else (2, 1):
+                    product, bracket = bracketed_runs(spark, repeat, ranks, launchers, args, Path(tmp))
+                    runs += product
+                    bare += bracket
     finally:
         spark.stop()
     result = {

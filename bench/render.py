@@ -710,6 +710,27 @@ def _profile_details(profiles: list[dict | None]) -> list[str]:
     return lines
 
 
+def _bracketed(overhead: dict) -> bool:
+    """Whether each product run was compared with the bare runs on either side of it
+    (bench/overhead.py since the drifting Intel VM), not with one bare run per repetition."""
+    return all("bare_tokens_per_s" in run for run in overhead.get("runs", [{}]))
+
+
+def _in_step_meaning(overhead: dict) -> str:
+    if _bracketed(overhead):
+        return "in-step: every timed step's tokens over the steps' summed time (loading, step, allreduce), the bare loop's own estimator"
+    return "in-step: tokens per step / median step time (loading, step, allreduce)"
+
+
+def _bare_pairing(overhead: dict) -> str:
+    if _bracketed(overhead):
+        return (
+            f"Each product run against the mean of the bare runs just before and after it (the machine's speed drifts within minutes), "
+            f"1 and 2 ranks in alternating order; medians over {overhead['repeats']} repetitions"
+        )
+    return f"Medians over {overhead['repeats']} repetitions of ratios within one"
+
+
 def _overhead_details(overhead: dict | None, before: dict | None = None) -> list[str]:
     if not overhead:
         return []
@@ -720,8 +741,8 @@ def _overhead_details(overhead: dict | None, before: dict | None = None) -> list
         "",
         f"The demo recipe's model in fp32, one torch thread per rank. Bare: 1 and 2 plain processes on ids in memory (2: their sum). "
         f"Product: {overhead['minutes']:g} minute(s) of training per run at the demo's evaluation and checkpoint intervals, one local[2] Spark session; "
-        f"in-step: tokens per step / median step time (loading, step, allreduce); loop: every step over the loop's wall time. "
-        f"Medians over {overhead['repeats']} repetitions of ratios within one; load average {overhead['load_before']} -> {overhead['load_after']}.",
+        f"{_in_step_meaning(overhead)}; loop: every step over the loop's wall time. "
+        f"{_bare_pairing(overhead)}; load average {overhead['load_before']} -> {overhead['load_after']}.",
         "",
         f"| arm | tokens/s, 1 rank | tokens/s, 2 ranks | in-step / bare, 1 / 2 ranks (target {targets['in_step_over_bare']}) | "
         f"loop / bare, 1 / 2 (target {targets['loop_over_bare']}) | scaling 1 -> 2, in-step / loop (target {targets['scaling']}) |",
