@@ -74,8 +74,8 @@ def commands(args) -> dict[str, list[str]]:
         "sweep_pace_350": ["sweep.py", "--budget", "350", "--corpus", "shakespeare", "--variants", "recipe", "width_192_dropout_0.1", "dropout_0.2"],
         # Horovod and Spark's TorchDistributor on the same recipe, 1 and 2 ranks.
         "launchers": ["launchers.py", "--repeats", str(args.repeats)],
-        # Issue 28: the product's step and loop against the bare loop, 1 and 2 ranks, both launchers.
-        "overhead": ["overhead.py", "--repeats", str(min(args.repeats, 2))],
+        # Issue 28: the product's step and loop against the bare runs bracketing each of its runs, 1 and 2 ranks, both launchers.
+        "overhead": ["overhead.py", "--repeats", str(args.repeats)],
         # py-spy on every rank of a 2-rank run: the loop's time by what it was calling.
         "profile_loop": ["profile_loop.py"],
         # emr/bootstrap.sh of each launcher into fresh venvs (about 12 minutes: it builds horovod once)
