@@ -81,7 +81,7 @@ def commands(args) -> dict[str, list[str]]:
         # emr/bootstrap.sh of each launcher into fresh venvs (about 12 minutes: it builds horovod once)
         "bootstrap_paths": ["bootstrap_paths.py"],
         "generate_throughput": ["generate_throughput.py", "--threads", "1", "--repeats", str(args.repeats)],
-        "end_to_end": ["end_to_end.py", "--max-steps", str(args.e2e_max_steps)],
+        "end_to_end": ["end_to_end.py", "--repeats", str(args.repeats), "--max-steps", str(args.e2e_max_steps)],
         # after end_to_end: it serves the model that run trained
         "serve_batching": ["serve_batching.py", "--repeats", str(args.repeats)],
         # What batch-invariant decoding (fixed row blocks) costs against unpadded steps.
