@@ -227,9 +227,10 @@ def headlines(results: dict) -> str:
         horovod = overhead["spark"]
         add(
             "overhead",
-            f"- a Horovod rank's training step runs at {horovod['in_step_over_bare_1']:.2f} (1 rank) and {horovod['in_step_over_bare_2']:.2f} (2 ranks) "
-            f"of a bare loop's tokens/s, the whole loop at {horovod['loop_over_bare_1']:.2f} and {horovod['loop_over_bare_2']:.2f} "
-            f"(targets {overhead['targets']['in_step_over_bare']} and {overhead['targets']['loop_over_bare']}); 2 ranks scale {horovod['in_step_scaling']:.2f} "
+            f"- a Horovod rank's training step runs at {horovod['in_step_over_bare_1']:.3f} (1 rank) and {horovod['in_step_over_bare_2']:.3f} (2 ranks) "
+            f"of a bare loop's tokens/s, the whole loop at {horovod['loop_over_bare_1']:.3f} and {horovod['loop_over_bare_2']:.3f} "
+            f"(targets {overhead['targets']['in_step_over_bare']} and {overhead['targets']['loop_over_bare']}); 2 ranks scale {horovod['in_step_scaling']:.3f} "
+            f"(target {overhead['targets']['scaling']}: {_verdict(horovod['in_step_scaling'], overhead['targets']['scaling']).strip('*')}) "
             f"where 2 bare processes reach {overhead['bare']['scaling']:.2f} ({_runs(overhead['repeats'])});",
         )
     boot = _get(results, "bootstrap_paths")
@@ -731,6 +732,12 @@ def _bare_pairing(overhead: dict) -> str:
     return f"Medians over {overhead['repeats']} repetitions of ratios within one"
 
 
+def _judged_pair(first: float, second: float, target: float) -> str:
+    """Two ratios to 3 decimals (0.845 must not read as a met 0.85) and whether both
+    reach their target."""
+    return f"{first:.3f} / {second:.3f}: {_verdict(min(first, second), target)}"
+
+
 def _overhead_details(overhead: dict | None, before: dict | None = None) -> list[str]:
     if not overhead:
         return []
@@ -759,8 +766,9 @@ def _overhead_details(overhead: dict | None, before: dict | None = None) -> list
             lines.append(
                 f"| `{name}`{when} | {row['in_step_tokens_per_s_1']:.0f} in-step, {row['loop_tokens_per_s_1']:.0f} loop | "
                 f"{row['in_step_tokens_per_s_2']:.0f} in-step, {row['loop_tokens_per_s_2']:.0f} loop | "
-                f"{row['in_step_over_bare_1']:.2f} / {row['in_step_over_bare_2']:.2f} | {row['loop_over_bare_1']:.2f} / {row['loop_over_bare_2']:.2f} | "
-                f"{row['in_step_scaling']:.2f} / {row['loop_scaling']:.2f} |"
+                f"{_judged_pair(row['in_step_over_bare_1'], row['in_step_over_bare_2'], targets['in_step_over_bare'])} | "
+                f"{_judged_pair(row['loop_over_bare_1'], row['loop_over_bare_2'], targets['loop_over_bare'])} | "
+                f"{_judged_pair(row['in_step_scaling'], row['loop_scaling'], targets['scaling'])} |"
             )
     if before:
         lines += [

@@ -113,3 +113,10 @@ def test_the_demos_figure_is_the_run_with_the_median_time_outside_its_loop():
     assert end_to_end.median_run(runs[:2])["wall_s"] == 262.0  # an even count: the lower middle
     assert end_to_end.median_run(runs[1:])["wall_s"] == 265.0
     assert render._e2e_runs(runs[0]) == "1 run"  # a result from before --repeats
+
+
+def test_an_overhead_ratio_just_under_its_target_reads_as_missed():
+    """0.845 against a target of 0.85 printed to 2 decimals read as met (issue 28's loop
+    ratio under TorchDistributor, 2 ranks): the table gives 3 decimals and a verdict."""
+    assert render._judged_pair(1.015, 0.845, 0.85) == "1.015 / 0.845: **missed**"
+    assert render._judged_pair(1.057, 0.852, 0.85) == "1.057 / 0.852: met"
