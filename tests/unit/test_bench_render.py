@@ -120,3 +120,24 @@ def test_an_overhead_ratio_just_under_its_target_reads_as_missed():
     ratio under TorchDistributor, 2 ranks): the table gives 3 decimals and a verdict."""
     assert render._judged_pair(1.015, 0.845, 0.85) == "1.015 / 0.845: **missed**"
     assert render._judged_pair(1.057, 0.852, 0.85) == "1.057 / 0.852: met"
+
+
+def test_each_product_run_is_judged_against_the_bare_runs_beside_it():
+    """bench/overhead.py: the machine's speed drifts within minutes, so a product run's
+    ratio uses the bare runs just before and after it, not the repetition's first one."""
+    import overhead
+
+    bare, runs = [], []
+    for ranks in (1, 2):
+        # the machine slows down as the repetition goes on: bare, spark, bare, torch_distributor, bare
+        for speed in (1.0, 0.8, 0.6):
+            bare.append({"repeat": 0, "ranks": ranks, "tokens_per_s": 1000.0 * ranks * speed})
+        for launcher, speed in (("spark", 0.9), ("torch_distributor", 0.7)):
+            runs.append(
+                {"repeat": 0, "ranks": ranks, "launcher": launcher, "in_step_tokens_per_s": 950.0 * ranks * speed,
+                 "loop_tokens_per_s": 900.0 * ranks * speed, "bare_tokens_per_s": 1000.0 * ranks * speed, "loop_seconds": None}
+            )  # fmt: skip
+    result = overhead.ratios(runs, bare)
+    for launcher in ("spark", "torch_distributor"):
+        assert round(result[launcher]["in_step_over_bare_2"], 3) == 0.95 and round(result[launcher]["loop_over_bare_1"], 3) == 0.9
+    assert result["bare"]["tokens_per_s_1"] == 800.0 and result["bare"]["scaling"] == 1.0
