@@ -141,6 +141,9 @@ class TrainConfig:
     scale_lr_by_ranks: bool = False
     # hvd.DistributedOptimizer: fp16 gradient compression on the wire, gradient
     # accumulation over several micro-batches per optimizer step, and the reduction.
+    # fp16 halves the bytes but a CPU sums fp16 in software: 2 ranks on one 2-core host
+    # spent 22% of the loop in the allreduce against 10% in fp32 (Intel Xeon, paired runs
+    # of the demo model, issue 28). It pays where the wire is the limit, between hosts.
     fp16_allreduce: bool = False
     backward_passes_per_step: int = 1
     allreduce_op: str = "average"  # or "adasum" (needs a Horovod built with MPI)
