@@ -6,12 +6,14 @@ Benchmarks run as scripts (`python bench/NAME.py`), so this module is imported a
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -108,3 +110,19 @@ def write_result(path: str | None, result: dict) -> None:
 def report(line: str) -> None:
     """Benchmarks print their numbers as they come: they are the report."""
     print(line, flush=True)
+
+
+@contextmanager
+def time_limit(seconds: float, what: str) -> Iterator[None]:
+    """End the benchmark, with every thread's stack on stderr, if the block runs past
+    `seconds`: a backstop behind the product's own watchdog (train.stall_timeout, which
+    watches the ranks, not the bench's code or its Spark session around them), so that a
+    hang stops the bench with the evidence instead of holding the machine.
+    faulthandler's timer runs on its own C thread, so it fires even while the main
+    thread is blocked inside Spark, Horovod or Gloo, where a Python timer could not."""
+    report(f"(time limit {seconds:.0f} s: {what})")
+    faulthandler.dump_traceback_later(seconds, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
