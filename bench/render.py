@@ -711,27 +711,6 @@ def _profile_details(profiles: list[dict | None]) -> list[str]:
     return lines
 
 
-def _bracketed(overhead: dict) -> bool:
-    """Whether each product run was compared with the bare runs on either side of it
-    (bench/overhead.py since the drifting Intel VM), not with one bare run per repetition."""
-    return all("bare_tokens_per_s" in run for run in overhead.get("runs", [{}]))
-
-
-def _in_step_meaning(overhead: dict) -> str:
-    if _bracketed(overhead):
-        return "in-step: every timed step's tokens over the steps' summed time (loading, step, allreduce), the bare loop's own estimator"
-    return "in-step: tokens per step / median step time (loading, step, allreduce)"
-
-
-def _bare_pairing(overhead: dict) -> str:
-    if _bracketed(overhead):
-        return (
-            f"Each product run against the mean of the bare runs just before and after it (the machine's speed drifts within minutes), "
-            f"1 and 2 ranks in alternating order; medians over {overhead['repeats']} repetitions"
-        )
-    return f"Medians over {overhead['repeats']} repetitions of ratios within one"
-
-
 def _judged_pair(first: float, second: float, target: float) -> str:
     """Two ratios to 3 decimals (0.845 must not read as a met 0.85) and whether both
     reach their target."""
@@ -748,8 +727,10 @@ def _overhead_details(overhead: dict | None, before: dict | None = None) -> list
         "",
         f"The demo recipe's model in fp32, one torch thread per rank. Bare: 1 and 2 plain processes on ids in memory (2: their sum). "
         f"Product: {overhead['minutes']:g} minute(s) of training per run at the demo's evaluation and checkpoint intervals, one local[2] Spark session; "
-        f"{_in_step_meaning(overhead)}; loop: every step over the loop's wall time. "
-        f"{_bare_pairing(overhead)}; load average {overhead['load_before']} -> {overhead['load_after']}.",
+        f"in-step: every timed step's tokens over the steps' summed time (loading, step, allreduce), the bare loop's own estimator; "
+        f"loop: every step over the loop's wall time. Each product run against the mean of the bare runs just before and after it "
+        f"(the machine's speed drifts within minutes), 1 and 2 ranks in alternating order; medians over {overhead['repeats']} repetitions; "
+        f"load average {overhead['load_before']} -> {overhead['load_after']}.",
         "",
         f"| arm | tokens/s, 1 rank | tokens/s, 2 ranks | in-step / bare, 1 / 2 ranks (target {targets['in_step_over_bare']}) | "
         f"loop / bare, 1 / 2 (target {targets['loop_over_bare']}) | scaling 1 -> 2, in-step / loop (target {targets['scaling']}) |",

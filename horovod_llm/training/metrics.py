@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -151,13 +152,11 @@ def read_readings(cache: Path) -> dict:
 def write_readings(cache: Path, known: dict, key: str, entry: dict) -> None:
     """`known` with `key` set to `entry`, written whole or not at all: the ranks of one
     host write at once. A read-only home keeps nothing; the reading still serves this run."""
-    try:
+    with contextlib.suppress(OSError):
         cache.parent.mkdir(parents=True, exist_ok=True)
         temporary = cache.with_name(f".{cache.name}.{os.getpid()}")
         temporary.write_text(json.dumps({**known, key: entry}, indent=2, sort_keys=True) + "\n")
         os.replace(temporary, cache)
-    except OSError:
-        pass
 
 
 def _peak_entry(entry) -> dict:
