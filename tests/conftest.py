@@ -29,9 +29,11 @@ def _short_lived_jvms() -> None:
     of such a JVM's CPU goes to the optimising JIT compiler: a session running one small
     job took 15 CPU-seconds, 8 with C1 alone (-XX:TieredStopAtLevel=1), on this project's
     2-core machines. The suite starts well over a hundred of them, so this is its largest
-    single saving. Speed only, nothing Spark or the product does changes; users' JVMs
-    keep the full JIT, right for long jobs. Through Spark's defaults for administrators
-    (spark.*.defaultJavaOptions), which add to any options a config sets."""
+    single saving. Speed only, nothing Spark or the product does changes. The product's
+    local sessions set it themselves (spark.LOCAL_DRIVER_JAVA_OPTIONS); here it reaches
+    the standalone clusters' JVMs too, which users keep at the full JIT, right for long
+    jobs. Through Spark's defaults for administrators (spark.*.defaultJavaOptions), which
+    add to any options a config sets."""
     if os.environ.get("SPARK_CONF_DIR"):
         return
     folder = Path(tempfile.mkdtemp(prefix="horovod-llm-test-spark-conf-"))
