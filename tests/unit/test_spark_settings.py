@@ -6,7 +6,7 @@ from pathlib import Path
 
 from horovod_llm.config import SparkConfig
 from horovod_llm.spark import LOCAL_DRIVER_JAVA_OPTIONS, session_settings
-from horovod_llm.spark_daemon import worker_path
+from horovod_llm.spark_daemon import preload, worker_path
 
 DAEMON = "spark.python.daemon.module"
 JAVA_OPTIONS = "spark.driver.extraJavaOptions"
@@ -63,3 +63,8 @@ def test_a_spark_installations_zips_stay_and_only_its_python_free_jars_go(tmp_pa
     core = _archive(spark_home / "jars" / "spark-core_2.12-3.5.9.jar", "org/apache/spark/SparkContext.class")
     packed = _archive(tmp_path / "assembly.jar", "pyspark/__init__.py", "org/apache/spark/SparkContext.class")
     assert worker_path([*zips, core, packed, "/usr/lib/python3.11"]) == [*zips, packed, "/usr/lib/python3.11"]
+
+
+def test_preloading_imports_what_it_can_and_names_what_failed():
+    assert preload(("json", "horovod_llm_no_such_module", "csv")) == ["horovod_llm_no_such_module"]
+    assert {"json", "csv"} <= set(__import__("sys").modules)
