@@ -27,6 +27,19 @@ SECRET = "S3CR3T-route-77-never-on-disk"
 MAX_SCANNED_BYTES = 64 * 2**20
 
 
+def files_under(folder: Path):
+    """The files under `folder` (or the file itself). A folder that vanishes while it is
+    walked (another test's temporary one) ends only its own walk: os.walk skips what it
+    cannot list, where rglob raised, and the exception ended the scanner's thread with a
+    warning, leaving the run unwatched from then on (seen in CI)."""
+    if not folder.is_dir():
+        yield folder
+        return
+    for root, _, names in os.walk(folder):
+        for name in names:
+            yield Path(root, name)
+
+
 class Scanner(threading.Thread):
     """Every command line on the machine, and every file the run may write, searched
     for SECRET, again and again while the run lasts."""
@@ -37,6 +50,7 @@ class Scanner(threading.Thread):
         self.stop = threading.Event()
         self.leaks: set[str] = set()
         self.rounds = 0
+        self.finished = False
         self.command_lines = 0
 
     def folders(self) -> list[Path]:
@@ -62,7 +76,7 @@ class Scanner(threading.Thread):
                     shown = line.replace(b"\0", b" ")[:200]
                     self.leaks.add(f"/proc/{pid}/cmdline: {shown!r}")
         for folder in self.folders():
-            for path in folder.rglob("*") if folder.is_dir() else [folder]:
+            for path in files_under(folder):
                 try:
                     if path.is_file() and not path.is_symlink() and path.stat().st_size < MAX_SCANNED_BYTES and needle in path.read_bytes():
                         self.leaks.add(str(path))
@@ -74,6 +88,7 @@ class Scanner(threading.Thread):
         while not self.stop.is_set():
             self.scan()
             time.sleep(0.1)
+        self.finished = True  # checked by the test: the thread watched to the end
 
 
 @pytest.mark.parametrize("launcher", ["spark", "horovodrun", "torch_distributor"])
@@ -96,5 +111,6 @@ def test_no_credential_on_any_disk_or_command_line(launcher, fresh_run, tiny_dat
     scanner.scan()  # once more, after the kill and the restart
     assert killer.killed_at_step is not None and summary["resumed_from_step"] >= 4, "the rank was never killed"
     assert summary["launch"]["credentials_from_driver"] == 2  # the ranks got both, from the driver
+    assert scanner.finished, "the scanner's thread ended early: the run was not watched throughout"
     assert scanner.rounds >= 5 and scanner.command_lines > 50
     assert not scanner.leaks, sorted(scanner.leaks)
