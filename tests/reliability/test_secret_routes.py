@@ -27,6 +27,15 @@ SECRET = "S3CR3T-route-77-never-on-disk"
 MAX_SCANNED_BYTES = 64 * 2**20
 
 
+def _modified_since(entry: os.DirEntry, since: float) -> bool:
+    """False for an entry gone since it was listed (a JVM's unpacked native library, seen
+    in CI: its FileNotFoundError ended the scanner's thread)."""
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime >= since
+    except FileNotFoundError:
+        return False
+
+
 def files_under(folder: Path):
     """The files under `folder` (or the file itself). A folder that vanishes while it is
     walked (another test's temporary one) ends only its own walk: os.walk skips what it
@@ -59,7 +68,7 @@ class Scanner(threading.Thread):
         for entry in os.scandir(temp):
             if entry.name.startswith(("pytest-of-", "bash_jobs")):
                 continue  # the suite's own folders (this run's is `own`)
-            if entry.name.startswith(("blockmgr-", "spark-")) or entry.stat(follow_symlinks=False).st_mtime >= self.started - 1:
+            if entry.name.startswith(("blockmgr-", "spark-")) or _modified_since(entry, self.started - 1):
                 found.append(Path(entry.path))
         return found
 
