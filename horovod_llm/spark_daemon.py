@@ -13,10 +13,9 @@ With pip's PySpark the zips lie inside site-packages/pyspark and repeat packages
 site-packages, also on the path, holds: pyspark itself, and the py4j that the driver
 already imports from there. The jar holds no Python in any distribution but one that
 packs PySpark into it. Those are the entries dropped; a Spark installation's own
-python/lib (EMR's /usr/lib/spark) keeps its zips. The
-daemon's forked workers inherit the path, and the modules it preloads (PRELOAD).
-`spark.session_settings` names this module as `spark.python.daemon.module`; nothing
-else of PySpark's changes.
+python/lib (EMR's /usr/lib/spark) keeps its zips. The daemon's forked workers inherit
+the path, and the modules it preloads (PRELOAD). `spark.session_settings` names this
+module as `spark.python.daemon.module`; nothing else of PySpark's changes.
 """
 
 from __future__ import annotations
@@ -36,10 +35,10 @@ from pathlib import Path
 PRELOAD = ("pyarrow", "pandas", "pyspark.sql.pandas.serializers", "horovod_llm.data.preprocess")
 
 
-def _copy_of_an_installed_pyspark(archive: Path, path: list[str]) -> bool:
+def _copy_of_an_installed_pyspark(archive: Path, on_path: set[Path]) -> bool:
     """The archive lies inside a PySpark package whose folder's parent is on the path."""
     package = next((p for p in archive.parents if p.name == "pyspark" and (p / "__init__.py").is_file()), None)
-    return package is not None and any(Path(entry).resolve() == package.parent.resolve() for entry in path if entry)
+    return package is not None and package.parent.resolve() in on_path
 
 
 def _holds_python(archive: Path) -> bool:
@@ -53,13 +52,14 @@ def _holds_python(archive: Path) -> bool:
 def worker_path(path: list[str]) -> list[str]:
     """`path` less the archives that only repeat an installed PySpark, and the jars
     that hold no Python."""
-    return [entry for entry in path if not _dropped(Path(entry), path)]
+    on_path = {Path(entry).resolve() for entry in path if entry}
+    return [entry for entry in path if not _dropped(Path(entry), on_path)]
 
 
-def _dropped(archive: Path, path: list[str]) -> bool:
+def _dropped(archive: Path, on_path: set[Path]) -> bool:
     if archive.suffix not in (".zip", ".jar") or not archive.is_file():
         return False
-    return _copy_of_an_installed_pyspark(archive, path) or (archive.suffix == ".jar" and not _holds_python(archive))
+    return _copy_of_an_installed_pyspark(archive, on_path) or (archive.suffix == ".jar" and not _holds_python(archive))
 
 
 def preload(modules: tuple[str, ...] = PRELOAD) -> list[str]:

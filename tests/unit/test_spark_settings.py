@@ -1,6 +1,8 @@
 """The settings every SparkSession gets: a short-lived local JVM compiles with C1 only,
-and Python workers start from horovod_llm.spark_daemon, which keeps jars off their path."""
+and Python workers start from horovod_llm.spark_daemon, which keeps Spark's archives off
+their path and preloads the tasks' modules."""
 
+import sys
 import zipfile
 from pathlib import Path
 
@@ -67,4 +69,4 @@ def test_a_spark_installations_zips_stay_and_only_its_python_free_jars_go(tmp_pa
 
 def test_preloading_imports_what_it_can_and_names_what_failed():
     assert preload(("json", "horovod_llm_no_such_module", "csv")) == ["horovod_llm_no_such_module"]
-    assert {"json", "csv"} <= set(__import__("sys").modules)
+    assert {"json", "csv"} <= set(sys.modules)
