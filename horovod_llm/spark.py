@@ -68,7 +68,9 @@ def session_settings(config: SparkConfig, extra_conf: dict[str, str] | None = No
         "spark.python.daemon.module": "horovod_llm.spark_daemon",  # workers without archives to re-read per task (spark_daemon.py)
     }
     if is_local(config.master):
-        ours["spark.driver.extraJavaOptions"] = LOCAL_DRIVER_JAVA_OPTIONS
+        from horovod_llm import jvm_archive
+
+        ours["spark.driver.extraJavaOptions"] = f"{LOCAL_DRIVER_JAVA_OPTIONS} {jvm_archive.java_options()}".strip()
     return {**ours, **config.conf, **(extra_conf or {})}
 
 

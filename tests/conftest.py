@@ -7,6 +7,7 @@ Horovod ranks as processes. Only the sizes are small.
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import signal
@@ -20,33 +21,34 @@ from pathlib import Path
 
 import pytest
 
+from horovod_llm.config import CONFIG_DIR, load_config
+from horovod_llm.data.corpus import embedded_corpus
+
 # Keep Spark, Horovod and test servers on loopback (see STACK.md).
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 
-def _short_lived_jvms() -> None:
-    """Spark's drivers and executors in the suite live seconds to minutes, and about half
-    of such a JVM's CPU goes to the optimising JIT compiler: a session running one small
-    job took 15 CPU-seconds, 8 with C1 alone (-XX:TieredStopAtLevel=1), on this project's
-    2-core machines. The suite starts well over a hundred of them, so this is its largest
-    single saving. Speed only, nothing Spark or the product does changes. The product's
-    local sessions set it themselves (spark.LOCAL_DRIVER_JAVA_OPTIONS); here it reaches
-    the standalone clusters' JVMs too, which users keep at the full JIT, right for long
-    jobs. Through Spark's defaults for administrators (spark.*.defaultJavaOptions), which
-    add to any options a config sets."""
+@functools.cache
+def short_lived_jvm_conf_dir() -> str:
+    """A SPARK_CONF_DIR for the standalone clusters' JVMs (tests/cluster): their masters,
+    workers, drivers and executors live seconds to minutes, and about half of such a
+    JVM's CPU goes to the optimising JIT compiler: a session running one small job took
+    15 CPU-seconds, 8 with C1 alone (-XX:TieredStopAtLevel=1), on this project's 2-core
+    machines. Speed only, nothing Spark or the product does changes; users' clusters keep
+    the full JIT, right for long jobs. Through Spark's defaults for administrators
+    (spark.*.defaultJavaOptions), which add to any options a config sets.
+
+    Local sessions need none of it: the product gives their JVM C1 and the class archive
+    of `make setup` itself (spark.session_settings), and a SPARK_CONF_DIR of its own would
+    change their class path, for which that archive was not made (jvm_archive.py)."""
     if os.environ.get("SPARK_CONF_DIR"):
-        return
+        return os.environ["SPARK_CONF_DIR"]
     folder = Path(tempfile.mkdtemp(prefix="horovod-llm-test-spark-conf-"))
     flags = "-XX:TieredStopAtLevel=1"
     (folder / "spark-defaults.conf").write_text(f"spark.driver.defaultJavaOptions {flags}\nspark.executor.defaultJavaOptions {flags}\n")
-    os.environ["SPARK_CONF_DIR"] = str(folder)
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return str(folder)
 
-
-_short_lived_jvms()
-
-from horovod_llm.config import CONFIG_DIR, load_config  # noqa: E402
-from horovod_llm.data.corpus import embedded_corpus  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIG = CONFIG_DIR / "tiny.yaml"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.netns import Cluster, Host, remove_stale, unavailable
+from tests.conftest import short_lived_jvm_conf_dir
 
 S3_PORT = 5000
 MASTER_PORT = 7077
@@ -124,6 +125,7 @@ def cluster_env(work: Path) -> dict[str, str]:
         AWS_DEFAULT_REGION="us-east-1",
         AWS_ENDPOINT_URL=f"http://node1:{S3_PORT}",
         PYTHONPATH=str(Path(__file__).resolve().parents[2]),
+        SPARK_CONF_DIR=short_lived_jvm_conf_dir(),
     )
     # Spark's own timeouts (spark.worker.timeout: 60 s): the cluster a user starts.
     return env

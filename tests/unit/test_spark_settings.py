@@ -6,6 +6,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from horovod_llm import jvm_archive
 from horovod_llm.config import SparkConfig
 from horovod_llm.spark import LOCAL_DRIVER_JAVA_OPTIONS, session_settings
 from horovod_llm.spark_daemon import preload, worker_path
@@ -14,8 +15,11 @@ DAEMON = "spark.python.daemon.module"
 JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 
 
-def test_a_local_session_compiles_with_c1_and_a_cluster_keeps_the_jvms_default():
+def test_a_local_session_compiles_with_c1_and_a_cluster_keeps_the_jvms_default(monkeypatch):
+    monkeypatch.setattr(jvm_archive, "java_options", lambda: "")  # no class archive: tests/unit/test_jvm_archive.py
     assert session_settings(SparkConfig(master="local[*]"))[JAVA_OPTIONS] == LOCAL_DRIVER_JAVA_OPTIONS == "-XX:TieredStopAtLevel=1"
+    monkeypatch.setattr(jvm_archive, "java_options", lambda: "-XX:SharedArchiveFile=/a.jsa")
+    assert session_settings(SparkConfig(master="local[*]"))[JAVA_OPTIONS] == "-XX:TieredStopAtLevel=1 -XX:SharedArchiveFile=/a.jsa"
     assert JAVA_OPTIONS not in session_settings(SparkConfig(master="spark://10.0.0.1:7077"))
     assert JAVA_OPTIONS not in session_settings(SparkConfig(master="yarn"))
 
