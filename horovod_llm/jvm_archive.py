@@ -114,7 +114,7 @@ def _session(java_opts: str):
     from horovod_llm.spark import LOCAL_DRIVER_JAVA_OPTIONS, spark_session
 
     config = load_config(CONFIG_DIR / "local.yaml", ["spark.master=local[2]"])
-    return config, spark_session(config.spark, {"spark.driver.extraJavaOptions": f"{LOCAL_DRIVER_JAVA_OPTIONS} {java_opts}"})
+    return spark_session(config.spark, {"spark.driver.extraJavaOptions": f"{LOCAL_DRIVER_JAVA_OPTIONS} {java_opts}"})
 
 
 def _end_jvm(session) -> int:
@@ -135,18 +135,22 @@ def record(target: Path) -> None:
     from horovod_llm.data.corpus import embedded_corpus
     from horovod_llm.data.preprocess import run_preprocess
 
-    _, session = _session(f"-XX:ArchiveClassesAtExit={shlex.quote(str(target))}")
-    with tempfile.TemporaryDirectory(prefix="horovod-llm-jvm-archive-") as work:
-        corpus = Path(work, "corpus")
-        corpus.mkdir()
-        for play in embedded_corpus()[:2]:
-            shutil.copy(play.url, corpus / Path(play.url).name)
-        small = load_config(CONFIG_DIR / "tiny.yaml", [f"output_url={work}/run", f"data.input_url={corpus}"])
-        run_preprocess(small, session)
-        context = session.sparkContext
-        context.parallelize(range(2), 2).barrier().mapPartitions(lambda rows: [sum(rows)]).collect()
-        context.parallelize(range(2), 2).mapPartitionsWithIndex(lambda index, rows: [index]).collect()
-    status = _end_jvm(session)
+    session = _session(f"-XX:ArchiveClassesAtExit={shlex.quote(str(target))}")
+    try:
+        with tempfile.TemporaryDirectory(prefix="horovod-llm-jvm-archive-") as work:
+            corpus = Path(work, "corpus")
+            corpus.mkdir()
+            for play in embedded_corpus()[:2]:
+                shutil.copy(play.url, corpus / Path(play.url).name)
+            small = load_config(CONFIG_DIR / "tiny.yaml", [f"output_url={work}/run", f"data.input_url={corpus}"])
+            run_preprocess(small, session)
+            context = session.sparkContext
+            context.parallelize(range(2), 2).barrier().mapPartitions(lambda rows: [sum(rows)]).collect()
+            context.parallelize(range(2), 2).mapPartitionsWithIndex(lambda index, rows: [index]).collect()
+    finally:
+        # Also after a failure: a JVM still dumping after this process ended would write
+        # the partial file again after build() removed it.
+        status = _end_jvm(session)
     if status != 0:
         raise RuntimeError(f"the recording JVM exited with status {status}")
 
@@ -154,9 +158,13 @@ def record(target: Path) -> None:
 def verify(archive: Path) -> None:
     """Start a session whose JVM must map `archive` (-Xshare:on: no JVM starts otherwise)
     and run a job in it."""
-    _, session = _session(f"-Xshare:on -XX:SharedArchiveFile={shlex.quote(str(archive))}")
-    assert session.sparkContext.parallelize(range(4), 2).sum() == 6
-    status = _end_jvm(session)
+    session = _session(f"-Xshare:on -XX:SharedArchiveFile={shlex.quote(str(archive))}")
+    try:
+        total = session.sparkContext.parallelize(range(4), 2).sum()
+    finally:
+        status = _end_jvm(session)
+    if total != 6:
+        raise RuntimeError(f"a job in the JVM that mapped the archive summed 0..3 to {total}")
     if status != 0:
         raise RuntimeError(f"the JVM that mapped the archive exited with status {status}")
 
@@ -170,8 +178,8 @@ def _in_child(step: str, path: Path) -> None:
 
 
 def build() -> Path | None:
-    """The archive for this Java and class path: the existing one, or a new one (about a
-    minute of CPU). None without Java."""
+    """The archive for this Java and class path: the existing one, or a new one (about
+    30 s on 2 cores). None without Java."""
     key = archive_key()
     if key is None:
         log.warning("no java found: no JVM class archive (local Spark starts a few seconds slower)")
