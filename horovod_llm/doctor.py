@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -89,10 +88,10 @@ def check_horovod() -> Check:
 
 
 def check_java() -> Check:
-    import os
+    from horovod_llm.jvm_archive import java_executable
 
-    java = os.path.join(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else shutil.which("java")
-    if not java or not os.path.exists(java):
+    java = java_executable()
+    if java is None:
         return Check("java", "missing", False, "install Java 17 (Debian: apt-get install openjdk-17-jre-headless)")
     output = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
     match = re.search(r'version "([^"]+)"', output)

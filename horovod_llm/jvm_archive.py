@@ -50,7 +50,7 @@ def _spark_home() -> Path:
     return Path(_find_spark_home())
 
 
-def _java() -> Path | None:
+def java_executable() -> Path | None:
     """The `java` Spark's launcher runs: $JAVA_HOME/bin/java, else the one on PATH."""
     home = os.environ.get("JAVA_HOME")
     found = str(Path(home) / "bin" / "java") if home else shutil.which("java")
@@ -66,7 +66,7 @@ def archive_key() -> str | None:
     """What the archive depends on: the Java build (its binary and libjvm) and the class
     path of a local session's JVM (the configuration folder, then every jar). None without
     a `java` to run."""
-    java = _java()
+    java = java_executable()
     if java is None:
         return None
     spark_home = _spark_home()
