@@ -11,7 +11,8 @@ always fall on one side of the scaling), the arms alternating:
 
   bare               bench/bare_loop.py: as many plain processes as ranks, training the
                      demo recipe's model (same batch, AdamW, clipping, 1 torch thread) on
-                     ids in memory; the figure is the processes' sum
+                     the bench dataset's windows held in memory; the figure is the
+                     processes' sum
   spark              the product (`train.launcher=spark`, horovod.spark.run) and the same
   torch_distributor  under Spark's TorchDistributor, ranks of 1 thread, each for
                      `--minutes` of training with the demo's evaluation and checkpoint

@@ -721,11 +721,13 @@ def _overhead_details(overhead: dict | None, before: dict | None = None) -> list
     if not overhead:
         return []
     targets = overhead["targets"]
+    # Bare runs before the bench dataset's windows (bench/bare_loop.py) trained on random ids.
+    bare_data = "the bench dataset's windows" if overhead["bare_runs"][0].get("data") == "windows" else "random ids"
     lines = [
         "",
         "### The training loop against a bare loop (`bench/overhead.py`)",
         "",
-        f"The demo recipe's model in fp32, one torch thread per rank. Bare: 1 and 2 plain processes on ids in memory (2: their sum). "
+        f"The demo recipe's model in fp32, one torch thread per rank. Bare: 1 and 2 plain processes on {bare_data} in memory (2: their sum). "
         f"Product: {overhead['minutes']:g} minute(s) of training per run at the demo's evaluation and checkpoint intervals, one local[2] Spark session; "
         f"in-step: every timed step's tokens over the steps' summed time (loading, step, allreduce), the bare loop's own estimator; "
         f"loop: every step over the loop's wall time. Each product run against the mean of the bare runs just before and after it "

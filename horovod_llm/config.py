@@ -148,13 +148,15 @@ class TrainConfig:
     backward_passes_per_step: int = 1
     allreduce_op: str = "average"  # or "adasum" (needs a Horovod built with MPI)
     # Milliseconds between the idle cycles of Horovod's background thread
-    # (HOROVOD_CYCLE_TIME, which wins when set). Horovod's 1 ms default wakes the thread a
-    # thousand times a second; with every core busy computing, that cost 2 ranks on 2
-    # cores about 10% of their throughput here (bench/results.md), and 2 ms ran 7% slower
-    # than 10 (issue 28, paired runs). With the stack's wake patch (scripts/
-    # install-stack.sh) a collective no longer waits for the next cycle: an enqueue wakes
-    # the thread, and cycles are at most 1 ms apart while a tensor waits.
-    horovod_cycle_time_ms: float = 10.0
+    # (HOROVOD_CYCLE_TIME, which wins when set). With the stack's wake patch (scripts/
+    # install-stack.sh) a collective never waits for the next cycle: an enqueue wakes the
+    # thread, and cycles are at most 1 ms apart while a tensor waits. An idle cycle only
+    # negotiates with the other ranks, waking a thread on cores that are busy computing:
+    # Horovod's 1 ms default cost 2 ranks on 2 cores about 10% of their throughput, 2 ms
+    # ran 7% slower than 10, and 10 ms left one rank waiting for the other 1.9-2.6 ms a
+    # step on average against 1.1-1.4 at 100 (steps 2% shorter, 5 alternated pairs; all
+    # issue 28, bench/results.md). A shutdown waits up to one idle cycle.
+    horovod_cycle_time_ms: float = 100.0
     # The arithmetic of the forward and backward passes: fp32; bf16 or fp16 under autocast,
     # with fp32 weights, optimizer state and checkpoints (fp16 with a gradient scaler, for
     # GPUs without bf16); auto: bf16 where a short calibration at rank start finds it
