@@ -109,7 +109,7 @@ def bracketed_runs(spark, repeat: int, ranks: int, launchers: list[str], args, f
     def bare_run() -> dict:
         result = run_bare(ranks, args.bare_seconds, threads=1, overrides=["train.precision=fp32"])
         report(f"[{repeat + 1}/{args.repeats}] bare x{ranks}: {result['tokens_per_s']:.0f} tokens/s")
-        return {"repeat": repeat, "ranks": ranks, "tokens_per_s": result["tokens_per_s"], "per_process": result["per_process"]}
+        return {"repeat": repeat, "ranks": ranks, "data": result["data"], "tokens_per_s": result["tokens_per_s"], "per_process": result["per_process"]}
 
     bare, runs = [bare_run()], []
     for launcher in launchers:
