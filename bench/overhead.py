@@ -3,25 +3,22 @@ machine a rank's step and the whole loop leave to the model's arithmetic.
 
     .venv/bin/python bench/overhead.py [--repeats 3] [--minutes 1] [--json PATH]
 
-Needs the bench dataset (bench/prepare.py). Each repetition runs, for 1 and then 2
-ranks (2 and then 1 in odd repetitions, so that a slow spell of the machine does not
-always fall on one side of the scaling), the arms alternating:
+Needs the bench dataset (bench/prepare.py). The runs come in blocks of one rank count,
+1, 2, 1, 2, ..., 1 (`--repeats` blocks of 2 ranks, each between two blocks of 1 rank),
+each block the arms alternating, the launchers' order turned round every second block
+(so at each rank count):
 
   bare, spark, bare, torch_distributor, bare
-
-  bare               bench/bare_loop.py: as many plain processes as ranks, training the
-                     demo recipe's model (same batch, AdamW, clipping, 1 torch thread) on
-                     the bench dataset's windows held in memory; the figure is the
-                     processes' sum
-  spark              the product (`train.launcher=spark`, horovod.spark.run) and the same
-  torch_distributor  under Spark's TorchDistributor, ranks of 1 thread, each for
-                     `--minutes` of training with the demo's evaluation and checkpoint
-                     intervals, from no checkpoint, in one local[2] Spark session
 
 A product run is compared with the mean of the bare runs just before and just after it:
 a shared VM's speed drifts by 10-25% within minutes (seen on the Intel machine of
 b39d807, where a 1-rank product run "beat" a bare run taken a minute earlier every
 time), and a bare run at another moment would measure that drift, not the pipeline.
+Scaling is bracketed the same way: each 2-rank run against the mean of its launcher's
+1-rank runs in the blocks before and after it. Taken from one 1-rank and one 2-rank block
+(before 2026-12-06), the figure moved with the minutes between them: in two runs an
+hour apart, each launcher scaled 0.89-0.90 in one and 0.81-0.82 in the other, and the
+bare processes themselves "scaled" 1.03 once.
 
 All in fp32 (the product pinned to it: `auto` would pick by CPU). Per product run:
 
@@ -32,10 +29,10 @@ All in fp32 (the product pinned to it: `auto` would pick by CPU). Per product ru
                      checkpoints and logging included
   breakdown          rank 0's loop time by phase (summary.json `loop_seconds`)
 
-Ratios (medians over repetitions): in-step and loop tokens/s over the bracketing bare
+Ratios (medians over the blocks): in-step and loop tokens/s over the bracketing bare
 runs (targets 0.90 in-step, 0.85 over the loop), and scaling, tokens/s on 2 ranks /
-(2 x on 1), for each launcher and for the bare arm (the ceiling the machine allows;
-target 0.85).
+(2 x on 1, bracketed), for each launcher and for the bare arm (the ceiling the machine
+allows; target 0.85).
 """
 
 from __future__ import annotations
@@ -65,28 +62,38 @@ def product_run(spark, launcher: str, ranks: int, minutes: float, folder: Path) 
     return run
 
 
+def block_order(repeats: int) -> list[int]:
+    """The rank count of each block: 1, 2, 1, ..., 2, 1, so that every 2-rank block has a
+    1-rank block on either side of it."""
+    return [1, 2] * repeats + [1]
+
+
 def ratios(runs: list[dict], bare: list[dict]) -> dict:
-    """Per launcher: the product against the bare runs that bracket it, and scaling,
-    medians over repetitions."""
-    repeats = sorted({r["repeat"] for r in runs})
+    """Per launcher: the product against the bare runs that bracket it, and scaling
+    against the 1-rank blocks that bracket each 2-rank block; medians over the blocks."""
+    blocks = sorted({r["block"] for r in runs})
+    pairs = [(b - 1, b, b + 1) for b in blocks if b - 1 in blocks and b + 1 in blocks and _ranks(runs, b) == 2]
 
-    def bare_mean(repeat: int, ranks: int) -> float:
-        return mean([b["tokens_per_s"] for b in bare if b["repeat"] == repeat and b["ranks"] == ranks])
+    def bare_mean(block: int) -> float:
+        return mean([b["tokens_per_s"] for b in bare if b["block"] == block])
 
-    def product(repeat: int, launcher: str, ranks: int) -> dict:
-        return next(r for r in runs if r["repeat"] == repeat and r["launcher"] == launcher and r["ranks"] == ranks)
+    def product(block: int, launcher: str) -> dict:
+        return next(r for r in runs if r["block"] == block and r["launcher"] == launcher)
+
+    def by_ranks(ranks: int) -> list[int]:
+        return [b for b in blocks if _ranks(runs, b) == ranks]
 
     out: dict = {
         "bare": {
-            "tokens_per_s_1": median([bare_mean(i, 1) for i in repeats]),
-            "tokens_per_s_2": median([bare_mean(i, 2) for i in repeats]),
-            "scaling": median([bare_mean(i, 2) / (2 * bare_mean(i, 1)) for i in repeats]),
+            "tokens_per_s_1": median([bare_mean(b) for b in by_ranks(1)]),
+            "tokens_per_s_2": median([bare_mean(b) for b in by_ranks(2)]),
+            "scaling": median([bare_mean(two) / (2 * mean([bare_mean(before), bare_mean(after)])) for before, two, after in pairs]),
         }
     }
     for launcher in sorted({r["launcher"] for r in runs}):
         row: dict = {}
         for ranks in (1, 2):
-            picked = [product(i, launcher, ranks) for i in repeats]
+            picked = [product(b, launcher) for b in by_ranks(ranks)]
             row[f"in_step_tokens_per_s_{ranks}"] = median([p["in_step_tokens_per_s"] for p in picked])
             row[f"loop_tokens_per_s_{ranks}"] = median([p["loop_tokens_per_s"] for p in picked])
             row[f"in_step_over_bare_{ranks}"] = median([p["in_step_tokens_per_s"] / p["bare_tokens_per_s"] for p in picked])
@@ -95,33 +102,38 @@ def ratios(runs: list[dict], bare: list[dict]) -> dict:
             if phases:
                 row[f"loop_shares_{ranks}"] = {name: median([ph[name] / ph["total"] for ph in phases]) for name in phases[0] if name != "total"}
         for kind in ("in_step", "loop"):
+            key = f"{kind}_tokens_per_s"
             row[f"{kind}_scaling"] = median(
-                [product(i, launcher, 2)[f"{kind}_tokens_per_s"] / (2 * product(i, launcher, 1)[f"{kind}_tokens_per_s"]) for i in repeats]
+                [product(two, launcher)[key] / (2 * mean([product(before, launcher)[key], product(after, launcher)[key]])) for before, two, after in pairs]
             )
         out[launcher] = row
     return out
 
 
-def bracketed_runs(spark, repeat: int, ranks: int, launchers: list[str], args, folder: Path) -> tuple[list[dict], list[dict]]:
+def _ranks(runs: list[dict], block: int) -> int:
+    return next(r["ranks"] for r in runs if r["block"] == block)
+
+
+def bracketed_runs(spark, block: int, ranks: int, launchers: list[str], args, folder: Path) -> tuple[list[dict], list[dict]]:
     """bare, launcher, bare, launcher, ..., bare at `ranks`: each product run with the
     mean of the bare runs on either side of it (`bare_tokens_per_s`)."""
 
     def bare_run() -> dict:
         result = run_bare(ranks, args.bare_seconds, threads=1, overrides=["train.precision=fp32"])
-        report(f"[{repeat + 1}/{args.repeats}] bare x{ranks}: {result['tokens_per_s']:.0f} tokens/s")
-        return {"repeat": repeat, "ranks": ranks, "data": result["data"], "tokens_per_s": result["tokens_per_s"], "per_process": result["per_process"]}
+        report(f"[block {block + 1}/{2 * args.repeats + 1}] bare x{ranks}: {result['tokens_per_s']:.0f} tokens/s")
+        return {"block": block, "ranks": ranks, "data": result["data"], "tokens_per_s": result["tokens_per_s"], "per_process": result["per_process"]}
 
     bare, runs = [bare_run()], []
     for launcher in launchers:
         with time_limit(60 * args.minutes + PRODUCT_RUN_SLACK_S, f"{launcher} x{ranks}"):
-            run = {"repeat": repeat, **product_run(spark, launcher, ranks, args.minutes, folder)}
+            run = {"block": block, **product_run(spark, launcher, ranks, args.minutes, folder)}
         bare.append(bare_run())
         run["bare_tokens_per_s"] = mean([bare[-2]["tokens_per_s"], bare[-1]["tokens_per_s"]])
         runs.append(run)
         spent = run["loop_seconds"] or {"total": 1.0}
         shares = ", ".join(f"{k} {v / spent['total']:.0%}" for k, v in spent.items() if k != "total")
         report(
-            f"[{repeat + 1}/{args.repeats}] {launcher} x{ranks}: in-step {run['in_step_tokens_per_s']:.0f}, "
+            f"[block {block + 1}/{2 * args.repeats + 1}] {launcher} x{ranks}: in-step {run['in_step_tokens_per_s']:.0f}, "
             f"loop {run['loop_tokens_per_s']:.0f} tokens/s against bare {run['bare_tokens_per_s']:.0f}; loop time: {shares}"
         )
     return runs, bare
@@ -129,7 +141,7 @@ def bracketed_runs(spark, repeat: int, ranks: int, launchers: list[str], args, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="blocks of 2 ranks (each between two of 1 rank)")
     parser.add_argument("--minutes", type=float, default=1.0, help="training budget of each product run")
     parser.add_argument("--bare-seconds", type=float, default=20.0)
     parser.add_argument("--launchers", nargs="+", default=list(LAUNCHERS), choices=LAUNCHERS)
@@ -146,12 +158,12 @@ def main() -> None:
     bare: list[dict] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for repeat in range(args.repeats):
-                launchers = args.launchers if repeat % 2 == 0 else args.launchers[::-1]
-                for ranks in (1, 2) if repeat % 2 == 0 else (2, 1):
-                    product, bracket = bracketed_runs(spark, repeat, ranks, launchers, args, Path(tmp))
-                    runs += product
-                    bare += bracket
+            for block, ranks in enumerate(block_order(args.repeats)):
+                # turned round every other block, so that each rank count sees both orders
+                launchers = args.launchers if block // 2 % 2 == 0 else args.launchers[::-1]
+                product, bracket = bracketed_runs(spark, block, ranks, launchers, args, Path(tmp))
+                runs += product
+                bare += bracket
     finally:
         spark.stop()
     result = {

@@ -122,22 +122,48 @@ def test_an_overhead_ratio_just_under_its_target_reads_as_missed():
     assert render._judged_pair(1.057, 0.852, 0.85) == "1.057 / 0.852: met"
 
 
-def test_each_product_run_is_judged_against_the_bare_runs_beside_it():
-    """bench/overhead.py: the machine's speed drifts within minutes, so a product run's
-    ratio uses the bare runs just before and after it, not the repetition's first one."""
+def _overhead_runs(speeds: list[list[float]], product_scaling: float = 1.0) -> tuple[list[dict], list[dict]]:
+    """Runs of bench/overhead.py's blocks (1, 2, 1, ...), the machine's speed in each block
+    going through `speeds` (bare, spark, bare, torch_distributor, bare): products at 0.95
+    in-step and 0.9 over the loop of the machine's speed at that moment, 2 ranks at
+    `product_scaling` of twice 1 rank's speed."""
     import overhead
 
     bare, runs = [], []
-    for ranks in (1, 2):
-        # the machine slows down as the repetition goes on: bare, spark, bare, torch_distributor, bare
-        for speed in (1.0, 0.8, 0.6):
-            bare.append({"repeat": 0, "ranks": ranks, "tokens_per_s": 1000.0 * ranks * speed})
-        for launcher, speed in (("spark", 0.9), ("torch_distributor", 0.7)):
+    for block, ranks in enumerate(overhead.block_order((len(speeds) - 1) // 2)):
+        b0, s, b1, t, b2 = speeds[block]
+        scale = ranks * (product_scaling if ranks == 2 else 1.0)
+        bare += [{"block": block, "ranks": ranks, "tokens_per_s": 1000.0 * ranks * speed} for speed in (b0, b1, b2)]
+        for launcher, speed, beside in (("spark", s, (b0, b1)), ("torch_distributor", t, (b1, b2))):
             runs.append(
-                {"repeat": 0, "ranks": ranks, "launcher": launcher, "in_step_tokens_per_s": 950.0 * ranks * speed,
-                 "loop_tokens_per_s": 900.0 * ranks * speed, "bare_tokens_per_s": 1000.0 * ranks * speed, "loop_seconds": None}
+                {"block": block, "ranks": ranks, "launcher": launcher, "in_step_tokens_per_s": 950.0 * scale * speed,
+                 "loop_tokens_per_s": 900.0 * scale * speed, "bare_tokens_per_s": 1000.0 * ranks * sum(beside) / 2, "loop_seconds": None}
             )  # fmt: skip
+    return runs, bare
+
+
+def test_each_product_run_is_judged_against_the_bare_runs_beside_it():
+    """bench/overhead.py: the machine's speed drifts within minutes, so a product run's
+    ratio uses the bare runs just before and after it, not the block's first one."""
+    import overhead
+
+    # the machine slows down as each block goes on
+    runs, bare = _overhead_runs([[1.0, 0.9, 0.8, 0.7, 0.6]] * 3)
     result = overhead.ratios(runs, bare)
     for launcher in ("spark", "torch_distributor"):
         assert round(result[launcher]["in_step_over_bare_2"], 3) == 0.95 and round(result[launcher]["loop_over_bare_1"], 3) == 0.9
     assert result["bare"]["tokens_per_s_1"] == 800.0 and result["bare"]["scaling"] == 1.0
+
+
+def test_scaling_compares_each_2_rank_block_with_the_1_rank_blocks_on_either_side():
+    """A machine that slows down steadily from block to block: a 2-rank block against the
+    block before it alone would read (0.9 x 0.8) / 1.0 = 0.72 for a true 0.9; against
+    the mean of the blocks on either side, the drift cancels."""
+    import overhead
+
+    speeds = [[1.0 - 0.1 * block] * 5 for block in range(7)]  # 1, 2, 1, 2, 1, 2, 1 ranks
+    result = overhead.ratios(*_overhead_runs(speeds, product_scaling=0.9))
+    assert round(result["bare"]["scaling"], 6) == 1.0
+    for launcher in ("spark", "torch_distributor"):
+        assert round(result[launcher]["in_step_scaling"], 6) == 0.9 and round(result[launcher]["loop_scaling"], 6) == 0.9
+    assert overhead.block_order(3) == [1, 2, 1, 2, 1, 2, 1]
