@@ -64,11 +64,21 @@ def machine() -> dict:
     }
 
 
+# What the benches themselves write into the checkout while they run: a change there is
+# not a change to the code measured (every run of bench/run_all.py read "-dirty" from them).
+BENCH_OUTPUTS = ("bench/results.json", "bench/results.md", "README.md")
+
+
 def git_commit() -> str:
-    """The checkout a figure was measured on ("-dirty" when it had uncommitted changes)."""
+    """The checkout a figure was measured on ("-dirty" when it had uncommitted changes
+    other than the benches' own outputs)."""
     import subprocess
 
-    return subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", *(f":!{path}" for path in BENCH_OUTPUTS))
+    return git("rev-parse", "--short", "HEAD") + ("-dirty" if changed else "")
 
 
 def median(values: Sequence[float]) -> float:

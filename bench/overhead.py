@@ -87,9 +87,10 @@ def ratios(runs: list[dict], bare: list[dict]) -> dict:
         "bare": {
             "tokens_per_s_1": median([bare_mean(b) for b in by_ranks(1)]),
             "tokens_per_s_2": median([bare_mean(b) for b in by_ranks(2)]),
-            "scaling": median([bare_mean(two) / (2 * mean([bare_mean(before), bare_mean(after)])) for before, two, after in pairs]),
+            "scaling_per_block": [bare_mean(two) / (2 * mean([bare_mean(before), bare_mean(after)])) for before, two, after in pairs],
         }
     }
+    out["bare"]["scaling"] = median(out["bare"]["scaling_per_block"])
     for launcher in sorted({r["launcher"] for r in runs}):
         row: dict = {}
         for ranks in (1, 2):
@@ -103,9 +104,11 @@ def ratios(runs: list[dict], bare: list[dict]) -> dict:
                 row[f"loop_shares_{ranks}"] = {name: median([ph[name] / ph["total"] for ph in phases]) for name in phases[0] if name != "total"}
         for kind in ("in_step", "loop"):
             key = f"{kind}_tokens_per_s"
-            row[f"{kind}_scaling"] = median(
-                [product(two, launcher)[key] / (2 * mean([product(before, launcher)[key], product(after, launcher)[key]])) for before, two, after in pairs]
-            )
+            # each 2-rank block's, so that the table can show the spread behind the median
+            row[f"{kind}_scaling_per_block"] = [
+                product(two, launcher)[key] / (2 * mean([product(before, launcher)[key], product(after, launcher)[key]])) for before, two, after in pairs
+            ]
+            row[f"{kind}_scaling"] = median(row[f"{kind}_scaling_per_block"])
         out[launcher] = row
     return out
 

@@ -753,6 +753,14 @@ def _overhead_details(overhead: dict | None, before: dict | None = None) -> list
                 f"{_judged_pair(row['loop_over_bare_1'], row['loop_over_bare_2'], targets['loop_over_bare'])} | "
                 f"{_judged_pair(row['in_step_scaling'], row['loop_scaling'], targets['scaling'])} |"
             )
+    spread = [(name, overhead[name]) for name in ("spark", "torch_distributor") if "in_step_scaling_per_block" in overhead.get(name, {})]
+    if spread:
+        each = "; ".join(f"`{name}` {', '.join(f'{v:.3f}' for v in row['in_step_scaling_per_block'])}" for name, row in spread)
+        lines += [
+            "",
+            f"In-step scaling of each 2-rank block, in order: {each}; bare "
+            f"{', '.join(f'{v:.3f}' for v in overhead['bare']['scaling_per_block'])}. The median is only as good as that spread.",
+        ]
     if before:
         lines += [
             "",

@@ -166,4 +166,15 @@ def test_scaling_compares_each_2_rank_block_with_the_1_rank_blocks_on_either_sid
     assert round(result["bare"]["scaling"], 6) == 1.0
     for launcher in ("spark", "torch_distributor"):
         assert round(result[launcher]["in_step_scaling"], 6) == 0.9 and round(result[launcher]["loop_scaling"], 6) == 0.9
+        assert [round(v, 6) for v in result[launcher]["in_step_scaling_per_block"]] == [0.9, 0.9, 0.9]
     assert overhead.block_order(3) == [1, 2, 1, 2, 1, 2, 1]
+    # the table shows each block's figure beside the median
+    details = "\n".join(render._overhead_details({**result, "targets": overhead_targets(), "minutes": 1, "load_before": [1], "load_after": [1],
+                                                  "repeats": 3, "runs": [{"block": 0}], "bare_runs": [{"data": "windows"}]}))  # fmt: skip
+    assert "In-step scaling of each 2-rank block, in order: `spark` 0.900, 0.900, 0.900;" in details
+
+
+def overhead_targets() -> dict:
+    import overhead
+
+    return {"in_step_over_bare": overhead.TARGET_IN_STEP, "loop_over_bare": overhead.TARGET_LOOP, "scaling": overhead.TARGET_SCALING}
