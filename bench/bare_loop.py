@@ -5,7 +5,8 @@
 Starts `--ranks` independent plain processes at once, each training configs/local.yaml's
 model (the demo recipe's: the same GPT, batch, AdamW with weight-decay groups, gradient
 clipping, torch threads and malloc settings as a rank) on windows of the bench dataset
-(bench/prepare.py) held in memory, as nanoGPT's loop trains on its token array: no
+(bench/prepare.py) held in memory, as nanoGPT's loop trains on its token array, with a
+rank's arithmetic settings (subnormals flushed to zero, one thread): no
 loader, no allreduce, no metrics, no logging. Real windows, not random ids: a step on
 the corpus's ids ran 4-8% faster than one on ids drawn uniformly from the vocabulary
 (same process, alternated, Intel Xeon), which made the product's 1-rank loop look faster
@@ -48,10 +49,11 @@ def bare_rank(overrides: list[str], threads: int, seconds: float, warmup_steps: 
     from horovod_llm.data.manifest import read_manifest
     from horovod_llm.model import GPT
     from horovod_llm.training.allocator import keep_freed_memory
-    from horovod_llm.training.precision import Precision
+    from horovod_llm.training.precision import Precision, flush_denormals
 
     config = local_config(overrides)
     train = config.train
+    flush_denormals()  # as a rank does: subnormals cost a step 10-15% (precision.py)
     torch.set_num_threads(threads)
     keep_freed_memory()  # as a rank does: the arms differ by the pipeline, not by malloc
     torch.manual_seed(seed)

@@ -29,7 +29,7 @@ from horovod_llm.training import plots
 from horovod_llm.training.comm import Collectives
 from horovod_llm.training.events import watch_hint
 from horovod_llm.training.metrics import peak_rss_mb, thread_page_faults
-from horovod_llm.training.precision import MIN_SPEEDUP, Calibration, Precision, choose
+from horovod_llm.training.precision import MIN_SPEEDUP, Calibration, Precision, choose, denormals_flushed
 from horovod_llm.training.resume import rng_state
 from horovod_llm.training.schedule import TrainingClock, learning_rate_at
 from horovod_llm.training.stats import NullStats, StatsWriter, epoch_record, step_record, summary_record, write_run_outputs
@@ -327,7 +327,7 @@ def _agree_on_precision(job: Job) -> tuple[Precision, dict]:
     """train.precision, or for `auto` the choice from the slowest rank's bf16 gain (every
     rank then trains alike, and on a mixed cluster the gain holds for the step's pace)."""
     train, comm = job.config.train, job.comm
-    report = {"setting": train.precision}
+    report = {"setting": train.precision, "denormals_flushed": denormals_flushed()}
     if job.calibration is not None:
         # a minimum over the ranks, as the maximum of the negated gains
         speedup = -float(comm.allreduce(torch.tensor([-job.calibration.bf16_speedup], dtype=torch.float64), "max", name="bf16_speedup")[0])

@@ -41,6 +41,7 @@ from horovod_llm.training.device import resolve as resolve_device
 from horovod_llm.training.job import check_job, learning_rates, model_config, steps_per_epoch, threads_for_rank, total_steps
 from horovod_llm.training.loop import Job, budget_seconds, train_loop
 from horovod_llm.training.metrics import calibrated_peak_flops
+from horovod_llm.training.precision import flush_denormals
 from horovod_llm.training.resume import Resumed, data_position, restore_latest, set_rng_state
 from horovod_llm.training.schedule import TrainingClock
 from horovod_llm.training.step import distributed_optimizer
@@ -117,6 +118,7 @@ def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict, beat: 
     train = config.train
     check_job(config, manifest, comm.mpi_built)
     threads = threads_for_rank(train.threads_per_rank, comm.local_size)
+    flush_denormals()  # before torch's threads start: they inherit it (precision.py)
     torch.set_num_threads(threads)  # pin each rank to its share of the cores
     keep_freed_memory()  # a step's buffers stay mapped for the next step (allocator.py)
     torch.manual_seed(train.seed)

@@ -178,6 +178,7 @@ def test_statistics_curves_and_horovod_options(fresh_run, tiny_dataset):
     assert summary["peak_flops"] > 1e9 and 0 < summary["mfu_mean"] < 1 and summary["peak_source"] in ("measured", "calibrated")
     chosen = summary["precision"]
     assert chosen["setting"] == "auto" and chosen["bf16_speedup"] > 0 and chosen["calibration"] in ("measured", "calibrated")
+    assert chosen["denormals_flushed"] is True  # in the rank processes horovodrun started
     assert chosen["used"] == ("bf16" if chosen["bf16_speedup"] >= chosen["min_speedup"] else "fp32")
     # MFU against the peak of the precision used: the cached best reading of that precision
     from horovod_llm.training.metrics import cached_peak_flops, peak_key
