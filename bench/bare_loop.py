@@ -53,7 +53,7 @@ def bare_rank(overrides: list[str], threads: int, seconds: float, warmup_steps: 
 
     config = local_config(overrides)
     train = config.train
-    flush_denormals()  # as a rank does: subnormals cost a step 10-15% (precision.py)
+    flush_denormals()  # as a rank does: subnormals cost a step 9-18% (precision.py)
     torch.set_num_threads(threads)
     keep_freed_memory()  # as a rank does: the arms differ by the pipeline, not by malloc
     torch.manual_seed(seed)

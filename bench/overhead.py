@@ -10,6 +10,15 @@ each block the arms alternating, the launchers' order turned round every second 
 
   bare, spark, bare, torch_distributor, bare
 
+  bare               bench/bare_loop.py: as many plain processes as ranks, training the
+                     demo recipe's model (same batch, AdamW, clipping, 1 torch thread,
+                     subnormals flushed) on the bench dataset's windows held in memory;
+                     the figure is the processes' sum
+  spark              the product (`train.launcher=spark`, horovod.spark.run) and the same
+  torch_distributor  under Spark's TorchDistributor, ranks of 1 thread, each for
+                     `--minutes` of training with the demo's evaluation and checkpoint
+                     intervals, from no checkpoint, in one local[2] Spark session
+
 A product run is compared with the mean of the bare runs just before and just after it:
 a shared VM's speed drifts by 10-25% within minutes (seen on the Intel machine of
 b39d807, where a 1-rank product run "beat" a bare run taken a minute earlier every
