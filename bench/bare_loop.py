@@ -48,14 +48,12 @@ def bare_rank(overrides: list[str], threads: int, seconds: float, warmup_steps: 
 
     from horovod_llm.data.manifest import read_manifest
     from horovod_llm.model import GPT
-    from horovod_llm.training.allocator import keep_freed_memory
-    from horovod_llm.training.precision import Precision, flush_denormals
+    from horovod_llm.training.precision import Precision
+    from horovod_llm.training.train import prepare_rank_process
 
     config = local_config(overrides)
     train = config.train
-    flush_denormals()  # as a rank does: subnormals cost a step 9-18% (precision.py)
-    torch.set_num_threads(threads)
-    keep_freed_memory()  # as a rank does: the arms differ by the pipeline, not by malloc
+    prepare_rank_process(threads)  # a rank's threads, subnormal flushing and malloc settings
     torch.manual_seed(seed)
     batches = windows_in_memory(train.batch_size, seed)
     model = GPT(default_gpt_config(config, read_manifest(DATASET_URL).tokenizer.vocab_size))

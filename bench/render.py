@@ -731,7 +731,8 @@ def _overhead_details(overhead: dict | None, before: dict | None = None) -> list
         f"Product: {overhead['minutes']:g} minute(s) of training per run at the demo's evaluation and checkpoint intervals, one local[2] Spark session; "
         f"in-step: every timed step's tokens over the steps' summed time (loading, step, allreduce), the bare loop's own estimator; "
         f"loop: every step over the loop's wall time. Each product run against the mean of the bare runs just before and after it "
-        f"(the machine's speed drifts within minutes), {_overhead_order(overhead)}; "
+        f"(the machine's speed drifts within minutes), blocks of 1, 2, 1, ..., 1 ranks ({overhead['repeats']} of 2 ranks); scaling: each 2-rank run "
+        f"over the mean of its launcher's 1-rank runs in the blocks on either side of it, as the bare arm's; medians over the blocks; "
         f"load average {overhead['load_before']} -> {overhead['load_after']}.",
         "",
         f"| arm | tokens/s, 1 rank | tokens/s, 2 ranks | in-step / bare, 1 / 2 ranks (target {targets['in_step_over_bare']}) | "
@@ -753,7 +754,7 @@ def _overhead_details(overhead: dict | None, before: dict | None = None) -> list
                 f"{_judged_pair(row['loop_over_bare_1'], row['loop_over_bare_2'], targets['loop_over_bare'])} | "
                 f"{_judged_pair(row['in_step_scaling'], row['loop_scaling'], targets['scaling'])} |"
             )
-    spread = [(name, overhead[name]) for name in ("spark", "torch_distributor") if "in_step_scaling_per_block" in overhead.get(name, {})]
+    spread = [(name, overhead[name]) for name in ("spark", "torch_distributor") if name in overhead]
     if spread:
         each = "; ".join(f"`{name}` {', '.join(f'{v:.3f}' for v in row['in_step_scaling_per_block'])}" for name, row in spread)
         lines += [
@@ -776,16 +777,6 @@ def _overhead_details(overhead: dict | None, before: dict | None = None) -> list
         for name, ranks, row in shares:
             lines.append(f"| `{name}` x{ranks} | " + " | ".join(f"{row[p]:.1%}" for p in phases) + " |")
     return lines
-
-
-def _overhead_order(overhead: dict) -> str:
-    """How the bench ordered its runs, and what its medians are over."""
-    if "block" not in overhead["runs"][0]:  # results from before the bracketed scaling
-        return f"1 and 2 ranks in alternating order; medians over {overhead['repeats']} repetitions"
-    return (
-        f"blocks of 1, 2, 1, ..., 1 ranks ({overhead['repeats']} of 2 ranks); scaling: each 2-rank run over the mean of its launcher's "
-        f"1-rank runs in the blocks on either side of it, as the bare arm's; medians over the blocks"
-    )
 
 
 BOOTSTRAP_PATHS = {

@@ -34,14 +34,14 @@ def flush_denormals() -> bool:
 
     Why: attention's backward pass produces subnormal gradients where the softmax puts
     next to no weight (300 to 2,100 a step in the demo model's query/key/value gradient
-    over 1,600 steps), and an x86 core takes a slow microcode path for
-    every multiplication that meets one. A bare loop of the demo model at a constant
-    learning rate slowed from 24.6k to 20.9k tokens/s over its first 20 s, and ran at
-    23.4k throughout with this (Intel Xeon, one thread, 60 s runs, issue 28). Values under
+    over 1,600 steps), and an x86 core takes a slow microcode path for every
+    multiplication that meets one. A bare loop of the demo model at a constant learning
+    rate slowed from 24.6k to 20.9k tokens/s over its first 20 s, and ran at 23.4k
+    throughout with this (Intel Xeon, one thread, 60 s runs, issue 28). Values under
     1.2e-38 are far below what an fp32 weight update can register; bf16's dot-product
     instructions (AVX512-BF16, AMX) already treat them as zero, and TensorFlow flushes
-    them by default on CPUs. Like the
-    thread count and malloc's settings, this is process state: a rank sets it at start."""
+    them by default on CPUs. Like the thread count and malloc's settings, this is
+    process state: a rank sets it at start (train.prepare_rank_process)."""
     return torch.set_flush_denormal(True)
 
 

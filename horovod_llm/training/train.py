@@ -105,6 +105,14 @@ def peak_flops(train, precisions: list[str], threads: int, ranks_on_host: int, d
     return {name: calibrated_peak_flops(threads, ranks_on_host, precision=name, device=device) for name in precisions}
 
 
+def prepare_rank_process(threads: int) -> None:
+    """The process state a rank trains under (bench/bare_loop.py sets the same, so that
+    its ceiling differs from a rank by the pipeline alone)."""
+    flush_denormals()  # before torch's threads start: they inherit it (precision.py)
+    torch.set_num_threads(threads)  # pin each rank to its share of the cores
+    keep_freed_memory()  # a step's buffers stay mapped for the next step (allocator.py)
+
+
 def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict, beat: Heartbeat, placement: Placement) -> dict:
     ranks_ready_at = time.time()  # wall clock (comparable with the driver's): stage timings
     rank, world_size = comm.rank, comm.size
@@ -118,9 +126,7 @@ def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict, beat: 
     train = config.train
     check_job(config, manifest, comm.mpi_built)
     threads = threads_for_rank(train.threads_per_rank, comm.local_size)
-    flush_denormals()  # before torch's threads start: they inherit it (precision.py)
-    torch.set_num_threads(threads)  # pin each rank to its share of the cores
-    keep_freed_memory()  # a step's buffers stay mapped for the next step (allocator.py)
+    prepare_rank_process(threads)
     torch.manual_seed(train.seed)
 
     model = GPT(model_config(config, manifest))
