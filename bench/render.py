@@ -555,7 +555,9 @@ def _sweep_details(sweeps: list[dict]) -> list[str]:
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in sweep["runs"]:
-            changed = " ".join(o for o in r["overrides"]) or "(the rule)"
+            changed = " ".join(o for o in r["overrides"]) or (
+                "(nanoGPT's trainer, `bench/reference_trainer.py`)" if r.get("arm") == "reference_bare" else "(the rule)"
+            )
             settings = ", ".join(f"{k}={v}" for k, v in r["recipe"].items() if k != "model_type")
             lines.append(
                 f"| {r['variant']} | {changed} | {settings} | {r.get('precision', 'fp32')} | {r['nats_per_character']:.3f} | {r['parameters'] / 1e6:.2f}M | "
@@ -646,10 +648,12 @@ def recipe_table() -> str:
     ]
     lines += [
         "",
-        f"Always: windows overlapping by half their length, {recipe.choose(1, 1).batch_size} windows per rank "
-        f"per step, {recipe.choose(1, 1).warmup_steps} warm-up steps; dropout {recipe.choose(10**9, 1).dropout:g} unless the budget allows "
-        f"more than {recipe.DROPOUT_FROM_EPOCHS:g} epochs of the corpus (estimated at {recipe.TOKENS_PER_S} tokens/s and "
-        f"{recipe.CHARS_PER_TOKEN:g} characters per token), then {recipe.choose(1, 10**9).dropout:g}. Without `train.max_minutes` the rule "
+        f"Always: {recipe.choose(1, 1).batch_size} windows per rank per step, {recipe.choose(1, 1).warmup_steps} warm-up steps. "
+        f"Windows overlap by half their length and dropout is {recipe.DROPOUT[0][1]:g} unless the budget allows more than "
+        f"{recipe.REPEATED_FROM_EPOCHS:g} epochs of the corpus (estimated at {recipe.TOKENS_PER_S} tokens/s and {recipe.CHARS_PER_TOKEN:g} "
+        f"characters per token); then a window starts every 1/{recipe.WINDOW_STARTS_PER_WINDOW_REPEATED} of its length, and dropout is "
+        + ", ".join(f"{dropout:g} up to {most:g} epochs" if most != float("inf") else f"{dropout:g} beyond" for most, dropout in recipe.DROPOUT[1:])
+        + ". Without `train.max_minutes` the rule "
         f"assumes {recipe.DEFAULT_BUDGET_S / 60:g} minutes.",
     ]
     return "\n".join(lines)

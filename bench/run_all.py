@@ -72,6 +72,38 @@ def commands(args) -> dict[str, list[str]]:
         "sweep_precision_350": ["sweep.py", "--budget", "350", "--corpus", "shakespeare", "--variants", "fp32", "bf16", "bf16_width_192", "bf16_dropout_0.1"],
         # Issue 28: 350 s at the trainer's pace after the allocator and wake-up changes (17 epochs).
         "sweep_pace_350": ["sweep.py", "--budget", "350", "--corpus", "shakespeare", "--variants", "recipe", "width_192_dropout_0.1", "dropout_0.2"],
+        # Issue 28: 350 s loses to the reference on every corpus and overfits python_docs (44 epochs):
+        # a larger model with more dropout, on the most and the least repeated corpus, beside the reference.
+        "sweep_capacity_350": [
+            "sweep.py",
+            "--budget",
+            "350",
+            "--corpus",
+            "shakespeare",
+            "--variants",
+            "recipe",
+            "layers_4_dropout_0.1",
+            "layers_4_dropout_0.2",
+            "width_192_dropout_0.2",
+            "layers_3_width_192_dropout_0.2",
+            "context_128_dropout_0.2",
+            "reference_bare",
+        ],
+        "sweep_capacity_python_docs_350": [
+            "sweep.py",
+            "--budget",
+            "350",
+            "--corpus",
+            "python_docs",
+            "--variants",
+            "recipe",
+            "dropout_0.2",
+            "layers_4_dropout_0.2",
+            "reference_bare",
+        ],
+        # ... and windows at a shorter stride, nearer the reference's random offsets
+        "sweep_stride_350": ["sweep.py", "--budget", "350", "--corpus", "shakespeare", "--variants", "stride_16", "stride_8", "stride_8_layers_4_dropout_0.1"],
+        "sweep_stride_python_docs_350": ["sweep.py", "--budget", "350", "--corpus", "python_docs", "--variants", "stride_8", "stride_8_dropout_0.2"],
         # Horovod and Spark's TorchDistributor on the same recipe, 1 and 2 ranks.
         "launchers": ["launchers.py", "--repeats", str(args.repeats)],
         # Issue 28: the product's step and loop against the bare runs bracketing each of its runs, 1 and 2 ranks, both launchers.

@@ -4,9 +4,10 @@ training budget by a rule measured on these machines.
 The rule's numbers come from sweeps with `bench/quality.py` (2 ranks x 1 thread of a
 2-core machine, held-out text; the README's quality section shows the rule beside the
 figures). Its shape: the vocabulary grows with the corpus (more text supports more
-pieces); the model with the budget (a larger model needs more steps to pay off); dropout
-comes in once the budget would show the model the same text several times. Explicit
-settings always win, and one resolved config is what preprocessing and training record.
+pieces); the model with the budget (a larger model needs more steps to pay off); once the
+budget would show the model the same text many times, windows start closer together and
+dropout comes in, more of it the more the text repeats. Explicit settings always win, and
+one resolved config is what preprocessing and training record.
 
 Preprocessing and training resolve alike, from the same two numbers (the corpus's bytes,
 which the dataset's manifest keeps, and train.max_minutes), so they agree without talking.
@@ -61,18 +62,35 @@ MODEL = [
 # table of the rule says so.
 SWEPT_CORPUS_LIMITS = (2_000_000,)
 SWEPT_BUDGET_LIMITS = (600.0,)
-# Epochs of the corpus the budget allows, beyond which dropout pays off: below it, every
-# step sees nearly fresh text (nanoGPT's CPU example trains 7 epochs without dropout).
-DROPOUT_FROM_EPOCHS = 10.0
+# Epochs of the corpus the budget allows, beyond which the text is repeated enough for the
+# two remedies below to pay off: below it, every step sees nearly fresh text (nanoGPT's
+# CPU example trains 7 epochs without dropout).
+REPEATED_FROM_EPOCHS = 10.0
+# Where the text repeats, a window starts every eighth of a window instead of every half:
+# windows at fixed starts show each token at the same 2 positions every epoch, where
+# nanoGPT's trainer draws random offsets. At 350 s on the development slice of 0.88 MB of
+# Shakespeare (issue 28, Intel Xeon, one seed each) a stride of 16 tokens scored 1.636
+# nats/char and 8 tokens 1.630, against 1.684 at 32 and 1.646 for the reference trainer;
+# 4 layers on top of the stride of 8 scored 1.639. The cost: 4x the training windows on
+# disk, and validation scores each token once, so an 8-token stride scores 8 targets a
+# window (train.eval_max_batches bounds its windows, not its targets).
+WINDOW_STARTS_PER_WINDOW_REPEATED = 8
+# (most epochs of the corpus the budget allows, dropout). 0.1 from REPEATED_FROM_EPOCHS: at
+# 350 s on 1.1 MB it took held-out text from 1.748 to 1.641 nats/char, where 0.2 scored
+# 1.704 against 0.1's 1.686 (bench/sweep.py, AMD). 0.2 where the text repeats many more
+# times: 0.37 MB of Python's documentation at 350 s (72 epochs by this estimate) scored
+# 1.249 with 0.2 against 1.373 with 0.1 (issue 28, Intel, one seed each).
+DROPOUT = [(REPEATED_FROM_EPOCHS, 0.0), (45.0, 0.1), (float("inf"), 0.2)]
 # Tokens per second one 2-core machine trains of the smallest model, and characters per
 # token of a 1024-piece vocabulary on English: the rule's estimate of the epochs a budget
 # allows. Measured by bench/quality.py and bench/sweep.py at issue 28 (33.6k tokens/s, bf16,
 # 2 ranks x 1 thread of an AMD EPYC, after the allocator and Horovod wake-up changes; 2.32
-# characters per token). At that pace 350 s shows 1.1 MB 17 epochs: on the development
-# slice the rule's model with dropout 0.1 scored 1.686 nats/char, a 192-wide one 1.682 and
-# dropout 0.2 1.704 (one seed each, within the seeds' spread of about 0.03), so the rule
-# kept its model. The 12k the rule assumed before 25k estimated 9.8 epochs at 350 s, so it
-# left dropout out where it took held-out text from 1.748 to 1.641 nats/char.
+# characters per token). An Intel Xeon with AMX trains about 50k, so the thresholds above
+# are in the AMD machine's epochs. At 33.6k, 350 s shows 1.1 MB 17 epochs: on the
+# development slice the rule's model with dropout 0.1 scored 1.686 nats/char, a 192-wide
+# one 1.682 and dropout 0.2 1.704 (one seed each, within the seeds' spread of about 0.03),
+# so the rule kept its model; at 350 s on the Intel machine 4 layers scored 1.661 (0.1) and
+# 1.674 (0.2), 3 layers x 192 1.691, a context of 128 1.730 (bench/results.md).
 TOKENS_PER_S = 33_600
 CHARS_PER_TOKEN = 2.3
 
@@ -81,20 +99,32 @@ def choose(corpus_bytes: int, budget_s: float) -> Recipe:
     """The rule (pure): every setting the recipe fills, for a corpus and a budget."""
     vocab_size = next(size for limit, size in VOCABULARY if corpus_bytes <= limit)
     n_layer, n_head, n_embd, window_size, learning_rate = next(shape for limit, *shape in MODEL if budget_s <= limit)
-    epochs = budget_s * TOKENS_PER_S / max(corpus_bytes / CHARS_PER_TOKEN, 1.0)
+    epochs = estimated_epochs(corpus_bytes, budget_s)
     return Recipe(
         vocab_size=vocab_size,
         window_size=window_size,
-        overlap=window_size // 2,
+        overlap=overlap_for(window_size, epochs),
         n_layer=n_layer,
         n_head=n_head,
         n_embd=n_embd,
-        dropout=0.1 if epochs > DROPOUT_FROM_EPOCHS else 0.0,
+        dropout=next(dropout for most, dropout in DROPOUT if epochs <= most),
         batch_size=16,
         learning_rate=learning_rate,
         min_lr=learning_rate / 10,
         warmup_steps=30,
     )
+
+
+def estimated_epochs(corpus_bytes: int, budget_s: float) -> float:
+    """How many times the budget would show the model the corpus, at the rule's pace."""
+    return budget_s * TOKENS_PER_S / max(corpus_bytes / CHARS_PER_TOKEN, 1.0)
+
+
+def overlap_for(window_size: int, epochs: float) -> int:
+    """Windows overlapping by half, or, where the text repeats, starting every eighth of a window."""
+    if epochs > REPEATED_FROM_EPOCHS:
+        return window_size - max(window_size // WINDOW_STARTS_PER_WINDOW_REPEATED, 1)
+    return window_size // 2
 
 
 # Where each setting of the recipe lives in the config.
@@ -128,7 +158,7 @@ def resolve(config: RunConfig, corpus_bytes: int) -> RunConfig:
     if config.model.n_embd is not None and config.model.n_head is None:
         chosen["n_head"] = next(h for h in (chosen["n_head"], 8, 6, 4, 2, 1) if config.model.n_embd % h == 0)
     if config.data.window_size is not None and config.data.overlap is None:
-        chosen["overlap"] = config.data.window_size // 2
+        chosen["overlap"] = overlap_for(config.data.window_size, estimated_epochs(corpus_bytes, budget_s))
     if config.train.learning_rate is not None and config.train.min_lr is None:
         chosen["min_lr"] = config.train.learning_rate / 10
     sections = {}

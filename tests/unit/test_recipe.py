@@ -37,7 +37,9 @@ def test_a_character_tokenizer_gets_a_ceiling_not_a_bpe_size():
 
 
 def test_explicit_settings_that_contradict_the_recipe_are_named():
-    assert recipe.resolve(load_config(LOCAL, ["data.window_size=16"]), 1_000_000).data.overlap == 8  # half a window
+    # half a window where the budget sees the text about once; an eighth apart where it repeats
+    assert recipe.resolve(load_config(LOCAL, ["data.window_size=16", "train.max_minutes=1"]), 5_000_000).data.overlap == 8
+    assert recipe.resolve(load_config(LOCAL, ["data.window_size=16"]), 1_000_000).data.overlap == 14
     with pytest.raises(UserError, match=r"data.window_size \(\d+\) must be larger than data.overlap \(4000\)"):
         recipe.resolve(load_config(LOCAL, ["data.overlap=4000"]), 1_000_000)
 
@@ -59,3 +61,19 @@ def test_dropout_follows_the_epochs_the_trainer_really_reaches():
 
     assert choose(1_100_000, 350.0).dropout == 0.1
     assert choose(1_100_000, 90.0).dropout == 0.0
+
+
+def test_windows_start_closer_together_where_the_budget_repeats_the_text():
+    # 0.88 MB at 350 s (31 epochs by the rule's estimate): a stride of 8 tokens scored 1.630
+    # nats/char against 1.684 at the half window's 32 (bench/sweep.py, issue 28); 90 s sees
+    # it 8 times, and a 20 MB corpus 350 s sees about once: half a window.
+    assert recipe.choose(880_000, 350.0).overlap == 64 - 8
+    assert recipe.choose(880_000, 90.0).overlap == 32
+    assert recipe.choose(20_000_000, 350.0).overlap == 32
+
+
+def test_dropout_grows_with_how_often_the_text_repeats():
+    # 0.37 MB of Python's documentation at 350 s (72 epochs by the estimate): dropout 0.2
+    # scored 1.249 nats/char against 0.1's 1.373 (bench/sweep.py, issue 28)
+    assert recipe.choose(373_000, 350.0).dropout == 0.2
+    assert recipe.choose(880_000, 350.0).dropout == 0.1
