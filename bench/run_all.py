@@ -29,6 +29,11 @@ RESULTS_MD = BENCH / "results.md"
 README = REPO_ROOT / "README.md"
 
 
+def _sweep(budget_s: int, corpus: str, *variants: str) -> list[str]:
+    """bench/sweep.py's command line for a budget and corpus (every variant when none are named)."""
+    return ["sweep.py", "--budget", str(budget_s), "--corpus", corpus, *(["--variants", *variants] if variants else [])]
+
+
 def commands(args) -> dict[str, list[str]]:
     """Each benchmark's command line; its JSON path is appended by `run`."""
     return {
@@ -40,47 +45,20 @@ def commands(args) -> dict[str, list[str]]:
         # Word2Vec's effect under the recipe: the recipe with and without it, paired in one run.
         "quality_word2vec": ["quality.py", "--budgets", "90", "--seeds", "1", "--arms", "recipe", "recipe_random_init"],
         # The sweeps behind the recipe (about 40 minutes each): run with --only.
-        "sweep_shakespeare_90": ["sweep.py", "--budget", "90", "--corpus", "shakespeare"],
-        "sweep_shakespeare_90_combined": [
-            "sweep.py",
-            "--budget",
-            "90",
-            "--corpus",
-            "shakespeare",
-            "--variants",
-            "ctx64_l2",
-            "ctx64_l2_lr4",
-            "ctx64_l2_v2048",
-            "ctx64_l3_v2048",
-        ],
-        "sweep_shakespeare_350": [
-            "sweep.py",
-            "--budget",
-            "350",
-            "--corpus",
-            "shakespeare",
-            "--variants",
-            "recipe",
-            "width_192",
-            "width_256",
-            "dropout_0.1",
-            "lr_1e-3",
-        ],
+        "sweep_shakespeare_90": _sweep(90, "shakespeare"),
+        "sweep_shakespeare_90_combined": _sweep(90, "shakespeare", "ctx64_l2", "ctx64_l2_lr4", "ctx64_l2_v2048", "ctx64_l3_v2048"),
+        "sweep_shakespeare_350": _sweep(350, "shakespeare", "recipe", "width_192", "width_256", "dropout_0.1", "lr_1e-3"),
         # Issue 27: the recipe's model in fp32 and bf16, and bf16's speed spent on a wider or
         # deeper model, at both quality budgets (each arm records the CPU it ran on).
-        "sweep_precision_90": ["sweep.py", "--budget", "90", "--corpus", "shakespeare", "--variants", "fp32", "bf16", "bf16_width_192", "bf16_layers_3"],
-        "sweep_precision_350": ["sweep.py", "--budget", "350", "--corpus", "shakespeare", "--variants", "fp32", "bf16", "bf16_width_192", "bf16_dropout_0.1"],
+        "sweep_precision_90": _sweep(90, "shakespeare", "fp32", "bf16", "bf16_width_192", "bf16_layers_3"),
+        "sweep_precision_350": _sweep(350, "shakespeare", "fp32", "bf16", "bf16_width_192", "bf16_dropout_0.1"),
         # Issue 28: 350 s at the trainer's pace after the allocator and wake-up changes (17 epochs).
-        "sweep_pace_350": ["sweep.py", "--budget", "350", "--corpus", "shakespeare", "--variants", "recipe", "width_192_dropout_0.1", "dropout_0.2"],
+        "sweep_pace_350": _sweep(350, "shakespeare", "recipe", "width_192_dropout_0.1", "dropout_0.2"),
         # Issue 28: 350 s loses to the reference on every corpus and overfits python_docs (44 epochs):
         # a larger model with more dropout, on the most and the least repeated corpus, beside the reference.
-        "sweep_capacity_350": [
-            "sweep.py",
-            "--budget",
-            "350",
-            "--corpus",
+        "sweep_capacity_350": _sweep(
+            350,
             "shakespeare",
-            "--variants",
             "recipe",
             "layers_4_dropout_0.1",
             "layers_4_dropout_0.2",
@@ -88,22 +66,11 @@ def commands(args) -> dict[str, list[str]]:
             "layers_3_width_192_dropout_0.2",
             "context_128_dropout_0.2",
             "reference_bare",
-        ],
-        "sweep_capacity_python_docs_350": [
-            "sweep.py",
-            "--budget",
-            "350",
-            "--corpus",
-            "python_docs",
-            "--variants",
-            "recipe",
-            "dropout_0.2",
-            "layers_4_dropout_0.2",
-            "reference_bare",
-        ],
+        ),
+        "sweep_capacity_python_docs_350": _sweep(350, "python_docs", "recipe", "dropout_0.2", "layers_4_dropout_0.2", "reference_bare"),
         # ... and windows at a shorter stride, nearer the reference's random offsets
-        "sweep_stride_350": ["sweep.py", "--budget", "350", "--corpus", "shakespeare", "--variants", "stride_16", "stride_8", "stride_8_layers_4_dropout_0.1"],
-        "sweep_stride_python_docs_350": ["sweep.py", "--budget", "350", "--corpus", "python_docs", "--variants", "stride_8", "stride_8_dropout_0.2"],
+        "sweep_stride_350": _sweep(350, "shakespeare", "stride_16", "stride_8", "stride_8_layers_4_dropout_0.1"),
+        "sweep_stride_python_docs_350": _sweep(350, "python_docs", "stride_8", "stride_8_dropout_0.2"),
         # Horovod and Spark's TorchDistributor on the same recipe, 1 and 2 ranks.
         "launchers": ["launchers.py", "--repeats", str(args.repeats)],
         # Issue 28: the product's step and loop against the bare runs bracketing each of its runs, 1 and 2 ranks, both launchers.
