@@ -57,6 +57,9 @@ class SplitInfo:
     row_groups: int  # Petastorm shards by row group: at least one per rank
     files: list[str]  # Parquet parts under dataset/<split>/
     partitions: dict = field(default_factory=dict)  # a report: count, windows min/median/max, slowest task
+    # ids its consecutive windows share (windows.split_overlap); None only where a Manifest
+    # is built by hand: `from_dict` gives an older manifest's splits the manifest's overlap
+    overlap: int | None = None
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class Manifest:
     fingerprint: str  # of the config and the corpus's content: equal means reusable
     created_at: str
     window_size: int  # a stored window holds window_size + 1 ids
-    overlap: int  # consecutive windows share this many ids
+    overlap: int  # consecutive training windows share this many ids (each split's: overlap_of)
     tokenizer: TokenizerInfo
     embeddings: EmbeddingsInfo | None
     corpus: CorpusInfo
@@ -79,6 +82,11 @@ class Manifest:
     @property
     def stride(self) -> int:
         return self.window_size - self.overlap
+
+    def overlap_of(self, split: str) -> int:
+        """The ids consecutive windows of `split` share: validation's is capped at half a window."""
+        overlap = self.splits[split].overlap
+        return self.overlap if overlap is None else overlap
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -95,7 +103,8 @@ class Manifest:
                 tokenizer=TokenizerInfo(**values["tokenizer"]),
                 embeddings=EmbeddingsInfo(**embeddings) if embeddings else None,
                 corpus=CorpusInfo(**values["corpus"]),
-                splits={name: SplitInfo(**split) for name, split in values["splits"].items()},
+                # a manifest written before splits recorded their overlap cut both at the manifest's
+                splits={name: SplitInfo(**{"overlap": values["overlap"], **split}) for name, split in values["splits"].items()},
                 format_version=values["format_version"],
                 column=values.get("column", "ids"),
                 tail_policy=values.get("tail_policy", "drop"),
@@ -122,6 +131,8 @@ class Manifest:
                 problems.append(f"split {name} is missing")
             elif split.windows < 1 or not split.files:
                 problems.append(f"split {name} holds no window")
+            elif split.overlap is not None and not 0 <= split.overlap < self.window_size:
+                problems.append(f"split {name}'s overlap {split.overlap} must be in [0, window_size {self.window_size})")
         if self.embeddings is not None and self.embeddings.vector_size < 1:
             problems.append(f"embeddings.vector_size {self.embeddings.vector_size} must be positive")
         return problems

@@ -38,7 +38,7 @@ from horovod_llm import layout, progress, storage
 from horovod_llm.config import RunConfig, to_dict
 from horovod_llm.data import corpus, embeddings, tokenizer
 from horovod_llm.data.manifest import FORMAT_VERSION, CorpusInfo, EmbeddingsInfo, Manifest, SplitInfo, TokenizerInfo, read_manifest_if_complete, write_manifest
-from horovod_llm.data.windows import join_documents, sliding_windows
+from horovod_llm.data.windows import join_documents, sliding_windows, split_overlap
 from horovod_llm.errors import UserError
 from horovod_llm.redaction import redacted_dict
 from horovod_llm.spark import group_jobs, stage_metrics, summarize_stages
@@ -253,6 +253,7 @@ class SplitPlan:
     num_partitions: int
     url: str
     row_groups_per_part: int
+    overlap: int  # windows.split_overlap: validation's at most half a window
 
 
 def _write_part(
@@ -260,7 +261,6 @@ def _write_part(
     model_bytes,
     plans: list[SplitPlan],
     window_size: int,
-    overlap: int,
     seed: int,
     storage_settings: storage.S3Settings,
 ) -> Iterator[pd.DataFrame]:
@@ -278,7 +278,9 @@ def _write_part(
     processor = tokenizer.load(model_bytes.value)  # once per task
     texts = (text for batch in batches for text in batch["text"].tolist())
     name = f"part-{partition:05d}.parquet"
-    counts = write_windows_part(processor, texts, storage.join(plan.url, name), plan.split, window_size, overlap, plan.row_groups_per_part, seed + partition)
+    counts = write_windows_part(
+        processor, texts, storage.join(plan.url, name), plan.split, window_size, plan.overlap, plan.row_groups_per_part, seed + partition
+    )
     seconds = time.perf_counter() - started
     yield pd.DataFrame(
         [{"split": plan.split, "part": name if counts["windows"] else "", **counts, "seconds": seconds, "stage_id": TaskContext.get().stageId()}]
@@ -301,13 +303,14 @@ def write_splits(spark, docs, per_split: dict, model_broadcast, config: RunConfi
     """Both splits' windows in one Spark job: each split range-partitioned by doc_id on
     its own, the two unioned (a union keeps its inputs' partitions, in order), so that
     the validation split's tasks run beside the training split's instead of after them.
-    Returns each split's part reports, by part name."""
+    Returns each split's part reports, by part name, and each split's overlap."""
     data = config.data
     plans, frames, first = [], [], 0
     for split in layout.SPLITS:
         num_partitions = encoding_partitions(data.num_partitions, spark.sparkContext.defaultParallelism, per_split[split]["bytes"], per_split[split]["docs"])
         url = layout.split_url(config.output_url, split)
-        plans.append(SplitPlan(split, first, num_partitions, url, row_groups_per_part(data.max_ranks, num_partitions)))
+        overlap = split_overlap(split, data.window_size, data.overlap)
+        plans.append(SplitPlan(split, first, num_partitions, url, row_groups_per_part(data.max_ranks, num_partitions), overlap))
         first += num_partitions
         frames.append(docs.filter(docs.split == split).select("doc_id", "text").repartitionByRange(num_partitions, "doc_id").sortWithinPartitions("doc_id"))
     write = partial(
@@ -315,12 +318,12 @@ def write_splits(spark, docs, per_split: dict, model_broadcast, config: RunConfi
         model_bytes=model_broadcast,
         plans=plans,
         window_size=data.window_size,
-        overlap=data.overlap,
         seed=config.train.seed,
         storage_settings=storage.settings(),
     )
     rows = [row.asDict() for row in frames[0].union(frames[1]).mapInPandas(write, schema=PART_SCHEMA).collect()]
-    return {split: sorted((r for r in rows if r["split"] == split), key=lambda r: r["part"]) for split in layout.SPLITS}
+    parts = {split: sorted((r for r in rows if r["split"] == split), key=lambda r: r["part"]) for split in layout.SPLITS}
+    return parts, {plan.split: plan.overlap for plan in plans}
 
 
 # -- Word2Vec --------------------------------------------------------------------------
@@ -384,9 +387,10 @@ def _known_digests(output_url: str) -> dict:
     return known if isinstance(known, dict) else {}
 
 
-def _split_summary(parts: list[dict]) -> SplitInfo:
+def _split_summary(parts: list[dict], overlap: int) -> SplitInfo:
     rows = [p["windows"] for p in parts]
     return SplitInfo(
+        overlap=overlap,
         documents=sum(p["documents"] for p in parts),
         tokens=sum(p["tokens"] for p in parts),
         windows=sum(rows),
@@ -537,10 +541,10 @@ def run_preprocess(config: RunConfig, spark, force: bool = False) -> Manifest:
     vocab_size = tokenizer.load(model_bytes).get_piece_size()
 
     model_broadcast = spark.sparkContext.broadcast(model_bytes)
-    parts = stages.run("windows", lambda: write_splits(spark, docs, per_split, model_broadcast, config))
+    parts, overlaps = stages.run("windows", lambda: write_splits(spark, docs, per_split, model_broadcast, config))
     # The Spark stages whose tasks wrote parts: 1 where both splits share a job.
     stages.report["windows"]["write_stages"] = len({p["stage_id"] for split in layout.SPLITS for p in parts[split]})
-    splits = {split: _split_summary(parts[split]) for split in layout.SPLITS}
+    splits = {split: _split_summary(parts[split], overlaps[split]) for split in layout.SPLITS}
     for split, info in splits.items():
         log.info("%s: %d documents, %d tokens, %d windows in %d row groups", split, info.documents, info.tokens, info.windows, info.row_groups)
     _check_windows(splits, config)

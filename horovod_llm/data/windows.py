@@ -29,6 +29,16 @@ def count_windows(num_ids: int, window_size: int, overlap: int) -> int:
     return (num_ids - span) // stride(window_size, overlap) + 1
 
 
+def split_overlap(split: str, window_size: int, overlap: int) -> int:
+    """The overlap a split's windows are cut with: the training split's as configured, the
+    validation split's at most half a window. Validation scores each window's targets after
+    its first `overlap`, so a stride shorter than half a window (the recipe's eighth, where
+    the budget repeats the text) would only multiply the positions computed per scored
+    token (8 at an eighth) and shrink the text `train.eval_max_batches` covers; at half a
+    window, what validation costs and measures no longer depends on the training stride."""
+    return overlap if split == "train" else min(overlap, window_size // 2)
+
+
 def sliding_windows(ids: np.ndarray, window_size: int, overlap: int) -> np.ndarray:
     """(num_windows, window_size + 1) view-backed copy of the windows over `ids`."""
     ids = np.asarray(ids)

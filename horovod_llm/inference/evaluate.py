@@ -8,8 +8,9 @@ scored, so every token counts once and every token after the first window is pre
 from at least `block_size - stride` ids of context. Windows have the same length, so
 they go through the model in batches.
 
-The validation split is stored as windows of `window_size + 1` ids that start
-`window_size - overlap` ids apart: of each window only the last `window_size - overlap`
+A dataset split is stored as windows of `window_size + 1` ids that start
+`window_size - overlap` ids apart, with the split's own overlap (`Manifest.overlap_of`:
+validation's at most half a window): of each window only the last `window_size - overlap`
 targets are scored, which again counts every token once (except the first `overlap`
 of each part's stream) and gives each at least `overlap` ids of context.
 
@@ -227,10 +228,16 @@ def evaluate_split(model: GPT, tokenizer_bytes: bytes, output_url: str, split: s
         raise UserError(
             f"the dataset's windows ({manifest.window_size} ids) are longer than the model's block_size ({model.config.block_size}): use that run's dataset"
         )
-    totals = score_split(model, tokenizer_bytes, output_url, split, manifest.overlap, batch_size=batch_size)
+    overlap = manifest.overlap_of(split)
+    totals = score_split(model, tokenizer_bytes, output_url, split, overlap, batch_size=batch_size)
     if totals.tokens == 0:
         raise UserError("the validation split holds no window: preprocess a larger corpus or raise data.val_fraction")
-    return summarize(totals) | {"stride": manifest.stride, "context": manifest.window_size, "split": split, "dataset": storage.normalize(output_url)}
+    return summarize(totals) | {
+        "stride": manifest.window_size - overlap,
+        "context": manifest.window_size,
+        "split": split,
+        "dataset": storage.normalize(output_url),
+    }
 
 
 _STEP_DIR = re.compile(r"[/\\]checkpoints[/\\]step-\d{8}$")

@@ -378,7 +378,7 @@ def _evaluate(entry: Entry, job: Job, model: GPT, stats, step: int, epoch: int, 
     if entry.val_batches is None:
         entry.val_batches = validation_batches(job.config.output_url, comm.rank, comm.size, train.batch_size, train.eval_max_batches)
     entry.last_eval = validate(
-        model, job.tokenizer_bytes, job.config.output_url, job.manifest.overlap, comm.rank, comm.size, train.batch_size, train.eval_max_batches,
+        model, job.tokenizer_bytes, job.config.output_url, job.manifest.overlap_of("val"), comm.rank, comm.size, train.batch_size, train.eval_max_batches,
         allreduce_sum, batches=entry.val_batches,
     )  # fmt: skip
     stats.log_eval({"step": step, "epoch": epoch, **entry.last_eval})

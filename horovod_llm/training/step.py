@@ -103,7 +103,8 @@ def validate(
 ) -> dict:
     """Validation figures over every rank's shard of the validation split, scored as
     `horovod-llm evaluate --split val` scores it (`evaluate.score_split`): each window's
-    targets after its first `overlap`, so every token once, with context.
+    targets after its first `overlap` (the validation split's: `Manifest.overlap_of`),
+    so every token once, with context.
 
     Each rank reads its own shard once (shards may differ in size); only the final
     sums cross ranks, so an uneven shard cannot stall a collective. `batches`: the

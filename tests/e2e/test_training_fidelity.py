@@ -245,7 +245,7 @@ def test_validation_from_kept_batches_scores_as_a_fresh_read(tiny_dataset):
     tokenizer_bytes = storage.read_bytes(layout.tokenizer_url(out))
 
     def score(batches):
-        return validate(model, tokenizer_bytes, out, manifest.overlap, 0, 1, 2, 3, lambda t: t, batches=batches)
+        return validate(model, tokenizer_bytes, out, manifest.overlap_of("val"), 0, 1, 2, 3, lambda t: t, batches=batches)
 
     kept = validation_batches(out, 0, 1, 2, 3)
     assert len(kept) == 3

@@ -11,10 +11,12 @@ import torch.nn.functional as F
 from horovod_llm import checkpoint, layout, storage
 from horovod_llm.cli import main
 from horovod_llm.config import load_config
+from horovod_llm.data.preprocess import run_preprocess
 from horovod_llm.errors import UserError
 from horovod_llm.inference.evaluate import evaluate_split
 from horovod_llm.model import GPT, GPTConfig
 from tests import tiny_checkpoint
+from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.spark
 
@@ -43,6 +45,25 @@ def test_validation_windows_score_each_token_once(tiny_dataset, model_for):
     # random weights: about uniform over the vocabulary
     assert result["perplexity"] == pytest.approx(manifest.tokenizer.vocab_size, rel=0.2)
     assert result["characters"] > result["tokens"] > result["words"] > 0  # 300 BPE pieces: about 2 characters each
+
+
+def test_validation_keeps_half_a_window_under_a_short_training_stride(tmp_path, tiny_corpus, spark):
+    # The recipe's stride of an eighth where the budget repeats the text (issue 28): training
+    # windows 4 ids apart, validation's 16, so that validation spends 2 positions per
+    # scored token instead of 8.
+    overrides = ("data.overlap=28", "embedding.word2vec.enabled=false", "model.init_from_word2vec=false")
+    config = tiny_config(tmp_path / "out", tiny_corpus, *overrides)
+    manifest = run_preprocess(config, spark)
+    assert (manifest.overlap_of("train"), manifest.overlap_of("val")) == (28, 16)
+    first_part = storage.join(layout.split_url(config.output_url, "val"), manifest.splits["val"].files[0])
+    rows = np.array(pq.read_table(first_part).column("ids").to_pylist())
+    assert len(rows) > 1 and (rows[1:, :17] == rows[:-1, 16:]).all()  # a val part is one stream, not shuffled
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=manifest.tokenizer.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    tokenizer_bytes = storage.read_bytes(layout.tokenizer_url(config.output_url))
+    for split, stride in (("val", 16), ("train", 4)):
+        result = evaluate_split(model, tokenizer_bytes, config.output_url, split, batch_size=64)
+        assert (result["stride"], result["tokens"]) == (stride, manifest.splits[split].windows * stride), split
 
 
 def test_the_cli_reads_the_split_of_the_run_named(tiny_dataset, model_for, tmp_path, capsys):

@@ -97,6 +97,18 @@ def test_the_manifest_round_trips_and_refuses_broken_promises():
         Manifest.from_dict(values)
 
 
+def test_each_split_keeps_the_overlap_it_was_cut_with():
+    # splits without their own overlap: a manifest written before validation's was capped
+    older = Manifest.from_dict(manifest_values())
+    assert older.overlap_of("train") == older.overlap_of("val") == 16
+    split = manifest_values()["splits"]["train"]
+    manifest = Manifest.from_dict(manifest_values(overlap=28, splits={"train": {**split, "overlap": 28}, "val": {**split, "overlap": 16}}))
+    assert (manifest.overlap_of("train"), manifest.overlap_of("val"), manifest.stride) == (28, 16, 4)
+    assert Manifest.from_dict(manifest.to_dict()) == manifest
+    with pytest.raises(ValueError, match="split val's overlap 32 must be in"):
+        Manifest.from_dict(manifest_values(splits={"train": split, "val": {**split, "overlap": 32}}))
+
+
 def test_horovod_cycle_time_follows_the_config_unless_the_user_set_it(monkeypatch):
     monkeypatch.delenv("HOROVOD_CYCLE_TIME", raising=False)
     monkeypatch.delenv("HOROVOD_LLM_CYCLE_TIME_FROM_CONFIG", raising=False)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from horovod_llm.data.windows import count_windows, join_documents, sliding_windows, stride
+from horovod_llm.data.windows import count_windows, join_documents, sliding_windows, split_overlap, stride
 
 
 def test_stride_is_window_minus_overlap():
@@ -48,3 +48,13 @@ def test_documents_are_joined_with_eos():
     assert stream.tolist() == [5, 6, 3, 7, 3]
     assert stream.dtype == np.int32
     assert join_documents([], eos_id=3).size == 0
+
+
+def test_validation_windows_overlap_by_at_most_half_a_window():
+    # the recipe's stride of an eighth (overlap 56 of 64) where the budget repeats the text
+    assert split_overlap("train", 64, 56) == 56
+    assert split_overlap("val", 64, 56) == 32
+    # an overlap of half a window or less is the validation split's too
+    assert split_overlap("val", 64, 32) == 32
+    assert split_overlap("val", 15, 7) == 7
+    assert split_overlap("val", 64, 0) == 0
