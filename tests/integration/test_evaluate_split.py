@@ -1,5 +1,6 @@
 """`evaluate --split val` on a dataset preprocessed by Spark, read back through Petastorm."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -14,6 +15,7 @@ from horovod_llm.config import load_config
 from horovod_llm.data.preprocess import run_preprocess
 from horovod_llm.errors import UserError
 from horovod_llm.inference.evaluate import evaluate_split
+from horovod_llm.launchers.launch import launch_training
 from horovod_llm.model import GPT, GPTConfig
 from tests import tiny_checkpoint
 from tests.conftest import tiny_config
@@ -64,6 +66,10 @@ def test_validation_keeps_half_a_window_under_a_short_training_stride(tmp_path, 
     for split, stride in (("val", 16), ("train", 4)):
         result = evaluate_split(model, tokenizer_bytes, config.output_url, split, batch_size=64)
         assert (result["stride"], result["tokens"]) == (stride, manifest.splits[split].windows * stride), split
+    # training's validation scores the same way: 16 targets a window, not 4
+    launch_training(dataclasses.replace(config, train=dataclasses.replace(config.train, launcher="local", num_proc=1, max_steps=2, checkpoint_interval=0)))
+    last = json.loads(storage.read_text(storage.join(layout.stats_url(config.output_url), "evals.jsonl")).splitlines()[-1])
+    assert last["val_windows"] > 0 and last["val_tokens"] == last["val_windows"] * 16
 
 
 def test_the_cli_reads_the_split_of_the_run_named(tiny_dataset, model_for, tmp_path, capsys):
