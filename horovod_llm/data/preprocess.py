@@ -303,7 +303,7 @@ def write_splits(spark, docs, per_split: dict, model_broadcast, config: RunConfi
     """Both splits' windows in one Spark job: each split range-partitioned by doc_id on
     its own, the two unioned (a union keeps its inputs' partitions, in order), so that
     the validation split's tasks run beside the training split's instead of after them.
-    Returns each split's part reports, by part name, and each split's overlap."""
+    Returns each split's part reports, by part name."""
     data = config.data
     plans, frames, first = [], [], 0
     for split in layout.SPLITS:
@@ -322,8 +322,7 @@ def write_splits(spark, docs, per_split: dict, model_broadcast, config: RunConfi
         storage_settings=storage.settings(),
     )
     rows = [row.asDict() for row in frames[0].union(frames[1]).mapInPandas(write, schema=PART_SCHEMA).collect()]
-    parts = {split: sorted((r for r in rows if r["split"] == split), key=lambda r: r["part"]) for split in layout.SPLITS}
-    return parts, {plan.split: plan.overlap for plan in plans}
+    return {split: sorted((r for r in rows if r["split"] == split), key=lambda r: r["part"]) for split in layout.SPLITS}
 
 
 # -- Word2Vec --------------------------------------------------------------------------
@@ -541,10 +540,10 @@ def run_preprocess(config: RunConfig, spark, force: bool = False) -> Manifest:
     vocab_size = tokenizer.load(model_bytes).get_piece_size()
 
     model_broadcast = spark.sparkContext.broadcast(model_bytes)
-    parts, overlaps = stages.run("windows", lambda: write_splits(spark, docs, per_split, model_broadcast, config))
+    parts = stages.run("windows", lambda: write_splits(spark, docs, per_split, model_broadcast, config))
     # The Spark stages whose tasks wrote parts: 1 where both splits share a job.
     stages.report["windows"]["write_stages"] = len({p["stage_id"] for split in layout.SPLITS for p in parts[split]})
-    splits = {split: _split_summary(parts[split], overlaps[split]) for split in layout.SPLITS}
+    splits = {split: _split_summary(parts[split], split_overlap(split, config.data.window_size, config.data.overlap)) for split in layout.SPLITS}
     for split, info in splits.items():
         log.info("%s: %d documents, %d tokens, %d windows in %d row groups", split, info.documents, info.tokens, info.windows, info.row_groups)
     _check_windows(splits, config)
