@@ -34,7 +34,7 @@ from common import DATASET_URL, load_average, local_config, median, report, writ
 LAUNCHERS = ("spark", "torch_distributor")
 
 
-def train_once(spark, launcher: str, ranks: int, folder: Path, steps: int = 0, minutes: float = 0.0) -> dict:
+def train_once(spark, launcher: str, ranks: int, folder: Path, steps: int = 0, minutes: float = 0.0, overrides: tuple[str, ...] = ()) -> dict:
     """One run of the demo recipe from no checkpoint, on 1-thread ranks, in fp32: `steps`
     steps without evaluations or checkpoints (start-up and step speed), or `minutes` of
     training at configs/local.yaml's evaluation and checkpoint intervals (the whole loop)."""
@@ -46,7 +46,7 @@ def train_once(spark, launcher: str, ranks: int, folder: Path, steps: int = 0, m
     out.mkdir(parents=True)
     for part in ("dataset", "tokenizer", "embeddings"):
         (out / part).symlink_to(Path(DATASET_URL) / part)  # read only: one dataset for every run
-    config = local_config([f"output_url={out}", f"train.launcher={launcher}", f"train.num_proc={ranks}", "train.precision=fp32"])
+    config = local_config([f"output_url={out}", f"train.launcher={launcher}", f"train.num_proc={ranks}", "train.precision=fp32", *overrides])
     if minutes:
         train = dataclasses.replace(config.train, threads_per_rank=1, max_minutes=minutes, max_steps=0)
     else:
@@ -66,6 +66,7 @@ def train_once(spark, launcher: str, ranks: int, folder: Path, steps: int = 0, m
         "launcher": launcher,
         "ranks": ranks,
         "backend": summary["backend"],
+        "gradient_reduction": summary["collectives"].get("gradient_reduction", summary["backend"]),
         "startup_s": summary["timeline"]["loop_started_at"] - started,
         "ranks_ready_s": summary["timeline"]["ranks_ready_at"] - started,
         "tokens_per_s": median(intervals),

@@ -63,9 +63,9 @@ TARGET_IN_STEP, TARGET_LOOP, TARGET_SCALING = 0.90, 0.85, 0.85
 PRODUCT_RUN_SLACK_S = 300.0
 
 
-def product_run(spark, launcher: str, ranks: int, minutes: float, folder: Path) -> dict:
+def product_run(spark, launcher: str, ranks: int, minutes: float, folder: Path, overrides: tuple[str, ...] = ()) -> dict:
     """One product run at the demo's intervals (configs/local.yaml), pinned to fp32."""
-    run = train_once(spark, launcher, ranks, folder, minutes=minutes)
+    run = train_once(spark, launcher, ranks, folder, minutes=minutes, overrides=overrides)
     run["in_step_tokens_per_s"] = run.pop("mean_tokens_per_s")
     run["median_interval_tokens_per_s"] = run.pop("tokens_per_s")
     return run

@@ -165,6 +165,7 @@ def render(results: dict) -> str:
     lines += _sweep_details([entry["result"] for name, entry in sorted(results["benchmarks"].items()) if name.startswith("sweep") and entry.get("result")])
     lines += _launcher_details(results, _get(results, "launchers"))
     lines += _overhead_details(_get(results, "overhead"), _get(results, "overhead_before"))
+    lines += _reduction_details(_get(results, "gradient_reduction"))
     lines += _profile_details([_get(results, name) for name in ("profile_loop_before", "profile_loop")])
     lines += _bootstrap_details(_get(results, "bootstrap_paths"))
     lines += _generate_details(results, _get(results, "generate_throughput"))
@@ -692,6 +693,39 @@ def _launcher_details(results: dict, launchers: dict | None) -> list[str]:
             f"{row['startup_s_1']:.1f} s | {row['startup_s_2']:.1f} s |"
         )
     lines += ["", "Start-up: from `launch_training` to the first step (rank processes, imports, the collectives meeting, model and reader)."]
+    return lines
+
+
+def _reduction_details(reduction: dict | None) -> list[str]:
+    if not reduction:
+        return []
+    machine = reduction["machine"]
+    lines = [
+        "",
+        "### The gradients' average: shared memory against loopback TCP (`bench/gradient_reduction.py`)",
+        "",
+        f"2 ranks x 1 thread of the demo recipe in fp32, {reduction['minutes']:g} minute(s) of training per run at the demo's evaluation and checkpoint intervals, "
+        f"one local[2] Spark session, on {machine['nproc']} cores of an {machine['cpu_model']} (code {reduction['commit']}); "
+        f"each pair two runs back to back that differ only in `train.shared_memory_allreduce`, the first arm alternating; "
+        f"medians of {_runs(reduction['pairs'])}; load average {reduction['load_before']} -> {reduction['load_after']}.",
+        "",
+        "| launcher | reduction | in-step tokens/s | loop tokens/s | allreduce wait, share of the loop |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, row in reduction["launchers"].items():
+        for arm in ("tcp", "shared_memory"):
+            figures = row[arm]
+            lines.append(
+                f"| `{name}` | {', '.join(figures['reductions'])} | {figures['in_step_tokens_per_s']:.0f} | {figures['loop_tokens_per_s']:.0f} | "
+                f"{figures['allreduce_wait_share']:.1%} |"
+            )
+    lines.append("")
+    for name, row in reduction["launchers"].items():
+        per_pair = ", ".join(f"{r:.3f}" for r in row["in_step_tokens_per_s_ratio_per_pair"])
+        lines.append(
+            f"- `{name}`: shared memory / TCP, in-step {row['in_step_tokens_per_s_ratio']:.3f} (pairs: {per_pair}), "
+            f"over the loop {row['loop_tokens_per_s_ratio']:.3f}."
+        )
     return lines
 
 

@@ -146,6 +146,11 @@ class TrainConfig:
     # of the demo model, issue 28). It pays where the wire is the limit, between hosts.
     fp16_allreduce: bool = False
     backward_passes_per_step: int = 1
+    # Where every rank runs on one host, average the fp32 gradients through a segment of
+    # /dev/shm (training/host_reduction.py), with only a barrier over the backend, instead
+    # of the backend's allreduce over loopback TCP. Ranks on several hosts, fp16 on the
+    # wire, GPUs, Adasum and elastic runs use the backend's allreduce whatever this says.
+    shared_memory_allreduce: bool = True
     allreduce_op: str = "average"  # or "adasum" (needs a Horovod built with MPI)
     # Milliseconds between the idle cycles of Horovod's background thread
     # (HOROVOD_CYCLE_TIME, which wins when set). With the stack's wake patch (scripts/

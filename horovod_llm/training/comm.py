@@ -31,6 +31,7 @@ from datetime import timedelta
 import torch
 
 from horovod_llm.training.device import on_cpu
+from horovod_llm.training.host_reduction import HostReduction
 
 
 class LoopState:
@@ -53,6 +54,7 @@ class Collectives(ABC):
     size: int
     local_size: int
     elastic = False  # the loop runs under Horovod elastic: ranks may leave and join
+    gradient_reduction: str | None = None  # "shared_memory" or the backend's name, once an optimizer averages
     mpi_built = False  # Adasum on CPU needs Horovod built with MPI
 
     def loop_state(self, model: torch.nn.Module, optimizer, **fields) -> LoopState:
@@ -70,6 +72,8 @@ class Collectives(ABC):
             "backend": self.backend,
             "compression": "fp16" if train.fp16_allreduce else "none",
             "op": train.allreduce_op,
+            # what carried the gradients' average: the backend, or shared memory on one host
+            "gradient_reduction": self.gradient_reduction or self.backend,
             "backward_passes_per_step": train.backward_passes_per_step,
             "lr_scaled_by_ranks": train.scale_lr_by_ranks,
             "elastic": self.elastic,
@@ -83,6 +87,16 @@ class Collectives(ABC):
         reduction (after the step's last backward pass) and `step()` inside
         `skip_synchronize()` steps without a second one."""
         ...
+
+    def averaging_optimizer(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, train: TrainConfig) -> AveragingOptimizer:
+        """An AveragingOptimizer; a collective where the gradients may go through shared
+        memory (fp32 on CPU, every rank on this host: HostReduction.open decides)."""
+        parameters = list(model.parameters())
+        host = None
+        if train.shared_memory_allreduce and not train.fp16_allreduce and all(p.device.type == "cpu" for p in parameters):
+            host = HostReduction.open(self, sum(p.numel() for p in parameters))
+        self.gradient_reduction = "shared_memory" if host is not None else self.backend
+        return AveragingOptimizer(optimizer, parameters, self, fp16=train.fp16_allreduce, host=host)
 
     @abstractmethod
     def broadcast_object(self, value, name: str): ...
@@ -190,7 +204,7 @@ class HorovodCollectives(Collectives):
             # patched away) cost it 4-28% of the step's tokens/s against this, paired runs
             # of 250 steps (bench/overhead.py has the loop's share of the wait). Adasum reduces per
             # tensor and elastic state tracks Horovod's own optimizer: those keep it.
-            return AveragingOptimizer(optimizer, list(model.parameters()), self, fp16=train.fp16_allreduce)
+            return self.averaging_optimizer(optimizer, model, train)
         # Horovod: average gradients across ranks with ring-allreduce.
         return hvd.DistributedOptimizer(
             optimizer,
@@ -256,7 +270,7 @@ class TorchCollectives(Collectives):
         self.local_size = hosts.count(socket.gethostname())
 
     def distributed_optimizer(self, optimizer, model, train):
-        return AveragingOptimizer(optimizer, list(model.parameters()), self, fp16=train.fp16_allreduce)
+        return self.averaging_optimizer(optimizer, model, train)
 
     def broadcast_object(self, value, name):
         holder = [value]
@@ -303,8 +317,10 @@ class AveragingOptimizer:
     step (the `allreduce_share` statistic).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter], comm: Collectives, fp16: bool):
-        self.optimizer, self.parameters, self.comm, self.fp16 = optimizer, parameters, comm, fp16
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, parameters: list[torch.nn.Parameter], comm: Collectives, fp16: bool, host: HostReduction | None = None
+    ):
+        self.optimizer, self.parameters, self.comm, self.fp16, self.host = optimizer, parameters, comm, fp16, host
         self._skip = False
 
     def __getattr__(self, name):  # param_groups, state, state_dict, load_state_dict...
@@ -320,10 +336,16 @@ class AveragingOptimizer:
             if parameter.grad is None:  # every rank must send the same buffer
                 parameter.grad = torch.zeros_like(parameter)
         grads = [parameter.grad for parameter in self.parameters]
-        flat = torch.cat([grad.reshape(-1) for grad in grads])
-        wire = flat.to(torch.float16) if self.fp16 else flat
-        self.comm.average_(wire)
-        flat = wire.to(flat.dtype)
+        if self.host is not None:
+            # Flattened straight into this rank's row of the shared segment.
+            torch.cat([grad.reshape(-1) for grad in grads], out=self.host.slot())
+            flat = torch.empty(self.host.numel, dtype=grads[0].dtype)
+            self.host.average_into(flat)
+        else:
+            flat = torch.cat([grad.reshape(-1) for grad in grads])
+            wire = flat.to(torch.float16) if self.fp16 else flat
+            self.comm.average_(wire)
+            flat = wire.to(flat.dtype)
         offset = 0
         for grad in grads:
             grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))

@@ -75,6 +75,7 @@ def test_the_ranks_train_on_two_hosts_over_the_cluster_interface(pipeline):
     # in one namespace cannot reach another), so the allreduces crossed it.
     assert {p["gloo_iface"] for p in placement} == {"eth0"}
     assert summary["steps"] == 8 and summary["ranks"] == 2
+    assert summary["collectives"]["gradient_reduction"] == summary["backend"]  # two hosts: no shared memory
     assert summary["launch"]["spark_master"].startswith("spark://node1:")
     assert summary["launch"]["executors"] == 2
 
@@ -108,6 +109,7 @@ def test_torch_distributor_trains_on_two_hosts_over_the_cluster_interface(pipeli
     summary = json.loads(read_s3(cluster, "s3://runs/torch/stats/summary.json"))
     assert {p["host"]: p["spark_gpus"] for p in summary["placement"]} == WORKER_GPUS
     assert summary["backend"] == "torch" and summary["launch"]["launcher"] == "torch_distributor"
+    assert summary["collectives"]["gradient_reduction"] == "torch"  # two hosts: no shared memory
     assert {p["host"] for p in summary["placement"]} == {"node2", "node3"}
     assert {p["gloo_iface"] for p in summary["placement"]} == {"eth0"}
     assert summary["steps"] == 8 and summary["ranks"] == 2

@@ -56,6 +56,7 @@ def test_two_ranks_with_horovod_spark_run(fresh_run, tiny_dataset, spark):
     config, _ = tiny_dataset
     result = launch_training(with_output(config, fresh_run, launcher="spark"), spark)
     assert result["rank"] == 0 and result["summary"]["ranks"] == 2
+    assert result["summary"]["collectives"]["gradient_reduction"] == "shared_memory"  # both ranks on this host
     check_run(fresh_run, config)
 
 

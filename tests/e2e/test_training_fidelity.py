@@ -171,6 +171,7 @@ def test_statistics_curves_and_horovod_options(fresh_run, tiny_dataset):
         "lr_scaled_by_ranks": False,
         "elastic": False,
         "cycle_time_ms": 5.0,
+        "gradient_reduction": "horovod",  # fp16 on the wire: never through shared memory
     }
     assert summary["collectives"] == expected
     assert summary["launch"]["launcher"] == "horovodrun" and summary["ranks"] == 2

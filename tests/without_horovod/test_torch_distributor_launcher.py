@@ -44,6 +44,7 @@ def test_two_ranks_from_the_cli(fresh_run, tiny_dataset):
     summary = check_run(fresh_run, config)
     assert summary["backend"] == "torch" and summary["launch"]["launcher"] == "torch_distributor"
     assert summary["collectives"]["backend"] == "torch" and summary["collectives"]["cycle_time_ms"] is None
+    assert summary["collectives"]["gradient_reduction"] == "shared_memory"  # both ranks on this host
     assert [p["gloo_iface"] for p in summary["placement"]] == ["lo", "lo"]
     assert done.stdout == ""  # stdout carries generated text only
     steps = [json.loads(line) for line in storage.read_text(storage.join(layout.stats_url(fresh_run), "steps.jsonl")).splitlines()]

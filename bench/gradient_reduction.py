@@ -1,0 +1,105 @@
+"""The gradients' average through shared memory against the backend's allreduce over
+loopback TCP, 2 ranks on this host, both Spark launchers, paired in one run.
+
+    .venv/bin/python bench/gradient_reduction.py [--pairs 3] [--minutes 0.5] [--json PATH]
+
+Needs the bench dataset (bench/prepare.py). Each pair is two product runs of the demo
+recipe (fp32, 1-thread ranks, configs/local.yaml's evaluation and checkpoint intervals,
+`--minutes` of training, one local[2] Spark session) that differ only in
+`train.shared_memory_allreduce`, back to back, the arm that goes first alternating from
+pair to pair, so that the machine's drift within minutes (10-25% on these VMs) falls on
+both arms alike. Per run: in-step and loop tokens/s (as bench/overhead.py measures them)
+and rank 0's share of the loop spent waiting at the allreduce; per launcher, the medians
+of the pairs' ratios, shared memory over TCP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+from common import git_commit, load_average, local_config, median, report, write_result
+from launchers import LAUNCHERS
+from overhead import product_run
+
+ARMS = {"shared_memory": "train.shared_memory_allreduce=true", "tcp": "train.shared_memory_allreduce=false"}
+
+
+def one_run(spark, launcher: str, arm: str, minutes: float, folder: Path) -> dict:
+    run = product_run(spark, launcher, 2, minutes, folder, overrides=(ARMS[arm],))
+    spent = run["loop_seconds"]
+    run["allreduce_wait_share"] = spent["allreduce_wait"] / spent["total"]
+    run["arm"] = arm
+    return run
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per launcher: each arm's medians, and the medians of the pairs' ratios."""
+    out = {}
+    for launcher in sorted({r["launcher"] for r in runs}):
+        pairs = sorted({r["pair"] for r in runs if r["launcher"] == launcher})
+
+        def arm(pair: int, name: str, launcher: str = launcher) -> dict:
+            return next(r for r in runs if r["launcher"] == launcher and r["pair"] == pair and r["arm"] == name)
+
+        row: dict = {}
+        for name in ARMS:
+            row[name] = {key: median([arm(p, name)[key] for p in pairs]) for key in ("in_step_tokens_per_s", "loop_tokens_per_s", "allreduce_wait_share")}
+            row[name]["reductions"] = sorted({arm(p, name)["gradient_reduction"] for p in pairs})
+        for key in ("in_step_tokens_per_s", "loop_tokens_per_s"):
+            row[f"{key}_ratio_per_pair"] = [arm(p, "shared_memory")[key] / arm(p, "tcp")[key] for p in pairs]
+            row[f"{key}_ratio"] = median(row[f"{key}_ratio_per_pair"])
+        out[launcher] = row
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--minutes", type=float, default=0.5, help="training budget of each run")
+    parser.add_argument("--launchers", nargs="+", default=list(LAUNCHERS), choices=LAUNCHERS)
+    parser.add_argument("--json", help="write the results to this file")
+    args = parser.parse_args()
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from horovod_llm.log import setup_logging
+    from horovod_llm.spark import spark_session
+
+    setup_logging("WARNING")
+    load_before = load_average()
+    spark = spark_session(local_config(["spark.master=local[2]"]).spark, {"spark.ui.showConsoleProgress": "false"})
+    runs: list[dict] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for pair in range(args.pairs):
+                for launcher in args.launchers:
+                    order = list(ARMS) if pair % 2 == 0 else list(ARMS)[::-1]
+                    for name in order:
+                        run = {"pair": pair, **one_run(spark, launcher, name, args.minutes, Path(tmp))}
+                        runs.append(run)
+                        report(
+                            f"[pair {pair + 1}/{args.pairs}] {launcher} {name} ({run['gradient_reduction']}): in-step {run['in_step_tokens_per_s']:.0f}, "
+                            f"loop {run['loop_tokens_per_s']:.0f} tokens/s, allreduce wait {run['allreduce_wait_share']:.1%} of the loop"
+                        )
+    finally:
+        spark.stop()
+    result = {
+        "commit": git_commit(),
+        "pairs": args.pairs,
+        "minutes": args.minutes,
+        "runs": runs,
+        "launchers": summarise(runs),
+        "load_before": load_before,
+        "load_after": load_average(),
+    }
+    for launcher, row in result["launchers"].items():
+        report(
+            f"{launcher}: shared memory / TCP, in-step {row['in_step_tokens_per_s_ratio']:.3f}, loop {row['loop_tokens_per_s_ratio']:.3f}; "
+            f"allreduce wait {row['shared_memory']['allreduce_wait_share']:.1%} against {row['tcp']['allreduce_wait_share']:.1%} of the loop"
+        )
+    write_result(args.json, result)
+
+
+if __name__ == "__main__":
+    main()
