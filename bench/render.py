@@ -165,7 +165,8 @@ def render(results: dict) -> str:
     lines += _sweep_details([entry["result"] for name, entry in sorted(results["benchmarks"].items()) if name.startswith("sweep") and entry.get("result")])
     lines += _launcher_details(results, _get(results, "launchers"))
     lines += _overhead_details(_get(results, "overhead"), _get(results, "overhead_before"))
-    lines += _reduction_details(_get(results, "gradient_reduction"))
+    lines += _paired_details(_get(results, "gradient_reduction"))
+    lines += _paired_details(_get(results, "gc_alignment"))
     lines += _profile_details([_get(results, name) for name in ("profile_loop_before", "profile_loop")])
     lines += _bootstrap_details(_get(results, "bootstrap_paths"))
     lines += _generate_details(results, _get(results, "generate_throughput"))
@@ -696,34 +697,44 @@ def _launcher_details(results: dict, launchers: dict | None) -> list[str]:
     return lines
 
 
-def _reduction_details(reduction: dict | None) -> list[str]:
-    if not reduction:
+# What each comparison of bench/paired.py is, its arms in order (the change first); a
+# result from before the comparisons had names (the first, of the reduction) has no "arms".
+PAIRED_TITLES = {
+    "reduction": "The gradients' average: shared memory against loopback TCP",
+    "gc": "Python's collector at shared steps against its own moments",
+}
+
+
+def _paired_details(paired: dict | None) -> list[str]:
+    if not paired:
         return []
-    machine = reduction["machine"]
+    compare = paired.get("compare", "reduction")
+    arms = list(paired.get("arms") or ("shared_memory", "tcp"))
+    machine = paired["machine"]
     lines = [
         "",
-        "### The gradients' average: shared memory against loopback TCP (`bench/gradient_reduction.py`)",
+        f"### {PAIRED_TITLES[compare]} (`bench/paired.py --compare {compare}`)",
         "",
-        f"2 ranks x 1 thread of the demo recipe in fp32, {reduction['minutes']:g} minute(s) of training per run at the demo's evaluation and checkpoint intervals, "
-        f"one local[2] Spark session, on {machine['nproc']} cores of an {machine['cpu_model']} (code {reduction['commit']}); "
-        f"each pair two runs back to back that differ only in `train.shared_memory_allreduce`, the first arm alternating; "
-        f"medians of {_runs(reduction['pairs'])}; load average {reduction['load_before']} -> {reduction['load_after']}.",
+        f"2 ranks x 1 thread of the demo recipe in fp32, {paired['minutes']:g} minute(s) of training per run at the demo's evaluation and checkpoint intervals, "
+        f"one local[2] Spark session, on {machine['nproc']} cores of an {machine['cpu_model']} (code {paired['commit']}); "
+        f"each pair two runs back to back that differ only in the setting compared, the first arm alternating; "
+        f"medians of {_runs(paired['pairs'])}; load average {paired['load_before']} -> {paired['load_after']}.",
         "",
-        "| launcher | reduction | in-step tokens/s | loop tokens/s | allreduce wait, share of the loop |",
-        "| --- | --- | --- | --- | --- |",
+        "| launcher | arm | gradients averaged by | in-step tokens/s | loop tokens/s | allreduce wait, share of the loop |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
-    for name, row in reduction["launchers"].items():
-        for arm in ("tcp", "shared_memory"):
+    for name, row in paired["launchers"].items():
+        for arm in reversed(arms):
             figures = row[arm]
             lines.append(
-                f"| `{name}` | {', '.join(figures['reductions'])} | {figures['in_step_tokens_per_s']:.0f} | {figures['loop_tokens_per_s']:.0f} | "
+                f"| `{name}` | {arm} | {', '.join(figures['reductions'])} | {figures['in_step_tokens_per_s']:.0f} | {figures['loop_tokens_per_s']:.0f} | "
                 f"{figures['allreduce_wait_share']:.1%} |"
             )
     lines.append("")
-    for name, row in reduction["launchers"].items():
+    for name, row in paired["launchers"].items():
         per_pair = ", ".join(f"{r:.3f}" for r in row["in_step_tokens_per_s_ratio_per_pair"])
         lines.append(
-            f"- `{name}`: shared memory / TCP, in-step {row['in_step_tokens_per_s_ratio']:.3f} (pairs: {per_pair}), "
+            f"- `{name}`: {arms[0]} / {arms[1]}, in-step {row['in_step_tokens_per_s_ratio']:.3f} (pairs: {per_pair}), "
             f"over the loop {row['loop_tokens_per_s_ratio']:.3f}."
         )
     return lines

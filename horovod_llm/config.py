@@ -177,6 +177,12 @@ class TrainConfig:
     # 0: measured at start.
     peak_flops_per_rank: float = 0.0
     log_interval: int = 10
+    # Python's garbage collector runs every this many steps, on every rank at the same
+    # step, instead of at each process's own moments, where the other ranks wait for it at
+    # the allreduce (training/collection.py); 0: at its own moments. Off by default: on
+    # 2 ranks of the demo it changed nothing beyond the runs' spread (bench/paired.py
+    # --compare gc, issue 28); the more ranks, the likelier one is collecting at a step.
+    gc_interval: int = 0
     eval_interval: int = 0  # 0: evaluate at the end of each epoch only
     eval_max_batches: int = 50  # per rank; bounds evaluation time on big datasets
     checkpoint_interval: int = 0  # 0: checkpoint at the end only
@@ -459,7 +465,7 @@ def validate(config: RunConfig) -> None:
     need(tr.weight_decay >= 0, f"train.weight_decay ({tr.weight_decay}) must be 0 or more")
     need(tr.grad_clip >= 0, f"train.grad_clip ({tr.grad_clip}) must be 0 (off) or more")
     need(tr.log_interval >= 1, f"train.log_interval ({tr.log_interval}) must be at least 1")
-    for name in ("eval_interval", "eval_max_batches", "checkpoint_interval"):
+    for name in ("gc_interval", "eval_interval", "eval_max_batches", "checkpoint_interval"):
         need(getattr(tr, name) >= 0, f"train.{name} ({getattr(tr, name)}) must be 0 or more")
     need(1 <= tr.min_proc <= tr.num_proc, f"train.min_proc ({tr.min_proc}) must be between 1 and train.num_proc ({tr.num_proc})")
     need(tr.elastic_commit_interval >= 1, f"train.elastic_commit_interval ({tr.elastic_commit_interval}) must be at least 1")

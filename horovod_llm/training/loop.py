@@ -26,6 +26,7 @@ from horovod_llm.log import rank_logger
 from horovod_llm.model import GPT
 from horovod_llm.progress import is_terminal, training_bar, training_fraction, wants_bars
 from horovod_llm.training import plots
+from horovod_llm.training.collection import collections_at_steps
 from horovod_llm.training.comm import Collectives
 from horovod_llm.training.events import watch_hint
 from horovod_llm.training.metrics import peak_rss_mb, thread_page_faults
@@ -86,8 +87,9 @@ class Job:
 # The parts of the loop's wall time: reading batches; the step's own arithmetic (forward,
 # backward, metrics, clipping, optimizer); waiting for the gradients' allreduce; the log
 # lines' reductions and writes; evaluations; checkpoints; epoch ends and elastic
-# commits. What none of them covers is the summary's `other`.
-LOOP_PHASES = ("load", "compute", "allreduce_wait", "logging", "evaluation", "checkpoints", "epochs_and_commits")
+# commits; the garbage collections the loop runs (train.gc_interval). What none of them
+# covers is the summary's `other`.
+LOOP_PHASES = ("load", "compute", "allreduce_wait", "logging", "evaluation", "checkpoints", "epochs_and_commits", "collection")
 
 
 def budget_seconds(train) -> float:
@@ -196,7 +198,8 @@ def _train_entry(state, job: Job, entry: Entry, stats, progress) -> dict:
         config.output_url, "train", comm.rank, comm.size, train.batch_size, num_epochs=None, seed=state.data_seed, shuffle=True, skip_batches=state.consumed
     )
     drawn = training_bar(is_main and wants_bars(config.progress, is_terminal(sys.stderr)), job.total_steps)
-    with storage.storage_errors_as(config.output_url), reader as batches, drawn as bar:
+    collecting = collections_at_steps(train.gc_interval)
+    with storage.storage_errors_as(config.output_url), reader as batches, drawn as bar, collecting as collector:
         while not last:
             step = state.step + 1
             epoch = (step - 1) // job.steps_per_epoch
@@ -222,6 +225,8 @@ def _train_entry(state, job: Job, entry: Entry, stats, progress) -> dict:
             entry.phases["allreduce_wait"] += result.sync_seconds
             entry.phases["compute"] += stepped - loaded - result.sync_seconds
             entry.epoch_loss += torch.tensor([result.loss, 1.0], dtype=torch.float64)
+            with entry.timed("collection"):
+                collector.after_step(step)
             job.beat("step", step)
             # Every rank decides alike: from the step count and the synced clock.
             last = step == job.total_steps or clock.spent(step)

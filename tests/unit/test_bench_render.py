@@ -181,19 +181,19 @@ def overhead_targets() -> dict:
 
 
 def test_the_reduction_bench_compares_the_two_arms_of_each_pair():
-    """bench/gradient_reduction.py: each pair's shared-memory run over its TCP run, so
-    that a machine slowing down from pair to pair cancels; medians over the pairs."""
-    import gradient_reduction
+    """bench/paired.py: each pair's run of the change over its run without, so that a
+    machine slowing down from pair to pair cancels; medians over the pairs."""
+    import paired
 
     runs = []
     for pair, speed in enumerate([1.0, 0.8, 0.6]):  # the machine slows down pair after pair
         for arm, gain, reduction in (("tcp", 1.0, "horovod"), ("shared_memory", 1.05, "shared_memory")):
             runs.append({"launcher": "spark", "pair": pair, "arm": arm, "gradient_reduction": reduction, "in_step_tokens_per_s": 1000 * speed * gain,
                          "loop_tokens_per_s": 900 * speed * gain, "allreduce_wait_share": 0.09 if arm == "tcp" else 0.04})  # fmt: skip
-    row = gradient_reduction.summarise(runs)["spark"]
+    row = paired.summarise(runs, list(paired.COMPARISONS["reduction"]))["spark"]
     assert [round(r, 6) for r in row["in_step_tokens_per_s_ratio_per_pair"]] == [1.05, 1.05, 1.05]
     assert round(row["loop_tokens_per_s_ratio"], 6) == 1.05
     assert row["tcp"]["reductions"] == ["horovod"] and row["shared_memory"]["allreduce_wait_share"] == 0.04
-    details = "\n".join(render._reduction_details({"machine": {"nproc": 2, "cpu_model": "x"}, "minutes": 0.5, "commit": "abc", "pairs": 3,
+    details = "\n".join(render._paired_details({"machine": {"nproc": 2, "cpu_model": "x"}, "minutes": 0.5, "commit": "abc", "pairs": 3,
                                                    "load_before": [1], "load_after": [1], "launchers": {"spark": row}}))  # fmt: skip
-    assert "| `spark` | shared_memory | 840 | 756 | 4.0% |" in details and "in-step 1.050 (pairs: 1.050, 1.050, 1.050)" in details
+    assert "| `spark` | shared_memory | shared_memory | 840 | 756 | 4.0% |" in details and "in-step 1.050 (pairs: 1.050, 1.050, 1.050)" in details
