@@ -110,10 +110,16 @@ def score_batch(model: GPT, inputs: torch.Tensor, targets: torch.Tensor, scored:
     """(summed NLL in nats, correct, count) over the targets (B, T) where `scored` (B, T) is true."""
     device = model.wte.weight.device  # the model's: a GPU, or the CPU
     inputs, targets, scored = inputs.to(device), targets.to(device), scored.to(device)
-    logits, _ = model(inputs)  # (B, T, vocab)
-    nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T)
-    correct = logits.argmax(dim=-1) == targets
-    return float(nll[scored].double().sum()), int(correct[scored].sum()), int(scored.sum())
+    # The vocabulary's projection, the softmax and the argmax only where a target is
+    # scored: a window scores the targets after its overlap (half of them in training's
+    # validation, an eighth at the recipe's short training stride), and the projection is
+    # the widest matmul of a small model's forward pass.
+    hidden = model.hidden(inputs)[scored]  # (N, C)
+    picked = targets[scored]  # (N,)
+    logits = model.lm_head(hidden)  # (N, vocab)
+    nll = F.cross_entropy(logits, picked, reduction="none")
+    correct = logits.argmax(dim=-1) == picked
+    return float(nll.double().sum()), int(correct.sum()), int(picked.numel())
 
 
 def score_ids(model: GPT, ids: list[int], stride: int, batch_size: int = 8, rank: int = 0, world_size: int = 1) -> Totals:
@@ -161,10 +167,25 @@ def piece_texts(processor) -> list[str]:
     return texts
 
 
-def score_windows(model: GPT, batches: Iterable[np.ndarray], overlap: int, texts: list[str]) -> Totals:
+def text_counts(batches: Iterable[np.ndarray], overlap: int, texts: list[str]) -> tuple[int, int]:
+    """(characters, words) of the targets `score_windows` scores in stored windows;
+    `texts` (from `piece_texts`) give each id's text."""
+    characters = words = 0
+    for batch in batches:
+        for row in np.asarray(batch).tolist():
+            segment = "".join(texts[i] for i in row[overlap + 1 :])
+            before = texts[row[overlap]]  # the input just before the first scored target
+            characters += len(segment)
+            words += count_words(segment, after_space=not before or before[-1].isspace())
+    return characters, words
+
+
+def score_windows(model: GPT, batches: Iterable[np.ndarray], overlap: int, texts: list[str] | None, counts: tuple[int, int] | None = None) -> Totals:
     """Totals over stored windows, arrays (B, window_size + 1), scoring each window's
     targets after its first `overlap` (see the module's docstring); `texts` (from
-    `piece_texts`) give the scored targets' characters and words."""
+    `piece_texts`) give the scored targets' characters and words, unless `counts` holds
+    them already (`text_counts` of the same batches: training's validation counts its
+    kept batches once)."""
     totals = Totals()
     for batch in batches:
         ids = torch.from_numpy(np.asarray(batch, dtype=np.int64))
@@ -173,11 +194,11 @@ def score_windows(model: GPT, batches: Iterable[np.ndarray], overlap: int, texts
         scored[:, overlap:] = True
         totals.add(*score_batch(model, inputs, targets, scored))
         totals.windows += len(batch)
-        for row in batch.tolist():
-            segment = "".join(texts[i] for i in row[overlap + 1 :])
-            before = texts[row[overlap]]  # the input just before the first scored target
-            totals.characters += len(segment)
-            totals.words += count_words(segment, after_space=not before or before[-1].isspace())
+        if counts is None:
+            characters, words = text_counts([batch], overlap, texts)
+            totals.characters, totals.words = totals.characters + characters, totals.words + words
+    if counts is not None:
+        totals.characters, totals.words = counts
     return totals
 
 
@@ -194,16 +215,18 @@ def score_split(
     max_batches: int = 0,
     reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
     batches: Iterable[np.ndarray] | None = None,
+    counts: tuple[int, int] | None = None,
 ) -> Totals:
     """Totals over a dataset split's windows: this rank's shard (at most `max_batches`
     batches of it; 0: all), summed over the ranks by `reduce_sum` (an allreduce), so
     that every rank returns the whole split's totals. `evaluate --split` and training's
     validation both score with this function, so their figures mean the same."""
-    texts = piece_texts(tokenizer.load(tokenizer_bytes))
+    texts = piece_texts(tokenizer.load(tokenizer_bytes)) if counts is None else None
     model.eval()
-    # `batches`: the shard's batches already read (training's validation keeps them)
+    # `batches`: the shard's batches already read (training's validation keeps them, and
+    # their `counts` of characters and words)
     with nullcontext(batches) if batches is not None else shard_batches(output_url, split, rank, world_size, batch_size) as read:
-        totals = score_windows(model, itertools.islice(read, max_batches or None), overlap, texts)
+        totals = score_windows(model, itertools.islice(read, max_batches or None), overlap, texts, counts)
     if reduce_sum is not None:
         summed = reduce_sum(torch.tensor([totals.nll, totals.correct, totals.tokens, totals.characters, totals.words, totals.windows], dtype=torch.float64))
         nll, correct, tokens, characters, words, windows = summed.tolist()

@@ -34,7 +34,7 @@ from horovod_llm.training.precision import MIN_SPEEDUP, Calibration, Precision, 
 from horovod_llm.training.resume import rng_state
 from horovod_llm.training.schedule import TrainingClock, learning_rate_at
 from horovod_llm.training.stats import NullStats, StatsWriter, epoch_record, step_record, summary_record, write_run_outputs
-from horovod_llm.training.step import Interval, train_step, validate, validation_batches
+from horovod_llm.training.step import Interval, ValidationShard, train_step, validate, validation_shard
 from horovod_llm.training.tracking import NullTracker, git_commit, start_tracking
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,8 @@ class Entry:
     mfu_values: list = field(default_factory=list)
     # Where this rank's loop time went (the summary's `loop_seconds`), by LOOP_PHASES.
     phases: dict = field(default_factory=lambda: dict.fromkeys(LOOP_PHASES, 0.0))
-    # This rank's validation batches, read at the first evaluation (step.validation_batches).
-    val_batches: list | None = None
+    # This rank's validation batches and their text's counts, from the first evaluation on.
+    val_shard: ValidationShard | None = None
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -380,11 +380,12 @@ def _evaluate(entry: Entry, job: Job, model: GPT, stats, step: int, epoch: int, 
     def allreduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         return comm.allreduce(tensor, "sum", name="metrics_sum")
 
-    if entry.val_batches is None:
-        entry.val_batches = validation_batches(job.config.output_url, comm.rank, comm.size, train.batch_size, train.eval_max_batches)
+    overlap = job.manifest.overlap_of("val")
+    if entry.val_shard is None:
+        entry.val_shard = validation_shard(job.config.output_url, comm.rank, comm.size, train.batch_size, train.eval_max_batches, overlap, job.tokenizer_bytes)
     entry.last_eval = validate(
-        model, job.tokenizer_bytes, job.config.output_url, job.manifest.overlap_of("val"), comm.rank, comm.size, train.batch_size, train.eval_max_batches,
-        allreduce_sum, batches=entry.val_batches,
+        model, job.tokenizer_bytes, job.config.output_url, overlap, comm.rank, comm.size, train.batch_size, train.eval_max_batches,
+        allreduce_sum, shard=entry.val_shard,
     )  # fmt: skip
     stats.log_eval({"step": step, "epoch": epoch, **entry.last_eval})
     job.beat("eval", step)

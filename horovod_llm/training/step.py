@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from horovod_llm.config import TrainConfig
-from horovod_llm.inference.evaluate import score_split, shard_batches, summarize
+from horovod_llm.data import tokenizer
+from horovod_llm.inference.evaluate import piece_texts, score_split, shard_batches, summarize, text_counts
 from horovod_llm.model import GPT
 from horovod_llm.training.metrics import batch_metrics
 from horovod_llm.training.precision import Precision
@@ -99,7 +100,7 @@ def validate(
     batch_size: int,
     max_batches: int,
     reduce_sum: Callable[[torch.Tensor], torch.Tensor],
-    batches: list | None = None,
+    shard: ValidationShard | None = None,
 ) -> dict:
     """Validation figures over every rank's shard of the validation split, scored as
     `horovod-llm evaluate --split val` scores it (`evaluate.score_split`): each window's
@@ -107,12 +108,14 @@ def validate(
     so every token once, with context.
 
     Each rank reads its own shard once (shards may differ in size); only the final
-    sums cross ranks, so an uneven shard cannot stall a collective. `batches`: the
-    shard's batches already read (validation_batches), instead of reading them again.
+    sums cross ranks, so an uneven shard cannot stall a collective. `shard`: the
+    shard's batches already read and their text counted (validation_shard), instead of
+    reading and counting them again.
     """
     totals = score_split(
         model, tokenizer_bytes, output_url, "val", overlap,
-        rank=rank, world_size=world_size, batch_size=batch_size, max_batches=max_batches, reduce_sum=reduce_sum, batches=batches,
+        rank=rank, world_size=world_size, batch_size=batch_size, max_batches=max_batches, reduce_sum=reduce_sum,
+        batches=shard.batches if shard else None, counts=shard.counts if shard else None,
     )  # fmt: skip
     model.train()
     if totals.tokens == 0:
@@ -131,12 +134,25 @@ def validate(
     }
 
 
-def validation_batches(output_url: str, rank: int, world_size: int, batch_size: int, max_batches: int) -> list | None:
-    """This rank's validation batches, read once and kept for every evaluation of a loop
-    entry, when train.eval_max_batches bounds them (a few MB at most), so that an
-    evaluation does not open the Parquet split and start a reader again; None (read at
-    each evaluation) when it does not bound them."""
+@dataclass
+class ValidationShard:
+    """This rank's validation batches, kept for every evaluation of a loop entry, and
+    the characters and words of their scored targets (for nats per character), which
+    never change between evaluations."""
+
+    batches: list
+    counts: tuple[int, int]
+
+
+def validation_shard(
+    output_url: str, rank: int, world_size: int, batch_size: int, max_batches: int, overlap: int, tokenizer_bytes: bytes
+) -> ValidationShard | None:
+    """This rank's validation batches, read and counted once, when train.eval_max_batches
+    bounds them (a few MB at most), so that an evaluation neither opens the Parquet split
+    and starts a reader again nor re-counts the same text; None (read at each
+    evaluation) when it does not bound them."""
     if not max_batches:
         return None
     with shard_batches(output_url, "val", rank, world_size, batch_size) as batches:
-        return list(itertools.islice(batches, max_batches))
+        kept = list(itertools.islice(batches, max_batches))
+    return ValidationShard(kept, text_counts(kept, overlap, piece_texts(tokenizer.load(tokenizer_bytes))))

@@ -231,12 +231,12 @@ def test_adasum_is_refused_on_a_gloo_only_build(fresh_run, tiny_dataset):
 
 
 def test_validation_from_kept_batches_scores_as_a_fresh_read(tiny_dataset):
-    """The loop reads its validation batches once per entry (step.validation_batches) and
-    scores them at every evaluation: the same figures as reading the split again, at the
-    first evaluation and at later ones."""
+    """The loop reads its validation batches and counts their text once per entry
+    (step.validation_shard) and scores them at every evaluation: the same figures as
+    reading and counting the split again, at the first evaluation and at later ones."""
     from horovod_llm.data.manifest import read_manifest
     from horovod_llm.model import GPT, GPTConfig
-    from horovod_llm.training.step import validate, validation_batches
+    from horovod_llm.training.step import validate, validation_shard
 
     config, _ = tiny_dataset
     out = config.output_url
@@ -245,12 +245,14 @@ def test_validation_from_kept_batches_scores_as_a_fresh_read(tiny_dataset):
     model = GPT(GPTConfig(vocab_size=manifest.tokenizer.vocab_size, block_size=manifest.window_size, n_layer=1, n_head=2, n_embd=16, dropout=0.0))
     tokenizer_bytes = storage.read_bytes(layout.tokenizer_url(out))
 
-    def score(batches):
-        return validate(model, tokenizer_bytes, out, manifest.overlap_of("val"), 0, 1, 2, 3, lambda t: t, batches=batches)
+    overlap = manifest.overlap_of("val")
 
-    kept = validation_batches(out, 0, 1, 2, 3)
-    assert len(kept) == 3
+    def score(shard):
+        return validate(model, tokenizer_bytes, out, overlap, 0, 1, 2, 3, lambda t: t, shard=shard)
+
+    kept = validation_shard(out, 0, 1, 2, 3, overlap, tokenizer_bytes)
+    assert len(kept.batches) == 3 and kept.counts[0] > 0
     fresh = score(None)
     assert fresh["val_windows"] == 6
     assert score(kept) == fresh and score(kept) == fresh  # a list, not a spent iterator
-    assert validation_batches(out, 0, 1, 2, 0) is None  # unbounded: read at each evaluation
+    assert validation_shard(out, 0, 1, 2, 0, overlap, tokenizer_bytes) is None  # unbounded: read at each evaluation
