@@ -34,6 +34,17 @@ from common import DATASET_URL, load_average, local_config, median, report, writ
 LAUNCHERS = ("spark", "torch_distributor")
 
 
+def local_spark():
+    """The benches' one local[2] Spark session (loopback only, warnings only), in which
+    the product runs of a bench start one after the other."""
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    from horovod_llm.log import setup_logging
+    from horovod_llm.spark import spark_session
+
+    setup_logging("WARNING")
+    return spark_session(local_config(["spark.master=local[2]"]).spark, {"spark.ui.showConsoleProgress": "false"})
+
+
 def train_once(spark, launcher: str, ranks: int, folder: Path, steps: int = 0, minutes: float = 0.0, overrides: tuple[str, ...] = ()) -> dict:
     """One run of the demo recipe from no checkpoint, on 1-thread ranks, in fp32: `steps`
     steps without evaluations or checkpoints (start-up and step speed), or `minutes` of
@@ -89,13 +100,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from horovod_llm.log import setup_logging
-    from horovod_llm.spark import spark_session
-
-    setup_logging("WARNING")
     load_before = load_average()
-    spark = spark_session(local_config(["spark.master=local[2]"]).spark, {"spark.ui.showConsoleProgress": "false"})
+    spark = local_spark()
     runs: list[dict] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -47,14 +47,13 @@ allows; target 0.85).
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 from statistics import fmean as mean
 
 from bare_loop import run_bare
-from common import git_commit, load_average, local_config, median, report, time_limit, write_result
-from launchers import LAUNCHERS, train_once
+from common import git_commit, load_average, median, report, time_limit, write_result
+from launchers import LAUNCHERS, local_spark, train_once
 
 TARGET_IN_STEP, TARGET_LOOP, TARGET_SCALING = 0.90, 0.85, 0.85
 # Seconds a product run may take beyond its training budget (start-up, evaluation and
@@ -159,13 +158,8 @@ def main() -> None:
     parser.add_argument("--launchers", nargs="+", default=list(LAUNCHERS), choices=LAUNCHERS)
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from horovod_llm.log import setup_logging
-    from horovod_llm.spark import spark_session
-
-    setup_logging("WARNING")
     load_before = load_average()
-    spark = spark_session(local_config(["spark.master=local[2]"]).spark, {"spark.ui.showConsoleProgress": "false"})
+    spark = local_spark()
     runs: list[dict] = []
     bare: list[dict] = []
     try:

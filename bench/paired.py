@@ -20,12 +20,11 @@ the pairs' ratios, the first arm (the change) over the second.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 
-from common import git_commit, load_average, local_config, median, report, write_result
-from launchers import LAUNCHERS
+from common import git_commit, load_average, median, report, write_result
+from launchers import LAUNCHERS, local_spark
 from overhead import product_run
 
 # Per comparison, its two arms, the change first: each arm's name and override.
@@ -74,13 +73,8 @@ def main() -> None:
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
     arms = COMPARISONS[args.compare]
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    from horovod_llm.log import setup_logging
-    from horovod_llm.spark import spark_session
-
-    setup_logging("WARNING")
     load_before = load_average()
-    spark = spark_session(local_config(["spark.master=local[2]"]).spark, {"spark.ui.showConsoleProgress": "false"})
+    spark = local_spark()
     runs: list[dict] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:

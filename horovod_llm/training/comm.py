@@ -339,8 +339,7 @@ class AveragingOptimizer:
         if self.host is not None:
             # Flattened straight into this rank's row of the shared segment.
             torch.cat([grad.reshape(-1) for grad in grads], out=self.host.slot())
-            flat = torch.empty(self.host.numel, dtype=grads[0].dtype)
-            self.host.average_into(flat)
+            flat = self.host.average()
         else:
             flat = torch.cat([grad.reshape(-1) for grad in grads])
             wire = flat.to(torch.float16) if self.fp16 else flat

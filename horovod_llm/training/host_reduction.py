@@ -41,22 +41,21 @@ class HostReduction:
         self.segment, self.rank, self.size, self.barrier = segment, rank, size, barrier
         self.path = path  # unlinked once every rank mapped it
         self.parity = 0
-
-    @property
-    def numel(self) -> int:
-        return self.segment.shape[-1]
+        self.mean = torch.empty(segment.shape[-1])  # kept: a step allocates nothing here
 
     def slot(self) -> torch.Tensor:
         """This rank's row of the slot this step writes: the caller fills it in place."""
         return self.segment[self.parity, self.rank]
 
-    def average_into(self, out: torch.Tensor) -> None:
-        """After this rank filled `slot()`: `out` becomes the rows' mean."""
+    def average(self) -> torch.Tensor:
+        """After this rank filled `slot()`: the rows' mean, in a buffer the next call
+        overwrites."""
         rows = self.segment[self.parity]
         self.barrier()  # every rank has written its row
-        torch.sum(rows, dim=0, out=out)
-        out.div_(self.size)
+        torch.sum(rows, dim=0, out=self.mean)
+        self.mean.div_(self.size)
         self.parity ^= 1
+        return self.mean
 
     @classmethod
     def open(cls, comm, numel: int, shm_dir: str | None = None) -> HostReduction | None:
