@@ -31,6 +31,7 @@ from overhead import product_run
 COMPARISONS = {
     "reduction": {"shared_memory": "train.shared_memory_allreduce=true", "tcp": "train.shared_memory_allreduce=false"},
     "gc": {"gc_every_50_steps": "train.gc_interval=50", "gc_automatic": "train.gc_interval=0"},
+    "barrier": {"pipes": "train.shared_memory_barrier=pipes", "backend_barrier": "train.shared_memory_barrier=backend"},
 }
 
 

@@ -76,9 +76,11 @@ def commands(args) -> dict[str, list[str]]:
         # Issue 28: the product's step and loop against the bare runs bracketing each of its runs, 1 and 2 ranks, both launchers.
         "overhead": ["overhead.py", "--repeats", str(args.repeats)],
         # Issue 28: the gradients' average through shared memory against Gloo's TCP, and
-        # Python's collector at shared steps against its own moments: 2 ranks, paired.
+        # Python's collector at shared steps against its own moments, and the shared-memory
+        # reduction's meeting through pipes against the backend's barrier: 2 ranks, paired.
         "gradient_reduction": ["paired.py", "--compare", "reduction", "--pairs", str(args.repeats)],
         "gc_alignment": ["paired.py", "--compare", "gc", "--pairs", str(args.repeats)],
+        "shared_memory_barrier": ["paired.py", "--compare", "barrier", "--pairs", str(args.repeats)],
         # py-spy on every rank of a 2-rank run: the loop's time by what it was calling.
         "profile_loop": ["profile_loop.py"],
         # emr/bootstrap.sh of each launcher into fresh venvs (about 12 minutes: it builds horovod once)

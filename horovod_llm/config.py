@@ -147,10 +147,15 @@ class TrainConfig:
     fp16_allreduce: bool = False
     backward_passes_per_step: int = 1
     # Where every rank runs on one host, average the fp32 gradients through a segment of
-    # /dev/shm (training/host_reduction.py), with only a barrier over the backend, instead
-    # of the backend's allreduce over loopback TCP. Ranks on several hosts, fp16 on the
-    # wire, GPUs, Adasum and elastic runs use the backend's allreduce whatever this says.
+    # /dev/shm (training/host_reduction.py) instead of the backend's allreduce over
+    # loopback TCP. Ranks on several hosts, fp16 on the wire, GPUs, Adasum and elastic
+    # runs use the backend's allreduce whatever this says.
     shared_memory_allreduce: bool = True
+    # How those ranks meet between writing their rows and reading the others': "pipes"
+    # (named pipes, rank 0 the hub: training/pipe_barrier.py), or "backend" (Horovod's or
+    # Gloo's barrier, at which Horovod's ranks waited longer in paired runs on 2 cores,
+    # their tokens/s within the pairs' spread: bench/results.md).
+    shared_memory_barrier: str = "pipes"
     allreduce_op: str = "average"  # or "adasum" (needs a Horovod built with MPI)
     # Milliseconds between the idle cycles of Horovod's background thread
     # (HOROVOD_CYCLE_TIME, which wins when set). With the stack's wake patch (scripts/
@@ -454,6 +459,7 @@ def validate(config: RunConfig) -> None:
     need(tr.num_proc >= 1, f"train.num_proc ({tr.num_proc}) must be at least 1")
     need(tr.threads_per_rank >= 0, f"train.threads_per_rank ({tr.threads_per_rank}) must be 0 (automatic) or more")
     need(tr.backward_passes_per_step >= 1, f"train.backward_passes_per_step ({tr.backward_passes_per_step}) must be at least 1")
+    need(tr.shared_memory_barrier in ("pipes", "backend"), f"train.shared_memory_barrier ('{tr.shared_memory_barrier}') must be 'pipes' or 'backend'")
     need(tr.allreduce_op in ("average", "adasum"), f"train.allreduce_op ('{tr.allreduce_op}') must be 'average' or 'adasum'")
     need(tr.horovod_cycle_time_ms > 0, f"train.horovod_cycle_time_ms ({tr.horovod_cycle_time_ms}) must be positive")
     need(tr.precision in PRECISIONS, f"train.precision ('{tr.precision}') must be {', '.join(PRECISIONS)}")

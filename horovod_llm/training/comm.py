@@ -32,6 +32,7 @@ import torch
 
 from horovod_llm.training.device import on_cpu
 from horovod_llm.training.host_reduction import HostReduction
+from horovod_llm.training.pipe_barrier import RankLost
 
 
 class LoopState:
@@ -55,6 +56,7 @@ class Collectives(ABC):
     local_size: int
     elastic = False  # the loop runs under Horovod elastic: ranks may leave and join
     gradient_reduction: str | None = None  # "shared_memory" or the backend's name, once an optimizer averages
+    host_reduction: HostReduction | None = None  # the shared-memory reduction, where it carries the average
     mpi_built = False  # Adasum on CPU needs Horovod built with MPI
 
     def loop_state(self, model: torch.nn.Module, optimizer, **fields) -> LoopState:
@@ -94,8 +96,9 @@ class Collectives(ABC):
         parameters = list(model.parameters())
         host = None
         if train.shared_memory_allreduce and not train.fp16_allreduce and all(p.device.type == "cpu" for p in parameters):
-            host = HostReduction.open(self, sum(p.numel() for p in parameters))
+            host = HostReduction.open(self, sum(p.numel() for p in parameters), pipes=train.shared_memory_barrier == "pipes")
         self.gradient_reduction = "shared_memory" if host is not None else self.backend
+        self.host_reduction = host
         return AveragingOptimizer(optimizer, parameters, self, fp16=train.fp16_allreduce, host=host)
 
     @abstractmethod
@@ -139,6 +142,12 @@ class Collectives(ABC):
     @abstractmethod
     def close(self) -> None:
         """Leave the group (a process that trains again re-initialises)."""
+
+    def close_host_reduction(self) -> None:
+        """The shared-memory reduction's pipes, which a later run in this process does not reuse."""
+        if self.host_reduction is not None:
+            self.host_reduction.close()
+            self.host_reduction = None
 
 
 # Marks HOROVOD_CYCLE_TIME as set from a config, not by the user: an earlier run in the
@@ -233,8 +242,9 @@ class HorovodCollectives(Collectives):
         self.hvd.barrier()
 
     def close(self) -> None:
-        """Nothing: Horovod stays initialised for the process (it shuts down at exit),
-        and hvd.init() again is a no-op."""
+        """Horovod stays initialised for the process (it shuts down at exit), and
+        hvd.init() again is a no-op."""
+        self.close_host_reduction()
 
 
 class TorchCollectives(Collectives):
@@ -299,6 +309,7 @@ class TorchCollectives(Collectives):
         self.dist.barrier()
 
     def close(self) -> None:
+        self.close_host_reduction()
         if self.dist.is_initialized():
             self.dist.destroy_process_group()
 
@@ -371,7 +382,10 @@ _GLOO_LOST_PEER = re.compile(r"Connection (closed|reset) by peer|gloo/transport/
 def lost_peer(exc: BaseException) -> bool:
     """Whether `exc` says a collective failed because another rank was lost: Horovod's
     HorovodInternalError; under torch.distributed a DistError, or the plain RuntimeError
-    Gloo's transport raises for a peer that closed its connections or went silent."""
+    Gloo's transport raises for a peer that closed its connections or went silent; the
+    shared-memory reduction's RankLost."""
+    if isinstance(exc, RankLost):
+        return True
     horovod_errors = sys.modules.get("horovod.common.exceptions")
     if horovod_errors is not None and isinstance(exc, horovod_errors.HorovodInternalError):
         return True

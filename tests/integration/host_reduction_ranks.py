@@ -5,6 +5,7 @@ and what its optimizer held after each step."""
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -16,10 +17,10 @@ from tests.integration.fp16_ranks import SIZE, rank_gradient
 STEPS = 3
 
 
-def averaged_gradients(backend: str, shared_memory: bool, shm_dir: str | None) -> dict:
+def averaged_gradients(backend: str, shared_memory: bool, shm_dir: str | None, barrier: str = "pipes") -> dict:
     if shm_dir is not None:
         host_reduction.SHM_DIR = shm_dir
-    train = TrainConfig(shared_memory_allreduce=shared_memory)
+    train = TrainConfig(shared_memory_allreduce=shared_memory, shared_memory_barrier=barrier)
     comm = init_collectives(backend, train)
     try:
         model = torch.nn.Module()
@@ -35,6 +36,7 @@ def averaged_gradients(backend: str, shared_memory: bool, shm_dir: str | None) -
             received.append(model.weight.grad.tolist() + model.bias.grad.tolist())
         return {
             "reduction": comm.gradient_reduction,
+            "barrier": type(host.barrier).__name__ if host is not None else None,
             "segment_left": host is not None and os.path.exists(host.path),
             "received": received,
         }
@@ -42,10 +44,30 @@ def averaged_gradients(backend: str, shared_memory: bool, shm_dir: str | None) -
         comm.close()
 
 
-def horovod_rank(shared_memory: bool, shm_dir: str | None) -> dict:
-    return averaged_gradients("horovod", shared_memory, shm_dir)
+def horovod_rank(shared_memory: bool, shm_dir: str | None, barrier: str) -> dict:
+    return averaged_gradients("horovod", shared_memory, shm_dir, barrier)
 
 
-def torch_rank(rank: int, port: int, shared_memory: bool, shm_dir: str | None, results) -> None:
+def torch_rank(rank: int, port: int, shared_memory: bool, shm_dir: str | None, barrier: str, results) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
-    results[rank] = averaged_gradients("torch", shared_memory, shm_dir)
+    results[rank] = averaged_gradients("torch", shared_memory, shm_dir, barrier)
+
+
+def torch_rank_that_loses_a_peer(rank: int, port: int, dying: int, results) -> None:
+    """Both ranks take a step through shared memory; then `dying` exits as a killed rank
+    would, and the other records what its next step raised, and how soon."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    train = TrainConfig(shared_memory_allreduce=True)
+    comm = init_collectives("torch", train)
+    model = torch.nn.Linear(4, 1)
+    optimizer = comm.distributed_optimizer(torch.optim.SGD(model.parameters(), lr=0.0), model, train)
+    model(torch.ones(4)).sum().backward()
+    optimizer.synchronize()
+    if rank == dying:
+        os._exit(9)  # no clean-up, no exception handler: the kernel closes its pipes
+    started = time.monotonic()
+    try:
+        optimizer.synchronize()
+        results[rank] = {"error": None}
+    except Exception as exc:  # noqa: BLE001 (the test reads what was raised)
+        results[rank] = {"error": type(exc).__name__, "message": str(exc), "seconds": time.monotonic() - started, "reduction": comm.gradient_reduction}

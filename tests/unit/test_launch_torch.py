@@ -48,12 +48,14 @@ def test_a_rank_reported_twice_counts_once_and_other_lines_are_ignored():
 
 def test_a_collective_that_lost_its_peer_is_told_from_other_errors():
     from horovod_llm.training.comm import lost_peer
+    from horovod_llm.training.pipe_barrier import LOST, RankLost
 
     closed = "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:31649."
     assert lost_peer(RuntimeError(closed))
     assert lost_peer(RuntimeError("Connection reset by peer"))
     assert not lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not lost_peer(ValueError("Connection closed by peer"))  # only what torch.distributed raises
+    assert lost_peer(RankLost(LOST))  # the shared-memory reduction's pipes closed
 
 
 def test_a_rank_whose_host_spark_dropped_is_named_lost(monkeypatch):
