@@ -348,14 +348,21 @@ class AveragingOptimizer:
                 parameter.grad = torch.zeros_like(parameter)
         grads = [parameter.grad for parameter in self.parameters]
         if self.host is not None:
-            # Flattened straight into this rank's row of the shared segment.
+            # Flattened straight into this rank's row of the shared segment; the mean
+            # comes back in a buffer the reduction keeps, and the parameters take views of
+            # it as their gradients instead of a copy: two passes over the gradient less
+            # a step. The step's zero_grad drops them, and the next backward pass makes
+            # new ones before the buffer is written again.
             torch.cat([grad.reshape(-1) for grad in grads], out=self.host.slot())
-            flat = self.host.average()
-        else:
-            flat = torch.cat([grad.reshape(-1) for grad in grads])
-            wire = flat.to(torch.float16) if self.fp16 else flat
-            self.comm.average_(wire)
-            flat = wire.to(flat.dtype)
+            mean, offset = self.host.average(), 0
+            for parameter in self.parameters:
+                parameter.grad = mean[offset : offset + parameter.numel()].view_as(parameter)
+                offset += parameter.numel()
+            return
+        flat = torch.cat([grad.reshape(-1) for grad in grads])
+        wire = flat.to(torch.float16) if self.fp16 else flat
+        self.comm.average_(wire)
+        flat = wire.to(flat.dtype)
         offset = 0
         for grad in grads:
             grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
