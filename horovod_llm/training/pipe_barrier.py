@@ -52,6 +52,8 @@ class PipeBarrier:
             self.sleepers[fd].register(fd, select.POLLIN)
 
     def __call__(self) -> None:
+        if not self.writes:  # a meeting after close() would let a hub with no peers left through
+            raise RuntimeError("the shared-memory reduction's barrier was used after it was closed")
         if self.rank == 0:
             for fd in self.reads:
                 self._receive(fd)
