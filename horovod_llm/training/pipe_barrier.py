@@ -103,15 +103,19 @@ def open_reads(directory: str, rank: int, size: int) -> list[int]:
     """A rank's read ends, opened first on every rank: opening a write end fails while no
     reader holds the pipe. Non-blocking, so that a wait can poll; an end of file then
     means every writer has gone."""
-    names = [pipe_path(directory, "up", r) for r in range(1, size)] if rank == 0 else [pipe_path(directory, "down", rank)]
-    return _open_all(names, os.O_RDONLY | os.O_NONBLOCK)
+    return _open_all(_ends(directory, rank, size, hub="up", other="down"), os.O_RDONLY | os.O_NONBLOCK)
 
 
 def open_writes(directory: str, rank: int, size: int) -> list[int]:
     """A rank's write ends, once every rank's read ends are open. A one-byte write to a
     pipe that every meeting drains never blocks."""
-    names = [pipe_path(directory, "down", r) for r in range(1, size)] if rank == 0 else [pipe_path(directory, "up", rank)]
-    return _open_all(names, os.O_WRONLY | os.O_NONBLOCK)
+    return _open_all(_ends(directory, rank, size, hub="down", other="up"), os.O_WRONLY | os.O_NONBLOCK)
+
+
+def _ends(directory: str, rank: int, size: int, hub: str, other: str) -> list[str]:
+    """The hub's pipes of direction `hub`, one per other rank; another rank's own pipe of
+    direction `other` (a pipe the hub reads, the other rank writes, and the reverse)."""
+    return [pipe_path(directory, hub, r) for r in range(1, size)] if rank == 0 else [pipe_path(directory, other, rank)]
 
 
 def _open_all(names: list[str], flags: int) -> list[int]:
