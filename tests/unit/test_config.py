@@ -63,6 +63,12 @@ def test_every_problem_is_reported_at_once():
     assert "\n" not in message
 
 
+def test_an_unknown_shared_memory_barrier_names_the_choices():
+    with pytest.raises(UserError, match=r"train\.shared_memory_barrier \('tcp'\) must be 'pipes' or 'backend'"):
+        load_config(None, ["train.shared_memory_barrier=tcp"])
+    assert load_config(None, ["train.shared_memory_barrier=backend"]).train.shared_memory_barrier == "backend"
+
+
 def test_invalid_yaml_is_one_line(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("data: [unclosed\n")
