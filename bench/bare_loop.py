@@ -6,7 +6,8 @@ Starts `--ranks` independent plain processes at once, each training configs/loca
 model (the demo recipe's: the same GPT, batch, AdamW with weight-decay groups, gradient
 clipping, torch threads and malloc settings as a rank) on windows of the bench dataset
 (bench/prepare.py) held in memory, as nanoGPT's loop trains on its token array, with a
-rank's arithmetic settings (subnormals flushed to zero, one thread): no
+rank's arithmetic settings (subnormals flushed to zero, one thread) and cores (bound as
+the ranks of train.bind_cores would be, where they fill the cores): no
 loader, no allreduce, no metrics, no logging. Real windows, not random ids: a step on
 the corpus's ids ran 4-8% faster than one on ids drawn uniformly from the vocabulary
 (same process, alternated, Intel Xeon), which made the product's 1-rank loop look faster
@@ -42,17 +43,20 @@ def windows_in_memory(batch_size: int, seed: int) -> list:
         return [torch.from_numpy(batch) for batch in itertools.islice(batches, MEMORY_BATCHES)]
 
 
-def bare_rank(overrides: list[str], threads: int, seconds: float, warmup_steps: int, precision: str, seed: int, results) -> None:
-    """One process's loop, as nanoGPT's train.py does it on a CPU."""
+def bare_rank(overrides: list[str], threads: int, seconds: float, warmup_steps: int, precision: str, seed: int, place: tuple[int, int], results) -> None:
+    """One process's loop, as nanoGPT's train.py does it on a CPU; `place`: (its index,
+    the processes started), bound to cores as a rank in that place would be."""
     import torch
 
     from horovod_llm.data.manifest import read_manifest
     from horovod_llm.model import GPT
+    from horovod_llm.training.affinity import bind_rank
     from horovod_llm.training.precision import Precision
     from horovod_llm.training.train import prepare_rank_process
 
     config = local_config(overrides)
     train = config.train
+    bind_rank(train.bind_cores, *place, threads)  # a rank's cores (train.bind_cores), as the product's
     prepare_rank_process(threads)  # a rank's threads, subnormal flushing and malloc settings
     torch.manual_seed(seed)
     batches = windows_in_memory(train.batch_size, seed)
@@ -84,7 +88,7 @@ def run_bare(ranks: int, seconds: float, threads: int = 1, overrides: list[str] 
     """`ranks` bare processes at once: each one's tokens/s and their sum."""
     context = multiprocessing.get_context("spawn")  # a fresh interpreter, as a rank has
     results = context.Queue()
-    processes = [context.Process(target=bare_rank, args=(list(overrides), threads, seconds, warmup_steps, precision, 1000 + r, results)) for r in range(ranks)]
+    processes = [context.Process(target=bare_rank, args=(list(overrides), threads, seconds, warmup_steps, precision, 1000 + r, (r, ranks), results)) for r in range(ranks)]
     for process in processes:
         process.start()
     per_process = [results.get(timeout=seconds + 300) for _ in processes]

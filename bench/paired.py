@@ -1,12 +1,16 @@
 """Two settings of the product, paired in one run: 2 ranks on this host, both Spark
 launchers, each pair two runs back to back that differ only in the setting compared.
 
-    .venv/bin/python bench/paired.py --compare {reduction,gc} [--pairs 3] [--minutes 0.5] [--json PATH]
+    .venv/bin/python bench/paired.py --compare {reduction,gc,barrier,binding} [--pairs 3] [--minutes 0.5] [--json PATH]
 
   reduction  the gradients' average through shared memory (train.shared_memory_allreduce)
              against the backend's allreduce over loopback TCP
   gc         Python's collector at every 50th step on every rank (train.gc_interval=50)
              against its own thresholds (0, the default)
+  barrier    the shared-memory reduction's ranks meeting through named pipes against
+             the backend's barrier (train.shared_memory_barrier)
+  binding    each rank's threads bound to a core of its own against the kernel's
+             placement (train.bind_cores true against false)
 
 Needs the bench dataset (bench/prepare.py). Each run is the demo recipe (fp32, 1-thread
 ranks, configs/local.yaml's evaluation and checkpoint intervals, `--minutes` of
@@ -32,6 +36,7 @@ COMPARISONS = {
     "reduction": {"shared_memory": "train.shared_memory_allreduce=true", "tcp": "train.shared_memory_allreduce=false"},
     "gc": {"gc_every_50_steps": "train.gc_interval=50", "gc_automatic": "train.gc_interval=0"},
     "barrier": {"pipes": "train.shared_memory_barrier=pipes", "backend_barrier": "train.shared_memory_barrier=backend"},
+    "binding": {"bound": "train.bind_cores=true", "unbound": "train.bind_cores=false"},
 }
 
 

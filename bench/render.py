@@ -168,6 +168,8 @@ def render(results: dict) -> str:
     lines += _paired_details(_get(results, "gradient_reduction"))
     lines += _paired_details(_get(results, "gc_alignment"))
     lines += _paired_details(_get(results, "shared_memory_barrier"))
+    lines += _paired_details(_get(results, "core_binding"))
+    lines += _paired_details(_get(results, "core_binding_spark"))
     lines += _profile_details([_get(results, name) for name in ("profile_loop_before", "profile_loop")])
     lines += _bootstrap_details(_get(results, "bootstrap_paths"))
     lines += _generate_details(results, _get(results, "generate_throughput"))
@@ -704,6 +706,7 @@ PAIRED_TITLES = {
     "reduction": "The gradients' average: shared memory against loopback TCP",
     "gc": "Python's collector at shared steps against its own moments",
     "barrier": "The shared-memory reduction's meeting: named pipes against the backend's barrier",
+    "binding": "Each rank on a core of its own against the kernel's placement",
 }
 
 

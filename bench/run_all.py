@@ -81,6 +81,8 @@ def commands(args) -> dict[str, list[str]]:
         "gradient_reduction": ["paired.py", "--compare", "reduction", "--pairs", str(args.repeats)],
         "gc_alignment": ["paired.py", "--compare", "gc", "--pairs", str(args.repeats)],
         "shared_memory_barrier": ["paired.py", "--compare", "barrier", "--pairs", str(args.repeats)],
+        # ... and each rank bound to a core of its own against the kernel's placement.
+        "core_binding": ["paired.py", "--compare", "binding", "--pairs", str(args.repeats)],
         # py-spy on every rank of a 2-rank run: the loop's time by what it was calling.
         "profile_loop": ["profile_loop.py"],
         # emr/bootstrap.sh of each launcher into fresh venvs (about 12 minutes: it builds horovod once)
@@ -102,8 +104,10 @@ def commands(args) -> dict[str, list[str]]:
 # Results of an older checkout, run there with the same script and only gathered here
 # (--gather): the loop's profile before issue 28's changes, the overhead bench before
 # the allocator change (its figures as committed in 87b39f2), and end to end before the
-# rank start-up and wrap-up change (d3ccb1c), on the machine of the run after it.
-GATHER_ONLY = ("profile_loop_before", "overhead_before", "end_to_end_before")
+# rank start-up and wrap-up change (d3ccb1c), on the machine of the run after it. Also
+# run on their own: core binding on Horovod's ranks alone, in more pairs than
+# `core_binding` (`paired.py --compare binding --pairs 6 --launchers spark`).
+GATHER_ONLY = ("profile_loop_before", "overhead_before", "end_to_end_before", "core_binding_spark")
 # Run only when named in --only: the sweeps (about 40 minutes each) and the GPU check.
 ON_REQUEST = ("sweep", "gpu_check")
 JSON_FLAG = {"generate_throughput": "--json-file", "gpu_check": "--out"}

@@ -167,6 +167,12 @@ class TrainConfig:
     # step on average against 1.1-1.4 at 100 (steps 2% shorter, 5 alternated pairs; all
     # issue 28, bench/results.md). A shutdown waits up to one idle cycle.
     horovod_cycle_time_ms: float = 100.0
+    # Where a host's ranks times their threads use exactly the cores a rank may run on,
+    # each rank's threads run on cores of their own (whole physical cores first), so that
+    # the kernel never moves a rank between cores, a move a synchronous step pays for on
+    # every rank (training/affinity.py); false: the kernel places them. Ranks that leave
+    # cores free or share them, and elastic runs (whose ranks change), are never bound.
+    bind_cores: bool = True
     # The arithmetic of the forward and backward passes: fp32; bf16 or fp16 under autocast,
     # with fp32 weights, optimizer state and checkpoints (fp16 with a gradient scaler, for
     # GPUs without bf16); auto: bf16 where a short calibration at rank start finds it

@@ -48,12 +48,14 @@ class LoopState:
 
 
 class Collectives(ABC):
-    """What every backend offers; `rank`, `size` and `local_size` (ranks on this host)."""
+    """What every backend offers; `rank`, `size`, `local_size` (ranks on this host) and
+    `local_rank` (this rank's place among them)."""
 
     backend: str
     rank: int
     size: int
     local_size: int
+    local_rank: int
     elastic = False  # the loop runs under Horovod elastic: ranks may leave and join
     gradient_reduction: str | None = None  # "shared_memory" or the backend's name, once an optimizer averages
     host_reduction: HostReduction | None = None  # the shared-memory reduction, where it carries the average
@@ -202,6 +204,10 @@ class HorovodCollectives(Collectives):
     def local_size(self) -> int:
         return self.hvd.local_size()
 
+    @property
+    def local_rank(self) -> int:
+        return self.hvd.local_rank()
+
     def distributed_optimizer(self, optimizer, model, train):
         hvd = self.hvd
         if train.allreduce_op == "average" and not self.elastic:
@@ -278,6 +284,7 @@ class TorchCollectives(Collectives):
         # two tasks share a host: count the ranks on this host instead, as Horovod does.
         hosts = self.allgather_object(socket.gethostname(), "hosts")
         self.local_size = hosts.count(socket.gethostname())
+        self.local_rank = hosts[: self.rank].count(socket.gethostname())
 
     def distributed_optimizer(self, optimizer, model, train):
         return self.averaging_optimizer(optimizer, model, train)

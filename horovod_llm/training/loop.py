@@ -49,6 +49,7 @@ class Job:
     tokenizer_bytes: bytes
     launch_info: dict
     threads: int
+    cores: list[int] | None  # the cores this rank's threads are bound to (affinity.py), or None
     total_steps: int | None  # None: only the wall-clock budget ends the run
     steps_per_epoch: int
     max_lr: float
@@ -299,13 +300,15 @@ def _enter(state, job: Job, model: GPT) -> Entry:
         "gloo_iface": os.environ.get("HOROVOD_GLOO_IFACE") or os.environ.get("GLOO_SOCKET_IFNAME"),
         "device": str(job.device),
         "spark_gpus": job.spark_gpus,
+        # read back from the kernel, not from what was asked for
+        "cores": sorted(os.sched_getaffinity(0)) if job.cores else None,
     }
     placement = [{"rank": r, **p} for r, p in enumerate(comm.allgather_object(mine, name="placement"))]
     refuse_mixed_devices(placement)  # every rank sees the same list, so every rank refuses alike
     if comm.rank == 0:
         storage.write_json(storage.join(layout.stats_url(job.config.output_url), "placement.json"), {"step": state.step, "ranks": placement})
         # in the log too: which host a rank's later error or silence points at
-        log.info("placement: %s", ", ".join(f"rank {p['rank']} on {p['host']}" for p in placement))
+        log.info("placement: %s", ", ".join(f"rank {p['rank']} on {p['host']}{_bound(p['cores'])}" for p in placement))
     tokens_per_step = train.batch_size * train.backward_passes_per_step * job.manifest.window_size * comm.size
     # A compiled module shares the model's parameters: checkpoints keep the model's keys.
     forward = torch.compile(model) if train.compile else model
@@ -313,6 +316,10 @@ def _enter(state, job: Job, model: GPT) -> Entry:
         state.step, state.trained_seconds, comm.size, tokens_per_step, peak_flops, peak_source, model.flops_per_token(), placement,
         precision, report, forward, scaler=precision.grad_scaler(),
     )  # fmt: skip
+
+
+def _bound(cores: list[int] | None) -> str:
+    return f" (cores {','.join(map(str, cores))})" if cores else ""
 
 
 def refuse_mixed_devices(placement: list[dict]) -> None:

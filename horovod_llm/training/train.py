@@ -33,6 +33,7 @@ from horovod_llm.model import GPT
 from horovod_llm.progress import is_terminal, wants_bars
 from horovod_llm.storage import storage_settings
 from horovod_llm.training import recipe
+from horovod_llm.training.affinity import bind_rank
 from horovod_llm.training.allocator import keep_freed_memory
 from horovod_llm.training.calibration import calibrate
 from horovod_llm.training.comm import Collectives, cuda_unsupported, init_collectives
@@ -126,6 +127,8 @@ def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict, beat: 
     train = config.train
     check_job(config, manifest, comm.mpi_built)
     threads = threads_for_rank(train.threads_per_rank, comm.local_size)
+    # Before the rank's own threads start (the loader's, torch's pool): they inherit it.
+    cores = bind_rank(train.bind_cores and not comm.elastic, comm.local_rank, comm.local_size, threads)
     prepare_rank_process(threads)
     torch.manual_seed(train.seed)
 
@@ -184,6 +187,7 @@ def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict, beat: 
         tokenizer_bytes=storage.read_bytes(layout.tokenizer_url(out)),
         launch_info=launch_info,
         threads=threads,
+        cores=cores,
         total_steps=steps,
         steps_per_epoch=per_epoch,
         max_lr=max_lr,

@@ -4,6 +4,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -40,6 +41,7 @@ def check_run(out, config):
     assert epochs[-1]["seconds"] > 0 and math.isfinite(epochs[-1]["val_loss"])
     summary = storage.read_json(storage.join(layout.stats_url(out), "summary.json"))
     assert summary["ranks"] == 2 and summary["steps"] == 8
+    check_cores(summary)
     complete = checkpoint.complete_checkpoints(out)
     assert [step for step, _ in complete] == [4, 8]
     assert summary["model_zip_url"].endswith("model.zip")
@@ -50,6 +52,19 @@ def check_run(out, config):
     text = generate_text(loaded, "KING:\n", Sampling(max_new_tokens=15, temperature=0.8, top_k=20, seed=1))
     assert text.startswith("KING:\n") and len(text) > len("KING:\n")
     return summary
+
+
+def check_cores(summary):
+    """train.bind_cores=auto: where the ranks' threads fill this host's cores, each rank's
+    on cores of its own (as the kernel reports them), together all of them; else unbound."""
+    cores, threads = [p["cores"] for p in summary["placement"]], summary["threads_per_rank"]
+    allowed = os.sched_getaffinity(0)  # the ranks' parent processes inherit this test's
+    if summary["ranks"] * threads == len(allowed):
+        assert None not in cores, cores
+        assert all(len(mine) == threads for mine in cores)
+        assert sorted(c for mine in cores for c in mine) == sorted(allowed)
+    else:
+        assert cores == [None] * summary["ranks"]
 
 
 def test_two_ranks_with_horovod_spark_run(fresh_run, tiny_dataset, spark):
