@@ -88,7 +88,10 @@ def run_bare(ranks: int, seconds: float, threads: int = 1, overrides: list[str] 
     """`ranks` bare processes at once: each one's tokens/s and their sum."""
     context = multiprocessing.get_context("spawn")  # a fresh interpreter, as a rank has
     results = context.Queue()
-    processes = [context.Process(target=bare_rank, args=(list(overrides), threads, seconds, warmup_steps, precision, 1000 + r, (r, ranks), results)) for r in range(ranks)]
+    processes = [
+        context.Process(target=bare_rank, args=(list(overrides), threads, seconds, warmup_steps, precision, 1000 + r, (r, ranks), results))
+        for r in range(ranks)
+    ]
     for process in processes:
         process.start()
     per_process = [results.get(timeout=seconds + 300) for _ in processes]
