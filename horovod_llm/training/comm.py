@@ -59,6 +59,7 @@ class Collectives(ABC):
     elastic = False  # the loop runs under Horovod elastic: ranks may leave and join
     gradient_reduction: str | None = None  # "shared_memory" or the backend's name, once an optimizer averages
     host_reduction: HostReduction | None = None  # the shared-memory reduction, where it carries the average
+    cores: list[int] | None = None  # the cores this rank is bound to (training/affinity.py), None where unbound
     mpi_built = False  # Adasum on CPU needs Horovod built with MPI
 
     def loop_state(self, model: torch.nn.Module, optimizer, **fields) -> LoopState:

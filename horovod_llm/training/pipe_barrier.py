@@ -131,6 +131,8 @@ def _open_all(names: list[str], flags: int) -> list[int]:
     return opened
 
 
-def poll_seconds(size: int, threads_per_rank: int) -> float:
-    """POLL_S where every rank's threads have a core of this process's set, else 0."""
-    return POLL_S if size * threads_per_rank <= len(os.sched_getaffinity(0)) else 0.0
+def poll_seconds(size: int, threads_per_rank: int, bound: bool = False) -> float:
+    """POLL_S where every rank's threads have a core of their own, else 0: each rank
+    `bound` to cores of its own (affinity.py; its set is then its slice alone), or
+    enough cores in this process's set for all of them."""
+    return POLL_S if bound or size * threads_per_rank <= len(os.sched_getaffinity(0)) else 0.0

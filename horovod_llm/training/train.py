@@ -128,7 +128,7 @@ def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict, beat: 
     check_job(config, manifest, comm.mpi_built)
     threads = threads_for_rank(train.threads_per_rank, comm.local_size)
     # Before the rank's own threads start (the loader's, torch's pool): they inherit it.
-    cores = bind_rank(train.bind_cores and not comm.elastic, comm.local_rank, comm.local_size, threads)
+    cores = comm.cores = bind_rank(train.bind_cores and not comm.elastic, comm.local_rank, comm.local_size, threads)
     prepare_rank_process(threads)
     torch.manual_seed(train.seed)
 

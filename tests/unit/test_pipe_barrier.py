@@ -53,3 +53,9 @@ def test_ranks_without_a_core_each_never_poll(monkeypatch):
     assert pipe_barrier.poll_seconds(2, 1) == pipe_barrier.POLL_S
     assert pipe_barrier.poll_seconds(2, 2) == 0.0
     assert pipe_barrier.poll_seconds(3, 1) == 0.0
+
+
+def test_ranks_bound_to_cores_of_their_own_poll(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1})  # a bound rank's set: its slice
+    assert pipe_barrier.poll_seconds(2, 1, bound=True) == pipe_barrier.POLL_S
+    assert pipe_barrier.poll_seconds(2, 1) == 0.0
