@@ -7,7 +7,7 @@ model (the demo recipe's: the same GPT, batch, AdamW with weight-decay groups, g
 clipping, torch threads and malloc settings as a rank) on windows of the bench dataset
 (bench/prepare.py) held in memory, as nanoGPT's loop trains on its token array, with a
 rank's arithmetic settings (subnormals flushed to zero, one thread) and cores (bound as
-the ranks of train.bind_cores would be, where they fill the cores): no
+Horovod's ranks are, train.bind_cores, where they fill the cores): no
 loader, no allreduce, no metrics, no logging. Real windows, not random ids: a step on
 the corpus's ids ran 4-8% faster than one on ids drawn uniformly from the vocabulary
 (same process, alternated, Intel Xeon), which made the product's 1-rank loop look faster
@@ -56,7 +56,7 @@ def bare_rank(overrides: list[str], threads: int, seconds: float, warmup_steps: 
 
     config = local_config(overrides)
     train = config.train
-    bind_rank(train.bind_cores, *place, threads)  # a rank's cores (train.bind_cores), as the product's
+    bind_rank(train.bind_cores != "none", *place, threads)  # a rank's cores, as Horovod's ranks are bound
     prepare_rank_process(threads)  # a rank's threads, subnormal flushing and malloc settings
     torch.manual_seed(seed)
     batches = windows_in_memory(train.batch_size, seed)

@@ -10,7 +10,7 @@ launchers, each pair two runs back to back that differ only in the setting compa
   barrier    the shared-memory reduction's ranks meeting through named pipes against
              the backend's barrier (train.shared_memory_barrier)
   binding    each rank's threads bound to a core of its own against the kernel's
-             placement (train.bind_cores true against false)
+             placement (train.bind_cores all against none)
 
 Needs the bench dataset (bench/prepare.py). Each run is the demo recipe (fp32, 1-thread
 ranks, configs/local.yaml's evaluation and checkpoint intervals, `--minutes` of
@@ -36,7 +36,7 @@ COMPARISONS = {
     "reduction": {"shared_memory": "train.shared_memory_allreduce=true", "tcp": "train.shared_memory_allreduce=false"},
     "gc": {"gc_every_50_steps": "train.gc_interval=50", "gc_automatic": "train.gc_interval=0"},
     "barrier": {"pipes": "train.shared_memory_barrier=pipes", "backend_barrier": "train.shared_memory_barrier=backend"},
-    "binding": {"bound": "train.bind_cores=true", "unbound": "train.bind_cores=false"},
+    "binding": {"bound": "train.bind_cores=all", "unbound": "train.bind_cores=none"},
 }
 
 

@@ -170,6 +170,7 @@ def render(results: dict) -> str:
     lines += _paired_details(_get(results, "shared_memory_barrier"))
     lines += _paired_details(_get(results, "core_binding"))
     lines += _paired_details(_get(results, "core_binding_spark"))
+    lines += _paired_details(_get(results, "core_binding_torch_distributor"))
     lines += _profile_details([_get(results, name) for name in ("profile_loop_before", "profile_loop")])
     lines += _bootstrap_details(_get(results, "bootstrap_paths"))
     lines += _generate_details(results, _get(results, "generate_throughput"))

@@ -105,9 +105,10 @@ def commands(args) -> dict[str, list[str]]:
 # (--gather): the loop's profile before issue 28's changes, the overhead bench before
 # the allocator change (its figures as committed in 87b39f2), and end to end before the
 # rank start-up and wrap-up change (d3ccb1c), on the machine of the run after it. Also
-# run on their own: core binding on Horovod's ranks alone, in more pairs than
-# `core_binding` (`paired.py --compare binding --pairs 6 --launchers spark`).
-GATHER_ONLY = ("profile_loop_before", "overhead_before", "end_to_end_before", "core_binding_spark")
+# run on their own: core binding on each launcher's ranks alone, in more pairs than
+# `core_binding` (`paired.py --compare binding --pairs 6 --launchers L`), before a bound
+# rank polled at the shared-memory meeting (cd943f2).
+GATHER_ONLY = ("profile_loop_before", "overhead_before", "end_to_end_before", "core_binding_spark", "core_binding_torch_distributor")
 # Run only when named in --only: the sweeps (about 40 minutes each) and the GPU check.
 ON_REQUEST = ("sweep", "gpu_check")
 JSON_FLAG = {"generate_throughput": "--json-file", "gpu_check": "--out"}

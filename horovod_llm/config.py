@@ -114,6 +114,10 @@ class ModelConfig:
     init_from_word2vec: bool = True
 
 
+# train.bind_cores: the backend whose ranks are bound to cores of their own, or all or none.
+BIND_CORES = ("horovod", "all", "none")
+
+
 @dataclass
 class TrainConfig:
     # spark (horovod.spark.run), horovodrun, torch_distributor (Spark's TorchDistributor:
@@ -169,10 +173,12 @@ class TrainConfig:
     horovod_cycle_time_ms: float = 100.0
     # Where a host's ranks times their threads use exactly the cores a rank may run on,
     # each rank's threads run on cores of their own (whole physical cores first), so that
-    # the kernel never moves a rank between cores, a move a synchronous step pays for on
-    # every rank (training/affinity.py); false: the kernel places them. Ranks that leave
-    # cores free or share them, and elastic runs (whose ranks change), are never bound.
-    bind_cores: bool = True
+    # the kernel never moves a rank between cores (training/affinity.py): "horovod" for
+    # Horovod's ranks (bound ran faster than unbound in 9 of 9 paired runs on 2 cores),
+    # "all" for TorchDistributor's too (bound ran slower in 6 of 9, a median 0.96 of
+    # unbound: bench/results.md), or "none". Ranks that leave cores free or share them,
+    # and elastic runs (whose ranks change), are never bound.
+    bind_cores: str = "horovod"
     # The arithmetic of the forward and backward passes: fp32; bf16 or fp16 under autocast,
     # with fp32 weights, optimizer state and checkpoints (fp16 with a gradient scaler, for
     # GPUs without bf16); auto: bf16 where a short calibration at rank start finds it
@@ -467,6 +473,7 @@ def validate(config: RunConfig) -> None:
     need(tr.backward_passes_per_step >= 1, f"train.backward_passes_per_step ({tr.backward_passes_per_step}) must be at least 1")
     need(tr.shared_memory_barrier in ("pipes", "backend"), f"train.shared_memory_barrier ('{tr.shared_memory_barrier}') must be 'pipes' or 'backend'")
     need(tr.allreduce_op in ("average", "adasum"), f"train.allreduce_op ('{tr.allreduce_op}') must be 'average' or 'adasum'")
+    need(tr.bind_cores in BIND_CORES, f"train.bind_cores ('{tr.bind_cores}') must be one of {', '.join(BIND_CORES)}")
     need(tr.horovod_cycle_time_ms > 0, f"train.horovod_cycle_time_ms ({tr.horovod_cycle_time_ms}) must be positive")
     need(tr.precision in PRECISIONS, f"train.precision ('{tr.precision}') must be {', '.join(PRECISIONS)}")
     need(tr.device in DEVICES, f"train.device ('{tr.device}') must be {', '.join(DEVICES)}")

@@ -57,6 +57,11 @@ def bind_process(cores: list[int]) -> None:
             os.sched_setaffinity(int(task), cores)
 
 
+def binds(setting: str, backend: str) -> bool:
+    """Whether train.bind_cores=`setting` binds the ranks of `backend` ("horovod", "torch")."""
+    return setting == "all" or setting == backend
+
+
 def bind_rank(wanted: bool, local_rank: int, local_size: int, threads: int) -> list[int] | None:
     """Binds this rank's threads to its cores where `wanted` and the host's ranks fill
     its cores; the cores bound to, or None where nothing was bound."""

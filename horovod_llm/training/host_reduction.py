@@ -118,7 +118,9 @@ class HostReduction:
             seen = segment[0, :, 0].tolist()
             failed = float(seen != [float(r + 1) for r in range(comm.size)])
         if pipes:
-            barrier = pipe_barrier.PipeBarrier(comm.rank, reads, writes, pipe_barrier.poll_seconds(comm.size, torch.get_num_threads(), bound=comm.cores is not None))
+            barrier = pipe_barrier.PipeBarrier(
+                comm.rank, reads, writes, pipe_barrier.poll_seconds(comm.size, torch.get_num_threads(), bound=comm.cores is not None)
+            )
         else:
             barrier = BackendBarrier(comm)
         if comm.allreduce(torch.tensor([failed]), "max", name="host_reduction_check").item():

@@ -33,7 +33,7 @@ from horovod_llm.model import GPT
 from horovod_llm.progress import is_terminal, wants_bars
 from horovod_llm.storage import storage_settings
 from horovod_llm.training import recipe
-from horovod_llm.training.affinity import bind_rank
+from horovod_llm.training.affinity import bind_rank, binds
 from horovod_llm.training.allocator import keep_freed_memory
 from horovod_llm.training.calibration import calibrate
 from horovod_llm.training.comm import Collectives, cuda_unsupported, init_collectives
@@ -128,7 +128,7 @@ def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict, beat: 
     check_job(config, manifest, comm.mpi_built)
     threads = threads_for_rank(train.threads_per_rank, comm.local_size)
     # Before the rank's own threads start (the loader's, torch's pool): they inherit it.
-    cores = comm.cores = bind_rank(train.bind_cores and not comm.elastic, comm.local_rank, comm.local_size, threads)
+    cores = comm.cores = bind_rank(binds(train.bind_cores, comm.backend) and not comm.elastic, comm.local_rank, comm.local_size, threads)
     prepare_rank_process(threads)
     torch.manual_seed(train.seed)
 

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from horovod_llm.training.affinity import bind_rank, cores_for_rank, topology_order
+from horovod_llm.training.affinity import bind_rank, binds, cores_for_rank, topology_order
 
 
 def test_ranks_that_fill_the_cores_get_a_slice_each():
@@ -33,6 +33,12 @@ def test_hardware_threads_of_one_core_go_to_one_rank(tmp_path):
         (topology / "core_id").write_text(f"{core}\n")
     assert topology_order({0, 1, 2, 3}, tmp_path) == [0, 2, 1, 3]
     assert topology_order({3, 1}, tmp_path / "missing") == [1, 3]  # no topology: by number
+
+
+def test_the_setting_names_the_backend_whose_ranks_are_bound():
+    assert binds("horovod", "horovod") and not binds("horovod", "torch")
+    assert binds("all", "horovod") and binds("all", "torch")
+    assert not binds("none", "horovod") and not binds("none", "torch")
 
 
 def test_false_binds_nothing():

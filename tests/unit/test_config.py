@@ -63,11 +63,12 @@ def test_every_problem_is_reported_at_once():
     assert "\n" not in message
 
 
-def test_core_binding_is_a_switch_yaml_spells_as_it_likes():
-    for spelled, value in (("off", False), ("false", False), ("on", True), ("true", True)):
-        assert load_config(None, [f"train.bind_cores={spelled}"]).train.bind_cores is value
-    with pytest.raises(UserError, match=r"bind_cores"):
-        load_config(None, ["train.bind_cores=auto"])
+def test_core_binding_names_its_choices():
+    assert load_config(None, []).train.bind_cores == "horovod"
+    assert load_config(None, ["train.bind_cores=all"]).train.bind_cores == "all"
+    assert load_config(None, ["train.bind_cores=none"]).train.bind_cores == "none"
+    with pytest.raises(UserError, match=r"train\.bind_cores \('True'\) must be one of horovod, all, none"):
+        load_config(None, ["train.bind_cores=on"])
 
 
 def test_an_unknown_shared_memory_barrier_names_the_choices():

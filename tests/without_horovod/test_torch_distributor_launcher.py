@@ -35,13 +35,15 @@ def test_horovod_is_not_installed_here():
 
 def test_two_ranks_from_the_cli(fresh_run, tiny_dataset):
     """`horovod-llm train` with two torch.distributed ranks: the outputs of every launcher,
-    the ranks' logs on stderr, nothing on stdout."""
+    the ranks' logs on stderr, nothing on stdout; bound to cores of their own where asked
+    (each rank's place on its host counted from the ranks' host names)."""
     config, _ = tiny_dataset
     command = [sys.executable, "-m", "horovod_llm.cli", "train", "--config", str(TINY_CONFIG), f"output_url={fresh_run}", "train.launcher=torch_distributor"]
+    command.append("train.bind_cores=all")
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[rank 0] horovod_llm.training.loop: step 8/8" in done.stderr and "starting 2 ranks with Spark's TorchDistributor" in done.stderr
-    summary = check_run(fresh_run, config)
+    summary = check_run(fresh_run, config, bind_cores="all")
     assert summary["backend"] == "torch" and summary["launch"]["launcher"] == "torch_distributor"
     assert summary["collectives"]["backend"] == "torch" and summary["collectives"]["cycle_time_ms"] is None
     assert summary["collectives"]["gradient_reduction"] == "shared_memory"  # both ranks on this host
