@@ -116,6 +116,20 @@ def _quiet_reader_threads() -> None:
     thread_pool.IO_TIMEOUT_INTERVAL_S = max(thread_pool.IO_TIMEOUT_INTERVAL_S, READER_POLL_S)
 
 
+def _quiet_ventilator(reader) -> None:
+    """Let petastorm's ventilator thread sleep as long as the reader thread does.
+
+    While the row groups it handed out wait to be read (nearly always: the loader
+    outruns a rank), petastorm 0.13.1's ventilator looks again every 10 ms: 99 wakeups a
+    second in each rank, each one taking the GIL from the training thread, on its core
+    once the rank is bound to one (affinity.py). The ventilator reads the interval at each
+    look, and the next row group is handed out up to READER_POLL_S later, while the
+    reader still has the current one to read (a row group lasts seconds of steps). Only
+    for training's endless readers: one pass over a split (evaluation) reads row groups
+    as fast as it can, and there a wait for the next one would cost."""
+    reader.ventilator._ventilation_interval = max(reader.ventilator._ventilation_interval, READER_POLL_S)
+
+
 def check_only_our_files(output_url: str, split: str) -> None:
     """Refuse a split folder holding any file preprocessing did not write (the manifest
     lists its parts; hidden files are never read). Petastorm reads a folder's
@@ -212,6 +226,8 @@ def window_batches(
         log.warning("rank %d: no %s row group in its shard (%d shards)", rank, split, world_size)
         yield iter(())
         return
+    if num_epochs is None:
+        _quiet_ventilator(reader)
     try:
         batches = (batch["ids"].numpy().astype(np.int64, copy=False) for batch in BatchedDataLoader(reader, batch_size=batch_size))
         for _ in range(skip_batches):
