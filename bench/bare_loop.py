@@ -56,7 +56,7 @@ def bare_rank(overrides: list[str], threads: int, seconds: float, warmup_steps: 
 
     config = local_config(overrides)
     train = config.train
-    bind_rank(train.bind_cores != "none", *place, threads)  # a rank's cores, as Horovod's ranks are bound
+    cores = bind_rank(train.bind_cores != "none", *place, threads)  # a rank's cores, as Horovod's ranks are bound
     prepare_rank_process(threads)  # a rank's threads, subnormal flushing and malloc settings
     torch.manual_seed(seed)
     batches = windows_in_memory(train.batch_size, seed)
@@ -81,7 +81,7 @@ def bare_rank(overrides: list[str], threads: int, seconds: float, warmup_steps: 
             break
     elapsed = time.perf_counter() - started
     tokens = (steps - timed_from) * train.batch_size * model.config.block_size
-    results.put({"tokens_per_s": tokens / elapsed, "steps": steps - timed_from, "step_s": elapsed / (steps - timed_from)})
+    results.put({"tokens_per_s": tokens / elapsed, "steps": steps - timed_from, "step_s": elapsed / (steps - timed_from), "cores": cores})
 
 
 def run_bare(ranks: int, seconds: float, threads: int = 1, overrides: list[str] = (), precision: str = "fp32", warmup_steps: int = 10) -> dict:

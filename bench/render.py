@@ -778,6 +778,9 @@ def _overhead_details(overhead: dict | None, before: dict | None = None) -> list
     targets = overhead["targets"]
     # Bare runs before the bench dataset's windows (bench/bare_loop.py) trained on random ids.
     bare_data = "the bench dataset's windows" if overhead["bare_runs"][0].get("data") == "windows" else "random ids"
+    # Bare runs since bench/bare_loop.py recorded its binding (after a1c5ad5) say where they ran.
+    bound = any(p.get("cores") for run in overhead["bare_runs"] for p in run.get("per_process", []))
+    bare_data += ", each bound to a core of its own as Horovod's ranks are (`train.bind_cores`)" if bound else ""
     lines = [
         "",
         "### The training loop against a bare loop (`bench/overhead.py`)",
