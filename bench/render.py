@@ -780,12 +780,12 @@ def _overhead_details(overhead: dict | None, before: dict | None = None) -> list
     bare_data = "the bench dataset's windows" if overhead["bare_runs"][0].get("data") == "windows" else "random ids"
     # Bare runs since bench/bare_loop.py recorded its binding (after a1c5ad5) say where they ran.
     bound = any(p.get("cores") for run in overhead["bare_runs"] for p in run.get("per_process", []))
-    bare_data += ", each bound to a core of its own as Horovod's ranks are (`train.bind_cores`)" if bound else ""
+    bare_bound = ", bound to a core each as Horovod's ranks are, `train.bind_cores`" if bound else ""
     lines = [
         "",
         "### The training loop against a bare loop (`bench/overhead.py`)",
         "",
-        f"The demo recipe's model in fp32, one torch thread per rank. Bare: 1 and 2 plain processes on {bare_data} in memory (2: their sum). "
+        f"The demo recipe's model in fp32, one torch thread per rank. Bare: 1 and 2 plain processes on {bare_data} in memory (2: their sum{bare_bound}). "
         f"Product: {overhead['minutes']:g} minute(s) of training per run at the demo's evaluation and checkpoint intervals, one local[2] Spark session; "
         f"in-step: every timed step's tokens over the steps' summed time (loading, step, allreduce), the bare loop's own estimator; "
         f"loop: every step over the loop's wall time. Each product run against the mean of the bare runs just before and after it "
