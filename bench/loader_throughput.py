@@ -59,24 +59,22 @@ def main() -> None:
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
 
-    import horovod.torch as hvd
     import torch
 
     from horovod_llm.data.manifest import read_manifest
     from horovod_llm.log import quiet_library_warnings
     from horovod_llm.model import GPT
-    from horovod_llm.training.comm import set_horovod_environment
+    from horovod_llm.training.comm import HorovodCollectives
     from horovod_llm.training.step import distributed_optimizer
 
     quiet_library_warnings()
     config = local_config()
-    set_horovod_environment(config.train)
-    hvd.init()
+    comm = HorovodCollectives(config.train)  # one rank, with the product's Horovod settings
     torch.set_num_threads(1)
     tc = config.train
     manifest = read_manifest(DATASET_URL)
     model = GPT(default_gpt_config(config, manifest.tokenizer.vocab_size)).train()
-    optimizer = distributed_optimizer(model, tc, tc.learning_rate, hvd)
+    optimizer = distributed_optimizer(model, tc, tc.learning_rate, comm)
     reps = []
     for repeat in range(args.repeats):
         loader = loader_rate(tc.batch_size, args.seconds, seed=tc.seed + repeat)
