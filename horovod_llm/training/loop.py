@@ -49,7 +49,6 @@ class Job:
     tokenizer_bytes: bytes
     launch_info: dict
     threads: int
-    cores: list[int] | None  # the cores this rank's threads are bound to (affinity.py), or None
     total_steps: int | None  # None: only the wall-clock budget ends the run
     steps_per_epoch: int
     max_lr: float
@@ -301,7 +300,7 @@ def _enter(state, job: Job, model: GPT) -> Entry:
         "device": str(job.device),
         "spark_gpus": job.spark_gpus,
         # read back from the kernel, not from what was asked for
-        "cores": sorted(os.sched_getaffinity(0)) if job.cores else None,
+        "cores": sorted(os.sched_getaffinity(0)) if comm.cores else None,
     }
     placement = [{"rank": r, **p} for r, p in enumerate(comm.allgather_object(mine, name="placement"))]
     refuse_mixed_devices(placement)  # every rank sees the same list, so every rank refuses alike

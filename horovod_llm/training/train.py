@@ -128,7 +128,7 @@ def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict, beat: 
     check_job(config, manifest, comm.mpi_built)
     threads = threads_for_rank(train.threads_per_rank, comm.local_size)
     # Before the rank's own threads start (the loader's, torch's pool): they inherit it.
-    cores = comm.cores = bind_rank(binds(train.bind_cores, comm.backend) and not comm.elastic, comm.local_rank, comm.local_size, threads)
+    comm.cores = bind_rank(binds(train.bind_cores, comm.backend) and not comm.elastic, comm.local_rank, comm.local_size, threads)
     prepare_rank_process(threads)
     torch.manual_seed(train.seed)
 
@@ -187,7 +187,6 @@ def _train_ranks(config: RunConfig, comm: Collectives, launch_info: dict, beat: 
         tokenizer_bytes=storage.read_bytes(layout.tokenizer_url(out)),
         launch_info=launch_info,
         threads=threads,
-        cores=cores,
         total_steps=steps,
         steps_per_epoch=per_epoch,
         max_lr=max_lr,
